@@ -1,0 +1,173 @@
+// Package compiler turns a policy into the ruleset nftpol wants in the
+// kernel. It is pure and deterministic: the same policy always compiles to
+// the same ruleset, and so exports to byte-identical text.
+//
+// The shape (see DESIGN.md): per-account data lives only in sets, so the cost
+// of a packet does not grow with the number of accounts, and changing one
+// account is a few element operations.
+//
+//	output: an account's socket answering a connection opened from outside
+//	        must use a source port of its own (uid . sport in <proto>_ports).
+//	input:  a new connection to a zone port that no account has is refused
+//	        whoever listens (dport in zone, not in <proto>_open).
+package compiler
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/rules"
+)
+
+// Chain priority: filter (0). nftpol's chains only ever drop or reject; an
+// accept here does not override a drop elsewhere, so the relative order with
+// the host's other filter chains does not weaken either of them.
+const priority = 0
+
+// Compile returns the desired ruleset for p. The policy must come from
+// policies.Load, which has validated it; Compile still refuses the few
+// inputs it cannot express rather than writing something wrong.
+func Compile(p *policies.Policy) (*rules.Ruleset, error) {
+	if p.Table == "" {
+		return nil, fmt.Errorf("compile: policy has no table name")
+	}
+	if p.Zone.Lo == 0 || p.Zone.Lo > p.Zone.Hi {
+		return nil, fmt.Errorf("compile: invalid zone %d-%d", p.Zone.Lo, p.Zone.Hi)
+	}
+	rs := &rules.Ruleset{Table: p.Table}
+
+	protos := []rules.Proto{rules.TCP, rules.UDP}
+	ports := map[rules.Proto]*rules.Set{}
+	open := map[rules.Proto]*rules.Set{}
+	for _, proto := range protos {
+		ports[proto] = &rules.Set{Name: rules.PortsSet(proto), Key: rules.KeyUIDPort, Interval: true}
+		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true}
+	}
+	union := map[rules.Proto][]policies.PortRange{}
+	for _, a := range p.Accounts {
+		merged := Merge(a.Ports)
+		for _, proto := range protos {
+			if !a.HasProtocol(policies.Protocol(proto)) {
+				continue
+			}
+			for _, r := range merged {
+				ports[proto].Elements = append(ports[proto].Elements,
+					rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: rules.SanitizeComment(a.Name)})
+			}
+			union[proto] = append(union[proto], merged...)
+		}
+	}
+	for _, proto := range protos {
+		for _, r := range Merge(union[proto]) {
+			open[proto].Elements = append(open[proto].Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
+		}
+		ports[proto].Elements = rules.SortElements(ports[proto].Elements)
+		open[proto].Elements = rules.SortElements(open[proto].Elements)
+	}
+	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID}
+	for _, u := range p.Exempt {
+		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
+	}
+	exempt.Elements = rules.SortElements(exempt.Elements)
+
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, ports[proto])
+	}
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, open[proto])
+	}
+	rs.Sets = append(rs.Sets, exempt)
+
+	rs.Chains = []*rules.Chain{outputChain(p, protos), inputChain(p, protos)}
+	return rs, nil
+}
+
+func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
+	var rr []rules.Rule
+	accept := rules.Verdict{Kind: rules.Accept}
+	if p.Loopback != policies.LoopbackEnforce {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.Loopback{Out: true}, accept}})
+	}
+	// Only answers to connections opened from outside are enforced: an
+	// account's own client traffic travels in the original direction.
+	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.CtDirectionOriginal{}, accept}})
+	if p.MinUID > 0 {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidCmp{Op: rules.Lt, UID: p.MinUID}, accept}})
+	}
+	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidInSet{Set: rules.ExemptSet}, accept}})
+	for _, proto := range protos {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept}})
+	}
+	// The violation rules test skuid again on purpose: a packet without an
+	// owning full socket (kernel resets, time-wait, ICMP errors) makes any
+	// skuid expression fail, so such packets can never reach the verdict.
+	for _, proto := range protos {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{
+			rules.L4Proto{Proto: proto},
+			rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID},
+			rules.Counter{},
+			verdict(p.Action, proto),
+		}})
+	}
+	rr[0].Comment = rules.OwnerMark
+	return &rules.Chain{Name: "output", Hook: rules.HookOutput, Priority: priority, Rules: rr}
+}
+
+func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
+	var rr []rules.Rule
+	accept := rules.Verdict{Kind: rules.Accept}
+	if p.Loopback != policies.LoopbackEnforce {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.Loopback{}, accept}})
+	}
+	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.CtStateNotNew{}, accept}})
+	for _, proto := range protos {
+		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{
+			rules.DportRange{Proto: proto, Lo: p.Zone.Lo, Hi: p.Zone.Hi},
+			rules.DportNotInSet{Proto: proto, Set: rules.OpenSet(proto)},
+			rules.Counter{},
+			verdict(p.Action, proto),
+		}})
+	}
+	rr[0].Comment = rules.OwnerMark
+	return &rules.Chain{Name: "input", Hook: rules.HookInput, Priority: priority, Rules: rr}
+}
+
+func verdict(a policies.Action, proto rules.Proto) rules.Verdict {
+	switch {
+	case a == policies.Drop:
+		return rules.Verdict{Kind: rules.Drop}
+	case proto == rules.TCP:
+		return rules.Verdict{Kind: rules.RejectTCPReset}
+	default:
+		return rules.Verdict{Kind: rules.RejectPortUnreachable}
+	}
+}
+
+// Merge returns rs sorted with overlapping and adjacent ranges joined:
+// 40010-40019 and 40020-40029 become 40010-40029. Fewer, wider intervals mean
+// fewer set elements and no two elements of one account that touch.
+func Merge(rs []policies.PortRange) []policies.PortRange {
+	if len(rs) == 0 {
+		return nil
+	}
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b policies.PortRange) int {
+		if a.Lo != b.Lo {
+			return int(a.Lo) - int(b.Lo)
+		}
+		return int(a.Hi) - int(b.Hi)
+	})
+	out := s[:1]
+	for _, r := range s[1:] {
+		last := &out[len(out)-1]
+		if uint32(r.Lo) <= uint32(last.Hi)+1 {
+			if r.Hi > last.Hi {
+				last.Hi = r.Hi
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}

@@ -1,0 +1,106 @@
+// Package policies holds nftpol's policy: which account (a Unix UID) may
+// serve on which ports of the zone. It loads the main policy file and the
+// include directory, validates them and resolves user names through NSS.
+//
+// Nothing in this package touches the kernel: a Policy that Load returns
+// without error is complete and consistent, and the compiler can turn it into
+// a ruleset without further checks.
+package policies
+
+// Protocol is a transport protocol an account can be given ports for.
+type Protocol string
+
+// The protocols nftpol enforces.
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// Protocols lists every protocol nftpol knows, in the order they are rendered.
+var Protocols = []Protocol{TCP, UDP}
+
+// Action is what happens to a packet that breaks the policy.
+type Action string
+
+// Actions.
+const (
+	// Reject answers with a TCP reset or an ICMP port-unreachable, so the
+	// client learns at once that nobody serves there.
+	Reject Action = "reject"
+	// Drop discards the packet silently.
+	Drop Action = "drop"
+)
+
+// Loopback says whether traffic over the loopback interface is enforced.
+type Loopback string
+
+// Loopback modes.
+const (
+	// LoopbackAllow leaves all loopback traffic alone (the default): local
+	// clients may reach any port, as they could reach a UNIX socket.
+	LoopbackAllow Loopback = "allow"
+	// LoopbackEnforce applies the same rules to loopback traffic.
+	LoopbackEnforce Loopback = "enforce"
+)
+
+// PortRange is an inclusive range of ports; a single port has Lo == Hi.
+type PortRange struct {
+	Lo, Hi uint16
+}
+
+// Contains reports whether p lies within r.
+func (r PortRange) Contains(p uint16) bool { return p >= r.Lo && p <= r.Hi }
+
+// Policy is a loaded, validated and resolved policy.
+type Policy struct {
+	// File is the main policy file it was loaded from (for messages).
+	File string
+	// Table is the name of the inet table nftpol owns (default "nftpol").
+	Table string
+	// Zone is the port range inside which accounts get their ports.
+	Zone PortRange
+	// MinUID is the lowest enforced UID; sockets of lower UIDs are never
+	// touched (system services).
+	MinUID uint32
+	// Exempt holds UIDs that are never enforced, sorted and unique.
+	Exempt []uint32
+	// Loopback says whether loopback traffic is enforced (default allow).
+	Loopback Loopback
+	// Action is what happens to a packet that breaks the policy (default
+	// reject).
+	Action Action
+	// Protocols is the default for accounts that do not name their own.
+	Protocols []Protocol
+	// Include is the include directory, "" when none is configured.
+	Include string
+	// Accounts, sorted by UID then name.
+	Accounts []Account
+}
+
+// Account is one hosting account: a UID and the ports its daemons may serve
+// on from outside.
+type Account struct {
+	// Name labels the account in plans, logs and comments.
+	Name string
+	// UID is the numeric user ID, resolved from User when the policy names
+	// a user.
+	UID uint32
+	// User is the user name as written in the policy, "" when given by uid.
+	User string
+	// Ports, sorted, merged where adjacent or overlapping.
+	Ports []PortRange
+	// Protocols the ports apply to, in the order of Protocols.
+	Protocols []Protocol
+	// File is the file that defined the account (for messages).
+	File string
+}
+
+// HasProtocol reports whether the account's ports apply to p.
+func (a Account) HasProtocol(p Protocol) bool {
+	for _, q := range a.Protocols {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}

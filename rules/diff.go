@@ -1,0 +1,324 @@
+package rules
+
+import (
+	"slices"
+	"strings"
+)
+
+// Set names follow a convention so that a plan can speak in accounts: the set
+// PortsSet(p) holds "uid . port range" elements, one or more per account
+// that may serve protocol p; OpenSet(p) holds the union of those ranges.
+
+// PortsSet is the name of the per-account port set of protocol p.
+func PortsSet(p Proto) string { return string(p) + "_ports" }
+
+// OpenSet is the name of the set of zone ports open for protocol p.
+func OpenSet(p Proto) string { return string(p) + "_open" }
+
+// ExemptSet is the name of the set of exempt UIDs.
+const ExemptSet = "exempt"
+
+// TableAction says what happens to the table as a whole.
+type TableAction string
+
+// Table actions.
+const (
+	TableNone    TableAction = "none"
+	TableCreate  TableAction = "create"
+	TableUpdate  TableAction = "update"
+	TableReplace TableAction = "replace"
+)
+
+// Action says what happens to one set, chain or account.
+type Action string
+
+// Actions on sets, chains and accounts.
+const (
+	ActionCreate  Action = "create"
+	ActionUpdate  Action = "update"
+	ActionReplace Action = "replace"
+	ActionDelete  Action = "delete"
+	ActionAdd     Action = "add"
+	ActionChange  Action = "change"
+	ActionRemove  Action = "remove"
+)
+
+// Plan is what it takes to turn the kernel's table into the desired one.
+type Plan struct {
+	// Table is the table's name (family inet).
+	Table string
+	// TableAction is create when the table is absent, replace when its
+	// sets or chains are of another definition (changed types or hooks:
+	// the table is deleted and created again inside the same transaction),
+	// update for element and rule changes, none when nothing changes.
+	TableAction TableAction
+	// Sets lists set changes in the order they are applied.
+	Sets []SetChange
+	// Chains lists chain changes in the order they are applied.
+	Chains []ChainChange
+	// Accounts describes the element changes per account (UID), for people.
+	Accounts []AccountChange
+	// Desired is the ruleset the plan leads to.
+	Desired *Ruleset
+}
+
+// SetChange is a change to one set.
+type SetChange struct {
+	Name   string
+	Action Action // create, update or delete
+	// Set is the desired set (nil for delete).
+	Set *Set
+	// Delete and Add are element operations, applied in that order so a
+	// changed element (same key, new comment) can be replaced. For create
+	// Add holds all elements.
+	Delete, Add []Element
+}
+
+// ChainChange is a change to one chain.
+type ChainChange struct {
+	Name   string
+	Action Action // create, replace (its rules) or delete
+	Chain  *Chain // desired chain (nil for delete)
+}
+
+// AccountChange is the effect of a plan on one account.
+type AccountChange struct {
+	UID    uint32
+	Name   string
+	Action Action // add, change or remove
+	// Ports per protocol, before and after. Only protocols with a change
+	// or with ports on either side are listed.
+	Ports []ProtoPorts
+}
+
+// ProtoPorts is an account's port ranges of one protocol before (Old) and
+// after (New) the plan, as nft spells them ("40010-40019", "40500").
+type ProtoPorts struct {
+	Proto Proto
+	Old   []string
+	New   []string
+}
+
+// Empty reports whether the plan changes nothing.
+func (p *Plan) Empty() bool { return p.TableAction == TableNone }
+
+// Operations counts the kernel operations the plan takes: one per table,
+// set, chain and rule written or deleted, and one per element added or
+// deleted.
+func (p *Plan) Operations() int {
+	n := 0
+	switch p.TableAction {
+	case TableCreate:
+		n++
+	case TableReplace:
+		n += 2
+	}
+	for _, s := range p.Sets {
+		if s.Action != ActionUpdate {
+			n++
+		}
+		n += len(s.Add) + len(s.Delete)
+	}
+	for _, c := range p.Chains {
+		n++
+		if c.Chain != nil {
+			n += len(c.Chain.Rules)
+		}
+	}
+	return n
+}
+
+// Diff computes the plan from current (nil when the table does not exist)
+// to desired. Both must hold sorted elements (SortElements order).
+func Diff(current, desired *Ruleset) *Plan {
+	p := &Plan{Table: desired.Table, Desired: desired}
+	switch {
+	case current == nil:
+		p.TableAction = TableCreate
+		p.createAll()
+	case !compatible(current, desired):
+		p.TableAction = TableReplace
+		p.createAll()
+	default:
+		p.update(current)
+	}
+	p.Accounts = accountChanges(current, desired)
+	return p
+}
+
+// compatible reports whether current can be turned into desired by element
+// and rule changes alone: every set that exists on both sides has the same
+// type and flags, every chain the same hook and priority. Anything else is
+// rebuilt by replacing the whole table inside one transaction, which is
+// atomic and, since it happens only when nftpol's own layout changed, rare.
+func compatible(current, desired *Ruleset) bool {
+	for _, cs := range current.Sets {
+		if ds := desired.Set(cs.Name); ds != nil && !ds.SameDefinition(cs) {
+			return false
+		}
+	}
+	for _, cc := range current.Chains {
+		if dc := desired.Chain(cc.Name); dc != nil && (dc.Hook != cc.Hook || dc.Priority != cc.Priority) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Plan) createAll() {
+	for _, s := range p.Desired.Sets {
+		p.Sets = append(p.Sets, SetChange{Name: s.Name, Action: ActionCreate, Set: s, Add: s.Elements})
+	}
+	for _, c := range p.Desired.Chains {
+		p.Chains = append(p.Chains, ChainChange{Name: c.Name, Action: ActionCreate, Chain: c})
+	}
+}
+
+func (p *Plan) update(current *Ruleset) {
+	d := p.Desired
+	for _, ds := range d.Sets {
+		cs := current.Set(ds.Name)
+		if cs == nil {
+			p.Sets = append(p.Sets, SetChange{Name: ds.Name, Action: ActionCreate, Set: ds, Add: ds.Elements})
+			continue
+		}
+		del, add := DiffElements(cs.Elements, ds.Elements)
+		if len(del)+len(add) > 0 {
+			p.Sets = append(p.Sets, SetChange{Name: ds.Name, Action: ActionUpdate, Set: ds, Delete: del, Add: add})
+		}
+	}
+	for _, dc := range d.Chains {
+		switch cc := current.Chain(dc.Name); {
+		case cc == nil:
+			p.Chains = append(p.Chains, ChainChange{Name: dc.Name, Action: ActionCreate, Chain: dc})
+		case !cc.Equal(dc):
+			p.Chains = append(p.Chains, ChainChange{Name: dc.Name, Action: ActionReplace, Chain: dc})
+		}
+	}
+	// Objects nftpol does not (or no longer) want go last: chains first,
+	// since their rules may reference the sets.
+	for _, cc := range current.Chains {
+		if d.Chain(cc.Name) == nil {
+			p.Chains = append(p.Chains, ChainChange{Name: cc.Name, Action: ActionDelete})
+		}
+	}
+	for _, cs := range current.Sets {
+		if d.Set(cs.Name) == nil {
+			p.Sets = append(p.Sets, SetChange{Name: cs.Name, Action: ActionDelete})
+		}
+	}
+	if len(p.Sets)+len(p.Chains) > 0 {
+		p.TableAction = TableUpdate
+	} else {
+		p.TableAction = TableNone
+	}
+}
+
+// DiffElements returns the elements of cur missing from want (to delete) and
+// those of want missing from cur (to add). Both inputs must be sorted.
+func DiffElements(cur, want []Element) (del, add []Element) {
+	i, j := 0, 0
+	for i < len(cur) && j < len(want) {
+		switch c := cur[i].Compare(want[j]); {
+		case c == 0:
+			i++
+			j++
+		case c < 0:
+			del = append(del, cur[i])
+			i++
+		default:
+			add = append(add, want[j])
+			j++
+		}
+	}
+	del = append(del, cur[i:]...)
+	add = append(add, want[j:]...)
+	return del, add
+}
+
+// accountChanges groups the per-account sets' differences by UID.
+func accountChanges(current, desired *Ruleset) []AccountChange {
+	type side struct {
+		ranges map[Proto][]string
+		name   string
+	}
+	collect := func(rs *Ruleset) map[uint32]*side {
+		m := map[uint32]*side{}
+		if rs == nil {
+			return m
+		}
+		for _, s := range rs.Sets {
+			proto, ok := strings.CutSuffix(s.Name, "_ports")
+			if !ok || s.Key != KeyUIDPort {
+				continue
+			}
+			for _, e := range s.Elements {
+				a := m[e.UID]
+				if a == nil {
+					a = &side{ranges: map[Proto][]string{}}
+					m[e.UID] = a
+				}
+				a.ranges[Proto(proto)] = append(a.ranges[Proto(proto)], portRange(e.Lo, e.Hi))
+				if a.name == "" {
+					a.name = e.Comment
+				}
+			}
+		}
+		return m
+	}
+	old, cur := collect(current), collect(desired)
+	var uids []uint32
+	for u := range old {
+		uids = append(uids, u)
+	}
+	for u := range cur {
+		if _, ok := old[u]; !ok {
+			uids = append(uids, u)
+		}
+	}
+	slices.Sort(uids)
+
+	var out []AccountChange
+	for _, u := range uids {
+		o, n := old[u], cur[u]
+		ac := AccountChange{UID: u}
+		switch {
+		case o == nil:
+			ac.Action, ac.Name = ActionAdd, n.name
+		case n == nil:
+			ac.Action, ac.Name = ActionRemove, o.name
+		default:
+			ac.Action, ac.Name = ActionChange, n.name
+		}
+		var protos []Proto
+		for _, sd := range []*side{o, n} {
+			if sd == nil {
+				continue
+			}
+			for p := range sd.ranges {
+				if !slices.Contains(protos, p) {
+					protos = append(protos, p)
+				}
+			}
+		}
+		slices.Sort(protos)
+		changed := o == nil || n == nil || o.name != n.name
+		for _, proto := range protos {
+			pp := ProtoPorts{Proto: proto}
+			if o != nil {
+				pp.Old = o.ranges[proto]
+			}
+			if n != nil {
+				pp.New = n.ranges[proto]
+			}
+			if !slices.Equal(pp.Old, pp.New) {
+				changed = true
+			}
+			ac.Ports = append(ac.Ports, pp)
+		}
+		if changed {
+			out = append(out, ac)
+		}
+	}
+	return out
+}

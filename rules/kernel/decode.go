@@ -1,0 +1,288 @@
+package kernel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/rules"
+)
+
+// decodeRule maps kernel expressions back to statements. It recognises
+// exactly the encodings encodeRule writes; anything else becomes a
+// rules.Unknown statement, which equals nothing, so the plan rewrites the
+// chain: somebody changed nftpol's table and apply puts it back.
+func decodeRule(exprs []expr.Any, ud []byte) rules.Rule {
+	var r rules.Rule
+	if c, ok := userdata.GetString(ud, userdata.TypeComment); ok {
+		r.Comment = c
+	}
+	var proto rules.Proto
+	for i := 0; i < len(exprs); {
+		s, n, p := decodeStmt(exprs[i:], proto)
+		if n == 0 {
+			r.Stmts = append(r.Stmts, rules.Unknown{Desc: fmt.Sprintf("%T", exprs[i])})
+			return r
+		}
+		if p != "" {
+			proto = p
+		}
+		r.Stmts = append(r.Stmts, s)
+		i += n
+	}
+	return r
+}
+
+// decodeStmt decodes the statement at the head of es. proto is the
+// transport protocol already matched earlier in the rule. It returns the
+// statement, how many expressions it took (0: not recognised) and the
+// protocol the statement matched, if any.
+func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto) {
+	// A transport protocol match, possibly the dependency of what follows.
+	if p, ok := l4proto(es); ok {
+		rest := es[2:]
+		if s, n, _ := decodeStmt(rest, p); n > 0 {
+			switch s := s.(type) {
+			case rules.SkuidSportInSet, rules.DportRange, rules.DportNotInSet:
+				return s, n + 2, p
+			}
+		}
+		return rules.L4Proto{Proto: p}, 2, p
+	}
+	switch e := es[0].(type) {
+	case *expr.Meta:
+		switch {
+		case (e.Key == expr.MetaKeyIIF || e.Key == expr.MetaKeyOIF) && e.Register == reg1 && len(es) >= 2:
+			if isCmp(es[1], expr.CmpOpEq, binaryutil.NativeEndian.PutUint32(loIfindex)) {
+				return rules.Loopback{Out: e.Key == expr.MetaKeyOIF}, 2, ""
+			}
+		case e.Key == expr.MetaKeySKUID && e.Register == reg1 && len(es) >= 2:
+			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
+				return rules.SkuidInSet{Set: l.SetName}, 2, ""
+			}
+			// google/nftables v0.3.0 cannot unmarshal byteorder
+			// expressions and leaves them out of what it reads, so the
+			// conversion we wrote may or may not be there.
+			rest := es[1:]
+			if isHton(rest[0]) {
+				rest = rest[1:]
+			}
+			n := len(es) - len(rest) // meta, and hton if present
+			if len(rest) >= 1 {
+				if c, ok := rest[0].(*expr.Cmp); ok && c.Register == reg1 && len(c.Data) == 4 {
+					uid := binary.BigEndian.Uint32(c.Data)
+					switch c.Op {
+					case expr.CmpOpLt:
+						return rules.SkuidCmp{Op: rules.Lt, UID: uid}, n + 1, ""
+					case expr.CmpOpGte:
+						return rules.SkuidCmp{Op: rules.Ge, UID: uid}, n + 1, ""
+					}
+				}
+			}
+			if proto != "" && len(rest) >= 2 {
+				if pl, ok := rest[0].(*expr.Payload); ok && *pl == (expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2}) {
+					if l, ok := rest[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
+						return rules.SkuidSportInSet{Proto: proto, Set: l.SetName}, n + 2, ""
+					}
+				}
+			}
+		}
+	case *expr.Ct:
+		if e.Register != reg1 || e.SourceRegister || len(es) < 2 {
+			break
+		}
+		switch {
+		case e.Key == expr.CtKeyDIRECTION && isCmp(es[1], expr.CmpOpEq, []byte{ctDirOriginal}):
+			return rules.CtDirectionOriginal{}, 2, ""
+		case e.Key == expr.CtKeySTATE && isCmp(es[1], expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(ctStateNew)):
+			return rules.CtStateNotNew{}, 2, ""
+		}
+	case *expr.Payload:
+		if proto == "" || *e != *dport() || len(es) < 2 {
+			break
+		}
+		if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && l.Invert && !l.IsDestRegSet {
+			return rules.DportNotInSet{Proto: proto, Set: l.SetName}, 2, ""
+		}
+		if len(es) >= 3 {
+			lo, ok1 := cmpData(es[1], expr.CmpOpGte, 2)
+			hi, ok2 := cmpData(es[2], expr.CmpOpLte, 2)
+			if ok1 && ok2 {
+				return rules.DportRange{Proto: proto, Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}, 3, ""
+			}
+		}
+	case *expr.Counter:
+		return rules.Counter{}, 1, ""
+	case *expr.Verdict:
+		switch {
+		case e.Kind == expr.VerdictAccept && e.Chain == "":
+			return rules.Verdict{Kind: rules.Accept}, 1, ""
+		case e.Kind == expr.VerdictDrop && e.Chain == "":
+			return rules.Verdict{Kind: rules.Drop}, 1, ""
+		}
+	case *expr.Reject:
+		switch {
+		case e.Type == unix.NFT_REJECT_TCP_RST && e.Code == 0:
+			return rules.Verdict{Kind: rules.RejectTCPReset}, 1, ""
+		case e.Type == unix.NFT_REJECT_ICMPX_UNREACH && e.Code == unix.NFT_REJECT_ICMPX_PORT_UNREACH:
+			return rules.Verdict{Kind: rules.RejectPortUnreachable}, 1, ""
+		}
+	}
+	return nil, 0, ""
+}
+
+func l4proto(es []expr.Any) (rules.Proto, bool) {
+	if len(es) < 2 {
+		return "", false
+	}
+	m, ok := es[0].(*expr.Meta)
+	if !ok || m.Key != expr.MetaKeyL4PROTO || m.Register != reg1 || m.SourceRegister {
+		return "", false
+	}
+	for _, p := range []rules.Proto{rules.TCP, rules.UDP} {
+		if isCmp(es[1], expr.CmpOpEq, []byte{p.Number()}) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func isHton(e expr.Any) bool {
+	b, ok := e.(*expr.Byteorder)
+	return ok && *b == expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4}
+}
+
+func isCmp(e expr.Any, op expr.CmpOp, data []byte) bool {
+	c, ok := e.(*expr.Cmp)
+	return ok && c.Op == op && c.Register == reg1 && bytes.Equal(c.Data, data)
+}
+
+func cmpData(e expr.Any, op expr.CmpOp, n int) ([]byte, bool) {
+	c, ok := e.(*expr.Cmp)
+	if !ok || c.Op != op || c.Register != reg1 || len(c.Data) != n {
+		return nil, false
+	}
+	return c.Data, true
+}
+
+// decodeSet maps a kernel set's definition to the model. A set nftpol would
+// never write (a map, timeouts, another key type) decodes with Key 0, which
+// no desired set has, so the plan replaces the table.
+func decodeSet(s *nftables.Set) *rules.Set {
+	rs := &rules.Set{Name: s.Name, Interval: s.Interval}
+	if s.IsMap || s.HasTimeout || s.Anonymous || s.Constant || s.Dynamic {
+		return rs
+	}
+	switch s.KeyType.Name {
+	case nftables.TypeUID.Name:
+		rs.Key = rules.KeyUID
+	case nftables.TypeInetService.Name:
+		rs.Key = rules.KeyPort
+	case uidPortType.Name:
+		if s.Concatenation {
+			rs.Key = rules.KeyUIDPort
+		}
+	}
+	return rs
+}
+
+// decodeElements maps kernel elements back to model elements, sorted. It
+// reports an error for an element it cannot read, rather than guessing.
+func decodeElements(s *rules.Set, es []nftables.SetElement) ([]rules.Element, error) {
+	var out []rules.Element
+	switch {
+	case s.Key == rules.KeyUID:
+		for _, e := range es {
+			if len(e.Key) != 4 {
+				return nil, fmt.Errorf("set %s: uid element of %d bytes", s.Name, len(e.Key))
+			}
+			out = append(out, rules.Element{UID: binaryutil.NativeEndian.Uint32(e.Key), Comment: e.Comment})
+		}
+	case s.Key == rules.KeyUIDPort:
+		for _, e := range es {
+			if len(e.Key) != 8 || len(e.KeyEnd) != 8 {
+				return nil, fmt.Errorf("set %s: uid . inet_service element without a proper key and key end", s.Name)
+			}
+			out = append(out, rules.Element{
+				UID:     binary.BigEndian.Uint32(e.Key),
+				Lo:      binary.BigEndian.Uint16(e.Key[4:]),
+				Hi:      binary.BigEndian.Uint16(e.KeyEnd[4:]),
+				Comment: e.Comment,
+			})
+		}
+	case s.Key == rules.KeyPort && s.Interval:
+		return decodeIntervals(s, es)
+	case s.Key == rules.KeyPort:
+		for _, e := range es {
+			if len(e.Key) != 2 {
+				return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.Key))
+			}
+			p := binary.BigEndian.Uint16(e.Key)
+			out = append(out, rules.Element{Lo: p, Hi: p, Comment: e.Comment})
+		}
+	default:
+		return nil, nil
+	}
+	return rules.SortElements(out), nil
+}
+
+// decodeIntervals pairs the start and end elements of an rbtree interval
+// set. nft also writes an end element at 0 before the first interval; it
+// closes nothing and is skipped.
+func decodeIntervals(s *rules.Set, es []nftables.SetElement) ([]rules.Element, error) {
+	type point struct {
+		port    uint32
+		end     bool
+		comment string
+	}
+	pts := make([]point, 0, len(es))
+	for _, e := range es {
+		if len(e.Key) != 2 {
+			return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.Key))
+		}
+		pts = append(pts, point{uint32(binary.BigEndian.Uint16(e.Key)), e.IntervalEnd, e.Comment})
+	}
+	// At the same port an end sorts before a start: [a,b] followed by
+	// [b+1,c] shares the point b+1.
+	slices.SortFunc(pts, func(a, b point) int {
+		if a.port != b.port {
+			return int(a.port) - int(b.port)
+		}
+		if a.end != b.end {
+			if a.end {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	var out []rules.Element
+	open := false
+	var cur rules.Element
+	for _, p := range pts {
+		switch {
+		case !p.end && !open:
+			cur, open = rules.Element{Lo: uint16(p.port), Comment: p.comment}, true
+		case p.end && open:
+			cur.Hi = uint16(p.port - 1)
+			out = append(out, cur)
+			open = false
+		case p.end && !open:
+			// nft's leading end marker, or a stray end: nothing to close.
+		default:
+			return nil, fmt.Errorf("set %s: interval starting at %d inside another", s.Name, p.port)
+		}
+	}
+	if open {
+		cur.Hi = 0xffff
+		out = append(out, cur)
+	}
+	return rules.SortElements(out), nil
+}

@@ -1,0 +1,246 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/rules"
+)
+
+// The encodings below mirror what nft 1.0.6 generates for the same text
+// (compare `nft --debug=netlink -f` of an export), so that `nft list`, the
+// independent reader we test against, prints our table as we render it.
+
+// Registers: reg 1 is the first 16-byte register; concatenations use the
+// 4-byte register view, where reg 9 is the second word of reg 1.
+const (
+	reg1      = 1
+	reg1word2 = 9
+)
+
+// ctStateNew is NF_CT_STATE_BIT(IP_CT_NEW) as seen by `ct state`.
+const ctStateNew = 1 << 3
+
+// ctDirOriginal is IP_CT_DIR_ORIGINAL, the value `ct direction original` loads.
+const ctDirOriginal = 0
+
+// loIfindex is the loopback interface's index, 1 in every network namespace.
+const loIfindex = 1
+
+func encodeRule(r rules.Rule) ([]expr.Any, error) {
+	var out []expr.Any
+	var proto rules.Proto // transport protocol already matched in this rule
+	dep := func(p rules.Proto) {
+		if proto == p {
+			return
+		}
+		out = append(out,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p.Number()}})
+		proto = p
+	}
+	for _, s := range r.Stmts {
+		switch s := s.(type) {
+		case rules.Loopback:
+			key := expr.MetaKeyIIF
+			if s.Out {
+				key = expr.MetaKeyOIF
+			}
+			out = append(out,
+				&expr.Meta{Key: key, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(loIfindex)})
+		case rules.CtDirectionOriginal:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{ctDirOriginal}})
+		case rules.CtStateNotNew:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(ctStateNew)})
+		case rules.SkuidCmp:
+			op := expr.CmpOpLt
+			if s.Op == rules.Ge {
+				op = expr.CmpOpGte
+			} else if s.Op != rules.Lt {
+				return nil, fmt.Errorf("skuid comparison: unknown operator %d", s.Op)
+			}
+			out = append(out, skuidHton()...)
+			out = append(out, &expr.Cmp{Op: op, Register: reg1, Data: binaryutil.BigEndian.PutUint32(s.UID)})
+		case rules.SkuidInSet:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Set})
+		case rules.L4Proto:
+			dep(s.Proto)
+		case rules.SkuidSportInSet:
+			dep(s.Proto)
+			out = append(out, skuidHton()...)
+			out = append(out,
+				&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Set})
+		case rules.DportRange:
+			dep(s.Proto)
+			out = append(out, dport(),
+				&expr.Cmp{Op: expr.CmpOpGte, Register: reg1, Data: binaryutil.BigEndian.PutUint16(s.Lo)},
+				&expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: binaryutil.BigEndian.PutUint16(s.Hi)})
+		case rules.DportNotInSet:
+			dep(s.Proto)
+			out = append(out, dport(), &expr.Lookup{SourceRegister: reg1, SetName: s.Set, Invert: true})
+		case rules.Counter:
+			out = append(out, &expr.Counter{})
+		case rules.Verdict:
+			switch s.Kind {
+			case rules.Accept:
+				out = append(out, &expr.Verdict{Kind: expr.VerdictAccept})
+			case rules.Drop:
+				out = append(out, &expr.Verdict{Kind: expr.VerdictDrop})
+			case rules.RejectTCPReset:
+				out = append(out, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+			case rules.RejectPortUnreachable:
+				out = append(out, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
+			default:
+				return nil, fmt.Errorf("unknown verdict %d", s.Kind)
+			}
+		default:
+			return nil, fmt.Errorf("statement %q cannot be written to the kernel", s)
+		}
+	}
+	return out, nil
+}
+
+// skuidHton loads the socket's UID and converts it to network byte order, as
+// nft does before comparing it by value or concatenating it.
+func skuidHton() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+		&expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4},
+	}
+}
+
+func dport() *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+}
+
+func ruleUserData(r rules.Rule) []byte {
+	if r.Comment == "" {
+		return nil
+	}
+	return userdata.AppendString(nil, userdata.TypeComment, rules.SanitizeComment(r.Comment))
+}
+
+// uidPortType is "uid . inet_service".
+var uidPortType = nftables.MustConcatSetType(nftables.TypeUID, nftables.TypeInetService)
+
+func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
+	ns := &nftables.Set{Table: t, Name: s.Name, Interval: s.Interval}
+	switch s.Key {
+	case rules.KeyUID:
+		ns.KeyType = nftables.TypeUID
+		ns.KeyByteOrder = binaryutil.NativeEndian
+	case rules.KeyPort:
+		ns.KeyType = nftables.TypeInetService
+		ns.KeyByteOrder = binaryutil.BigEndian
+	case rules.KeyUIDPort:
+		ns.KeyType = uidPortType
+		ns.Concatenation = true
+	default:
+		return nil, fmt.Errorf("set %s: unknown key type", s.Name)
+	}
+	if s.Interval && s.Key == rules.KeyUID {
+		return nil, fmt.Errorf("set %s: uid sets have no intervals", s.Name)
+	}
+	return ns, nil
+}
+
+// encodeElements turns model elements into kernel elements.
+//
+// Concatenated interval sets (the per-account sets, kept by the pipapo
+// backend) take one element with a key and a key end. Single-field interval
+// sets (rbtree) take a start element and an end element flagged
+// INTERVAL_END at hi+1; a range reaching 65535 has no end element.
+func encodeElements(s *rules.Set, es []rules.Element) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(es)*2)
+	for _, e := range es {
+		switch {
+		case s.Key == rules.KeyUID:
+			out = append(out, nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(e.UID), Comment: comment(e)})
+		case s.Key == rules.KeyUIDPort:
+			out = append(out, nftables.SetElement{Key: uidPort(e.UID, e.Lo), KeyEnd: uidPort(e.UID, e.Hi), Comment: comment(e)})
+		case s.Key == rules.KeyPort && s.Interval:
+			out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(e.Lo), Comment: comment(e)})
+			if e.Hi < 0xffff {
+				out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(e.Hi + 1), IntervalEnd: true})
+			}
+		default:
+			out = append(out, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(e.Lo), Comment: comment(e)})
+		}
+	}
+	return out
+}
+
+func comment(e rules.Element) string { return rules.SanitizeComment(e.Comment) }
+
+// uidPort is the key of a "uid . inet_service" element: the UID in network
+// byte order (nft converts skuid with hton before concatenating), then the
+// port in network byte order padded to the 4-byte register word.
+func uidPort(uid uint32, port uint16) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint32(b, uid)
+	binary.BigEndian.PutUint16(b[4:], port)
+	return b
+}
+
+// maxElemsAttr bounds the payload of one NFTA_SET_ELEM_LIST_ELEMENTS
+// attribute. google/nftables v0.3.0 puts every element of one call into one
+// attribute whose length field has 16 bits: past 65,535 bytes the length
+// wraps and the kernel refuses the batch or keeps a truncated list. We stay
+// below with room for the attribute header.
+const maxElemsAttr = 65535 - 4
+
+// elementSize is the encoded size of one element inside the list attribute,
+// as google/nftables marshals it (set.go, makeElemList): the nested item
+// header, the flags, key and key end (each a nested NFTA_DATA_VALUE), and
+// the userdata comment. Every attribute is padded to 4 bytes.
+func elementSize(e nftables.SetElement) int {
+	n := 4 // item
+	if e.IntervalEnd {
+		n += 8
+	}
+	n += 8 + align4(len(e.Key))
+	if len(e.KeyEnd) > 0 {
+		n += 8 + align4(len(e.KeyEnd))
+	}
+	if e.Comment != "" {
+		n += 4 + align4(2+len(e.Comment)+1)
+	}
+	return n
+}
+
+func align4(n int) int { return (n + 3) &^ 3 }
+
+// chunkElements splits es so that no chunk's list attribute exceeds
+// maxElemsAttr bytes. An interval's start and end elements may land in
+// different chunks: they are still in the same batch, which is what the
+// kernel needs.
+func chunkElements(es []nftables.SetElement) [][]nftables.SetElement {
+	var out [][]nftables.SetElement
+	start, size := 0, 0
+	for i, e := range es {
+		n := elementSize(e)
+		if size+n > maxElemsAttr && i > start {
+			out = append(out, es[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(es) {
+		out = append(out, es[start:])
+	}
+	return out
+}

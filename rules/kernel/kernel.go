@@ -1,0 +1,333 @@
+// Package kernel connects nftpol's ruleset model to the kernel's nf_tables
+// through netlink. It is the only package that imports google/nftables: it
+// encodes the model into netlink messages, decodes nftpol's table back into
+// the model, and applies a plan as one batch, which the kernel commits as one
+// transaction: all of it or nothing.
+package kernel
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
+	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/rules"
+)
+
+// Kernel reads and writes one network namespace's nf_tables.
+type Kernel struct {
+	opts []nftables.ConnOption
+	ns   *os.File
+	fake bool // messages go to a test dial, which has no socket buffers
+}
+
+// Option configures a Kernel.
+type Option func(*Kernel) error
+
+// WithNetNS makes the Kernel work on the network namespace called name, as
+// `ip netns add` creates it (/run/netns/NAME), while the process stays in
+// its own namespace. A name containing a slash is taken as a path.
+func WithNetNS(name string) Option {
+	return func(k *Kernel) error {
+		path := name
+		if !strings.Contains(name, "/") {
+			path = filepath.Join("/run/netns", name)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("opening network namespace %s: %w", name, err)
+		}
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || (st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC) {
+			f.Close()
+			return fmt.Errorf("%s is not a network namespace", path)
+		}
+		k.ns = f
+		k.opts = append(k.opts, nftables.WithNetNSFd(int(f.Fd())))
+		return nil
+	}
+}
+
+// WithTestDial sends every netlink message to f instead of the kernel; unit
+// tests use it to see the messages without root.
+func WithTestDial(f nltest.Func) Option {
+	return func(k *Kernel) error {
+		k.opts = append(k.opts, nftables.WithTestDial(f))
+		k.fake = true
+		return nil
+	}
+}
+
+// Open returns a Kernel. Close it to release the namespace handle.
+func Open(opts ...Option) (*Kernel, error) {
+	k := &Kernel{}
+	for _, o := range opts {
+		if err := o(k); err != nil {
+			k.Close()
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// Close releases the Kernel's resources.
+func (k *Kernel) Close() error {
+	if k.ns != nil {
+		err := k.ns.Close()
+		k.ns = nil
+		return err
+	}
+	return nil
+}
+
+// Read returns the content of table inet <table>, or nil when there is no
+// such table. Rules nftpol did not write decode to rules.Unknown statements;
+// use Ruleset.Owned to tell whether the table is nftpol's at all.
+func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
+	c, err := nftables.New(append(k.opts, nftables.AsLasting())...)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer c.CloseLasting()
+
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("listing inet tables: %w", err)
+	}
+	var t *nftables.Table
+	for _, x := range tables {
+		if x.Name == table {
+			t = x
+		}
+	}
+	if t == nil {
+		return nil, nil
+	}
+	rs := &rules.Ruleset{Table: table}
+
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("listing sets of table inet %s: %w", table, err)
+	}
+	for _, s := range sets {
+		ms := decodeSet(s)
+		es, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("reading elements of set %s: %w", s.Name, err)
+		}
+		if ms.Elements, err = decodeElements(ms, es); err != nil {
+			return nil, err
+		}
+		rs.Sets = append(rs.Sets, ms)
+	}
+
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("listing chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		mc := decodeChain(ch)
+		rr, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("reading rules of chain %s: %w", ch.Name, err)
+		}
+		for _, r := range rr {
+			mc.Rules = append(mc.Rules, decodeRule(r.Exprs, r.UserData))
+		}
+		rs.Chains = append(rs.Chains, mc)
+	}
+	return rs, nil
+}
+
+func decodeChain(ch *nftables.Chain) *rules.Chain {
+	mc := &rules.Chain{Name: ch.Name}
+	switch {
+	case ch.Hooknum == nil || ch.Priority == nil || ch.Type != nftables.ChainTypeFilter:
+		mc.Hook = "none"
+	case ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept:
+		mc.Hook = "policy-drop"
+	case *ch.Hooknum == *nftables.ChainHookInput:
+		mc.Hook = rules.HookInput
+	case *ch.Hooknum == *nftables.ChainHookOutput:
+		mc.Hook = rules.HookOutput
+	default:
+		mc.Hook = rules.Hook(fmt.Sprintf("hook-%d", *ch.Hooknum))
+	}
+	if ch.Priority != nil {
+		mc.Priority = int32(*ch.Priority)
+	}
+	return mc
+}
+
+// Stats describes what Apply sent.
+type Stats struct {
+	// Messages is the number of netlink messages in the batch, not
+	// counting the batch begin and end markers.
+	Messages int
+	// Elements is the number of set elements added or deleted (an rbtree
+	// interval counts as its start and end elements).
+	Elements int
+}
+
+// Apply sends the plan as one netlink batch. The kernel commits it as one
+// transaction: when Apply returns an error, nothing of the plan is in
+// effect.
+func (k *Kernel) Apply(p *rules.Plan) (Stats, error) {
+	var st Stats
+	if p.Empty() {
+		return st, nil
+	}
+	b, err := buildBatch(p)
+	if err != nil {
+		return st, err
+	}
+	// The whole batch goes out in one sendmsg(2), so the send buffer must
+	// hold it; the receive buffer must hold the kernel's error replies,
+	// which echo the failing message. SO_SNDBUFFORCE/SO_RCVBUFFORCE (used
+	// by the netlink package when we are privileged) lift the sysctl caps.
+	size := max(4*b.bytes, 1<<20)
+	bufs := nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(size); err != nil {
+			return fmt.Errorf("sizing netlink send buffer: %w", err)
+		}
+		if err := c.SetReadBuffer(size); err != nil {
+			return fmt.Errorf("sizing netlink receive buffer: %w", err)
+		}
+		return nil
+	})
+	opts := k.opts
+	if !k.fake {
+		opts = append(opts[:len(opts):len(opts)], bufs)
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return st, fmt.Errorf("netlink: %w", err)
+	}
+	for _, op := range b.ops {
+		if err := op(c); err != nil {
+			return st, err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return st, fmt.Errorf("applying to table inet %s (nothing was changed): %w", p.Table, err)
+	}
+	return b.stats, nil
+}
+
+// batch is a plan turned into calls on a nftables.Conn, with its size.
+type batch struct {
+	ops   []func(*nftables.Conn) error
+	stats Stats
+	bytes int
+}
+
+func (b *batch) add(op func(*nftables.Conn) error) {
+	b.ops = append(b.ops, op)
+	b.stats.Messages++
+}
+
+// buildBatch orders the plan's operations so that every reference is valid
+// when the kernel reaches it: the table before its sets, sets (with their
+// element changes) before the rules that look them up, rule changes before
+// the deletion of sets they no longer use.
+func buildBatch(p *rules.Plan) (*batch, error) {
+	b := &batch{}
+	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
+	switch p.TableAction {
+	case rules.TableReplace:
+		b.add(func(c *nftables.Conn) error { c.DelTable(t); return nil })
+		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
+	case rules.TableCreate:
+		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
+	}
+
+	var setDeletes []rules.SetChange
+	for _, sc := range p.Sets {
+		if sc.Action == rules.ActionDelete {
+			setDeletes = append(setDeletes, sc)
+			continue
+		}
+		ns, err := encodeSet(t, sc.Set)
+		if err != nil {
+			return nil, err
+		}
+		if sc.Action == rules.ActionCreate {
+			b.add(func(c *nftables.Conn) error {
+				if err := c.AddSet(ns, nil); err != nil {
+					return fmt.Errorf("set %s: %w", ns.Name, err)
+				}
+				return nil
+			})
+		}
+		b.elements(ns, sc.Set, sc.Delete, (*nftables.Conn).SetDeleteElements)
+		b.elements(ns, sc.Set, sc.Add, (*nftables.Conn).SetAddElements)
+	}
+
+	for _, cc := range p.Chains {
+		ch := &nftables.Chain{Name: cc.Name, Table: t}
+		switch cc.Action {
+		case rules.ActionDelete:
+			b.add(func(c *nftables.Conn) error { c.DelChain(ch); return nil })
+			continue
+		case rules.ActionCreate:
+			hook := nftables.ChainHookInput
+			if cc.Chain.Hook == rules.HookOutput {
+				hook = nftables.ChainHookOutput
+			} else if cc.Chain.Hook != rules.HookInput {
+				return nil, fmt.Errorf("chain %s: unknown hook %q", cc.Name, cc.Chain.Hook)
+			}
+			prio := nftables.ChainPriority(cc.Chain.Priority)
+			policy := nftables.ChainPolicyAccept
+			ch.Type, ch.Hooknum, ch.Priority, ch.Policy = nftables.ChainTypeFilter, hook, &prio, &policy
+			b.add(func(c *nftables.Conn) error { c.AddChain(ch); return nil })
+		case rules.ActionReplace:
+			b.add(func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
+		}
+		for i, r := range cc.Chain.Rules {
+			exprs, err := encodeRule(r)
+			if err != nil {
+				return nil, fmt.Errorf("chain %s, rule %d: %w", cc.Name, i+1, err)
+			}
+			ud := ruleUserData(r)
+			b.add(func(c *nftables.Conn) error {
+				c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: ud})
+				return nil
+			})
+		}
+	}
+
+	for _, sc := range setDeletes {
+		s := &nftables.Set{Table: t, Name: sc.Name}
+		b.add(func(c *nftables.Conn) error { c.DelSet(s); return nil })
+	}
+	return b, nil
+}
+
+// elements adds the element operations for es, split into messages that
+// keep each element list attribute below 64 KiB.
+func (b *batch) elements(ns *nftables.Set, s *rules.Set, es []rules.Element, op func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error) {
+	if len(es) == 0 {
+		return
+	}
+	kes := encodeElements(s, es)
+	b.stats.Elements += len(kes)
+	for _, chunk := range chunkElements(kes) {
+		for _, e := range chunk {
+			b.bytes += elementSize(e)
+		}
+		b.add(func(c *nftables.Conn) error {
+			if err := op(c, ns, chunk); err != nil {
+				return fmt.Errorf("set %s: %w", ns.Name, err)
+			}
+			return nil
+		})
+	}
+}

@@ -1,0 +1,187 @@
+package rules
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// WriteText prints the plan for people: the table, then account by account,
+// then the kernel objects, then a one-line summary. An empty plan prints
+// "No changes." and nothing else.
+func (p *Plan) WriteText(w io.Writer) error {
+	if p.Empty() {
+		_, err := fmt.Fprintln(w, "No changes.")
+		return err
+	}
+	var b strings.Builder
+	switch p.TableAction {
+	case TableCreate:
+		fmt.Fprintf(&b, "Table inet %s will be created.\n", p.Table)
+	case TableReplace:
+		fmt.Fprintf(&b, "Table inet %s will be replaced in one transaction (its layout changed).\n", p.Table)
+	default:
+		fmt.Fprintf(&b, "Table inet %s will be updated.\n", p.Table)
+	}
+	if len(p.Accounts) > 0 {
+		b.WriteString("\nAccounts:\n")
+		for _, a := range p.Accounts {
+			mark := map[Action]string{ActionAdd: "+", ActionChange: "~", ActionRemove: "-"}[a.Action]
+			fmt.Fprintf(&b, "  %s %s (uid %d):", mark, displayName(a), a.UID)
+			for i, pp := range a.Ports {
+				if i > 0 {
+					b.WriteString(";")
+				}
+				fmt.Fprintf(&b, " %s %s", pp.Proto, portsChange(a.Action, pp))
+			}
+			b.WriteString("\n")
+		}
+	}
+	b.WriteString("\nKernel:\n")
+	for _, s := range p.Sets {
+		switch s.Action {
+		case ActionCreate:
+			fmt.Fprintf(&b, "  + set %s (%d elements)\n", s.Name, len(s.Add))
+		case ActionUpdate:
+			fmt.Fprintf(&b, "  ~ set %s: %d elements to add, %d to delete\n", s.Name, len(s.Add), len(s.Delete))
+		case ActionDelete:
+			fmt.Fprintf(&b, "  - set %s\n", s.Name)
+		}
+	}
+	for _, c := range p.Chains {
+		switch c.Action {
+		case ActionCreate:
+			fmt.Fprintf(&b, "  + chain %s (%d rules)\n", c.Name, len(c.Chain.Rules))
+		case ActionReplace:
+			fmt.Fprintf(&b, "  ~ chain %s: rules replaced (%d rules)\n", c.Name, len(c.Chain.Rules))
+		case ActionDelete:
+			fmt.Fprintf(&b, "  - chain %s\n", c.Name)
+		}
+	}
+	add, chg, rm := 0, 0, 0
+	for _, a := range p.Accounts {
+		switch a.Action {
+		case ActionAdd:
+			add++
+		case ActionChange:
+			chg++
+		case ActionRemove:
+			rm++
+		}
+	}
+	fmt.Fprintf(&b, "\nPlan: %d %s to add, %d to change, %d to remove; %d kernel operations.\n",
+		add, plural(add, "account", "accounts"), chg, rm, p.Operations())
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func displayName(a AccountChange) string {
+	if a.Name == "" {
+		return "(unnamed)"
+	}
+	return a.Name
+}
+
+func portsChange(act Action, pp ProtoPorts) string {
+	o, n := joinOrNone(pp.Old), joinOrNone(pp.New)
+	switch act {
+	case ActionAdd:
+		return n
+	case ActionRemove:
+		return o
+	}
+	if o == n {
+		return n
+	}
+	return o + " -> " + n
+}
+
+func joinOrNone(rs []string) string {
+	if len(rs) == 0 {
+		return "none"
+	}
+	return strings.Join(rs, ",")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// JSON shapes of a plan. They are part of nftpol's interface to config
+// management: fields are only ever added.
+type (
+	jsonPlan struct {
+		Table      string        `json:"table"`
+		Changes    bool          `json:"changes"`
+		Action     TableAction   `json:"table_action"`
+		Accounts   []jsonAccount `json:"accounts"`
+		Sets       []jsonSet     `json:"sets"`
+		Chains     []jsonChain   `json:"chains"`
+		Operations int           `json:"operations"`
+	}
+	jsonAccount struct {
+		Name   string               `json:"name"`
+		UID    uint32               `json:"uid"`
+		Action Action               `json:"action"`
+		Ports  map[Proto]jsonChange `json:"ports"`
+	}
+	jsonChange struct {
+		Old []string `json:"old"`
+		New []string `json:"new"`
+	}
+	jsonSet struct {
+		Name   string `json:"name"`
+		Action Action `json:"action"`
+		Add    int    `json:"add"`
+		Delete int    `json:"delete"`
+	}
+	jsonChain struct {
+		Name   string `json:"name"`
+		Action Action `json:"action"`
+		Rules  int    `json:"rules"`
+	}
+)
+
+// MarshalJSON renders the plan for tools: per account the old and new
+// ranges per protocol, the set and chain changes, and the number of kernel
+// operations.
+func (p *Plan) MarshalJSON() ([]byte, error) {
+	j := jsonPlan{
+		Table:      "inet " + p.Table,
+		Changes:    !p.Empty(),
+		Action:     p.TableAction,
+		Accounts:   []jsonAccount{},
+		Sets:       []jsonSet{},
+		Chains:     []jsonChain{},
+		Operations: p.Operations(),
+	}
+	for _, a := range p.Accounts {
+		ja := jsonAccount{Name: a.Name, UID: a.UID, Action: a.Action, Ports: map[Proto]jsonChange{}}
+		for _, pp := range a.Ports {
+			ja.Ports[pp.Proto] = jsonChange{Old: nonNil(pp.Old), New: nonNil(pp.New)}
+		}
+		j.Accounts = append(j.Accounts, ja)
+	}
+	for _, s := range p.Sets {
+		j.Sets = append(j.Sets, jsonSet{Name: s.Name, Action: s.Action, Add: len(s.Add), Delete: len(s.Delete)})
+	}
+	for _, c := range p.Chains {
+		jc := jsonChain{Name: c.Name, Action: c.Action}
+		if c.Chain != nil {
+			jc.Rules = len(c.Chain.Rules)
+		}
+		j.Chains = append(j.Chains, jc)
+	}
+	return json.Marshal(j)
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

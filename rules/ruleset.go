@@ -1,0 +1,178 @@
+// Package rules is nftpol's model of the one nftables table it owns: sets with
+// their elements, base chains with their rules. The compiler produces a
+// Ruleset from a policy (what should be), the kernel package decodes one from
+// the kernel (what is), Diff compares the two and gives a Plan.
+//
+// The model is deliberately small. A rule is a sequence of statements from a
+// closed vocabulary (see stmt.go): every statement nftpol ever writes has a
+// type here, so the kernel package can encode it exactly and decode it back
+// exactly, and anything it does not recognise is a sign that somebody else
+// changed the table. Nothing here talks to the kernel.
+package rules
+
+import (
+	"cmp"
+	"slices"
+)
+
+// Ruleset is the content of nftpol's table in the inet family.
+type Ruleset struct {
+	// Table is the table name; the family is always inet, so one table
+	// covers IPv4 and IPv6 alike.
+	Table string
+	// Sets, in the order they are rendered and created.
+	Sets []*Set
+	// Chains, in the order they are rendered and created.
+	Chains []*Chain
+}
+
+// Set returns the set called name, or nil.
+func (rs *Ruleset) Set(name string) *Set {
+	for _, s := range rs.Sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Chain returns the chain called name, or nil.
+func (rs *Ruleset) Chain(name string) *Chain {
+	for _, c := range rs.Chains {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// KeyType is the type of a set's keys.
+type KeyType int
+
+// The key types nftpol uses.
+const (
+	// KeyUID holds UIDs ("type uid"). Elements use UID only.
+	KeyUID KeyType = iota + 1
+	// KeyPort holds ports or port ranges ("type inet_service"). Elements
+	// use Lo and Hi.
+	KeyPort
+	// KeyUIDPort holds a UID concatenated with a port range ("type uid .
+	// inet_service"). Elements use UID, Lo and Hi.
+	KeyUIDPort
+)
+
+func (k KeyType) String() string {
+	switch k {
+	case KeyUID:
+		return "uid"
+	case KeyPort:
+		return "inet_service"
+	case KeyUIDPort:
+		return "uid . inet_service"
+	}
+	return "invalid"
+}
+
+// Set is a named set of the table.
+type Set struct {
+	Name string
+	Key  KeyType
+	// Interval sets hold ranges (flags interval). KeyUID sets never do.
+	Interval bool
+	// Elements, kept sorted by SortElements order and without duplicates.
+	Elements []Element
+}
+
+// Element is one element of a set. Which fields count depends on the set's
+// KeyType; the others are zero.
+type Element struct {
+	UID    uint32
+	Lo, Hi uint16
+	// Comment labels the element (the account name for per-account
+	// elements). It is stored in the kernel as element userdata and is
+	// part of the element's identity: a changed comment is a changed
+	// element.
+	Comment string
+}
+
+// Compare orders elements by UID, then port range, then comment.
+func (e Element) Compare(o Element) int {
+	if c := cmp.Compare(e.UID, o.UID); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(e.Lo, o.Lo); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(e.Hi, o.Hi); c != 0 {
+		return c
+	}
+	return cmp.Compare(e.Comment, o.Comment)
+}
+
+// SortElements sorts elements into canonical order and drops exact duplicates.
+func SortElements(es []Element) []Element {
+	slices.SortFunc(es, Element.Compare)
+	return slices.CompactFunc(es, func(a, b Element) bool { return a == b })
+}
+
+// Hook is the netfilter hook of a base chain.
+type Hook string
+
+// Hooks nftpol attaches to.
+const (
+	HookInput  Hook = "input"
+	HookOutput Hook = "output"
+)
+
+// Chain is a base chain of type filter. Its policy is always accept: nftpol
+// only ever removes traffic that breaks the policy, it never decides for the
+// rest of the host's firewall.
+type Chain struct {
+	Name     string
+	Hook     Hook
+	Priority int32
+	Rules    []Rule
+}
+
+// Rule is a sequence of statements, the last of which is normally a verdict.
+type Rule struct {
+	Stmts []Stmt
+	// Comment is stored as rule userdata. nftpol marks its rules with it so
+	// it can tell its own table from a stranger's (see Owned).
+	Comment string
+}
+
+// Equal reports whether two rules match the same packets the same way.
+// Counter values are not compared: they are state, not configuration.
+func (r Rule) Equal(o Rule) bool {
+	return r.Comment == o.Comment && slices.EqualFunc(r.Stmts, o.Stmts, stmtEqual)
+}
+
+// Equal reports whether two chains have the same definition and rules.
+func (c *Chain) Equal(o *Chain) bool {
+	return c.Name == o.Name && c.Hook == o.Hook && c.Priority == o.Priority &&
+		slices.EqualFunc(c.Rules, o.Rules, Rule.Equal)
+}
+
+// SameDefinition reports whether two sets have the same name, type and flags
+// (their elements aside).
+func (s *Set) SameDefinition(o *Set) bool {
+	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval
+}
+
+// OwnerMark is the rule comment by which nftpol recognises its own table. It
+// is written on the first rule of every chain nftpol creates.
+const OwnerMark = "nftpol: managed table, change the policy instead"
+
+// Owned reports whether the ruleset carries nftpol's mark, i.e. whether nftpol
+// created it. A table without the mark belongs to somebody else.
+func (rs *Ruleset) Owned() bool {
+	for _, c := range rs.Chains {
+		for _, r := range c.Rules {
+			if r.Comment == OwnerMark {
+				return true
+			}
+		}
+	}
+	return false
+}

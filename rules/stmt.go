@@ -1,0 +1,235 @@
+package rules
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Stmt is one statement of a rule. The vocabulary is closed: these types are
+// everything nftpol writes, each with one exact kernel encoding (in the
+// kernel package) and one nft spelling (String, as `nft list` prints it).
+//
+// Every Stmt is a comparable value type, so two statements are equal when
+// their values are.
+type Stmt interface {
+	fmt.Stringer
+	stmt()
+}
+
+// Proto is a transport protocol named as nft names it.
+type Proto string
+
+// Transport protocols.
+const (
+	TCP Proto = "tcp"
+	UDP Proto = "udp"
+)
+
+// Number is the IP protocol number.
+func (p Proto) Number() uint8 {
+	switch p {
+	case TCP:
+		return 6
+	case UDP:
+		return 17
+	}
+	return 0
+}
+
+// Loopback matches packets on the loopback interface: `iif "lo"` in input
+// chains, `oif "lo"` in output chains (Out). It compares the interface index,
+// which is 1 for lo in every network namespace.
+type Loopback struct{ Out bool }
+
+// CtDirectionOriginal matches packets in the original direction of their
+// connection, i.e. sent by whoever opened it. A packet without conntrack
+// entry does not match.
+type CtDirectionOriginal struct{}
+
+// CtStateNotNew matches packets of connections that are not new
+// (established, related, invalid, untracked).
+type CtStateNotNew struct{}
+
+// CmpOp is a relational operator.
+type CmpOp int
+
+// Relational operators SkuidCmp supports.
+const (
+	Lt CmpOp = iota + 1
+	Ge
+)
+
+// SkuidCmp compares the UID owning the packet's socket. A packet without an
+// owning full socket never matches any skuid statement.
+type SkuidCmp struct {
+	Op  CmpOp
+	UID uint32
+}
+
+// SkuidInSet looks the socket's UID up in a set of type uid.
+type SkuidInSet struct{ Set string }
+
+// L4Proto matches the transport protocol.
+type L4Proto struct{ Proto Proto }
+
+// SkuidSportInSet looks up the concatenation of the socket's UID and the
+// packet's source port in a set of type uid . inet_service.
+type SkuidSportInSet struct {
+	Proto Proto
+	Set   string
+}
+
+// DportRange matches a destination port in Lo..Hi.
+type DportRange struct {
+	Proto  Proto
+	Lo, Hi uint16
+}
+
+// DportNotInSet matches a destination port that is not in a set of type
+// inet_service.
+type DportNotInSet struct {
+	Proto Proto
+	Set   string
+}
+
+// Counter counts packets and bytes. Its values are kernel state, not part of
+// the model.
+type Counter struct{}
+
+// VerdictKind is what a rule does with a packet it matches.
+type VerdictKind int
+
+// Verdicts.
+const (
+	Accept VerdictKind = iota + 1
+	Drop
+	// RejectTCPReset answers with a TCP reset.
+	RejectTCPReset
+	// RejectPortUnreachable answers with ICMP/ICMPv6 port unreachable
+	// (nft's icmpx port-unreachable, spelled plain `reject`).
+	RejectPortUnreachable
+)
+
+// Verdict ends a rule.
+type Verdict struct{ Kind VerdictKind }
+
+func (Loopback) stmt()            {}
+func (CtDirectionOriginal) stmt() {}
+func (CtStateNotNew) stmt()       {}
+func (SkuidCmp) stmt()            {}
+func (SkuidInSet) stmt()          {}
+func (L4Proto) stmt()             {}
+func (SkuidSportInSet) stmt()     {}
+func (DportRange) stmt()          {}
+func (DportNotInSet) stmt()       {}
+func (Counter) stmt()             {}
+func (Verdict) stmt()             {}
+
+func (s Loopback) String() string {
+	if s.Out {
+		return `oif "lo"`
+	}
+	return `iif "lo"`
+}
+
+func (CtDirectionOriginal) String() string { return "ct direction original" }
+func (CtStateNotNew) String() string       { return "ct state != new" }
+
+func (s SkuidCmp) String() string {
+	op := map[CmpOp]string{Lt: "<", Ge: ">="}[s.Op]
+	return fmt.Sprintf("meta skuid %s %d", op, s.UID)
+}
+
+func (s SkuidInSet) String() string { return "meta skuid @" + s.Set }
+func (s L4Proto) String() string    { return "meta l4proto " + string(s.Proto) }
+
+func (s SkuidSportInSet) String() string {
+	return fmt.Sprintf("meta skuid . %s sport @%s", s.Proto, s.Set)
+}
+
+func (s DportRange) String() string {
+	return fmt.Sprintf("%s dport %s", s.Proto, portRange(s.Lo, s.Hi))
+}
+
+func (s DportNotInSet) String() string {
+	return fmt.Sprintf("%s dport != @%s", s.Proto, s.Set)
+}
+
+func (Counter) String() string { return "counter" }
+
+func (s Verdict) String() string {
+	switch s.Kind {
+	case Accept:
+		return "accept"
+	case Drop:
+		return "drop"
+	case RejectTCPReset:
+		return "reject with tcp reset"
+	case RejectPortUnreachable:
+		return "reject"
+	}
+	return "invalid-verdict"
+}
+
+func portRange(lo, hi uint16) string {
+	if lo == hi {
+		return fmt.Sprint(lo)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
+}
+
+func stmtEqual(a, b Stmt) bool {
+	if _, ok := a.(Unknown); ok {
+		return false
+	}
+	return a == b
+}
+
+// String renders the rule as nft prints it.
+func (r Rule) String() string {
+	var b strings.Builder
+	for i, s := range r.Stmts {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(s.String())
+	}
+	if r.Comment != "" {
+		fmt.Fprintf(&b, " comment %s", Quote(r.Comment))
+	}
+	return b.String()
+}
+
+// Quote renders s as an nft string literal. nft strings have no escapes, so
+// characters that would end or break the literal are replaced; the policy
+// loader already refuses such names, this is the last line of defence.
+func Quote(s string) string {
+	s = SanitizeComment(s)
+	return `"` + s + `"`
+}
+
+// MaxCommentLen is the longest comment nftpol writes; nft refuses longer ones.
+const MaxCommentLen = 128
+
+// SanitizeComment makes s safe to store as a comment and to print in nft
+// syntax: printable ASCII without double quotes, backslashes or newlines, at
+// most MaxCommentLen bytes.
+func SanitizeComment(s string) string {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s) && len(b) < MaxCommentLen; i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			c = '_'
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+// Unknown stands for kernel expressions nftpol did not write. It equals no
+// other statement, so a chain holding one is always rewritten.
+type Unknown struct{ Desc string }
+
+func (Unknown) stmt() {}
+
+func (s Unknown) String() string { return "# unrecognised expression " + s.Desc }
