@@ -99,12 +99,16 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	for _, proto := range protos {
 		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept}})
 	}
-	// The violation rules test skuid again on purpose: a packet without an
-	// owning full socket (kernel resets, time-wait, ICMP errors) makes any
-	// skuid expression fail, so such packets can never reach the verdict.
+	// The violation rules restate two conditions on purpose. `ct direction
+	// reply`: a packet conntrack has no entry for (untracked, invalid)
+	// fails the original-direction accept above, and must not be taken for
+	// a serving packet either: it passes untouched. skuid: a packet without
+	// an owning full socket (kernel resets, time-wait, ICMP errors) makes
+	// any skuid expression fail, so it never reaches the verdict.
 	for _, proto := range protos {
 		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{
 			rules.L4Proto{Proto: proto},
+			rules.CtDirectionReply{},
 			rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID},
 			rules.Counter{},
 			verdict(p.Action, proto),

@@ -24,8 +24,10 @@ type Action string
 
 // Actions.
 const (
-	// Reject answers with a TCP reset or an ICMP port-unreachable, so the
-	// client learns at once that nobody serves there.
+	// Reject answers with a TCP reset or an ICMP port-unreachable. A new
+	// connection to a closed zone port is refused at once. A serving
+	// packet is caught on its way out, so the reset goes to the local
+	// socket; the remote client sees a timeout, as with Drop.
 	Reject Action = "reject"
 	// Drop discards the packet silently.
 	Drop Action = "drop"

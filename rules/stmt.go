@@ -46,6 +46,11 @@ type Loopback struct{ Out bool }
 // entry does not match.
 type CtDirectionOriginal struct{}
 
+// CtDirectionReply matches packets in the reply direction: answers from
+// the side that accepted the connection. A packet without a conntrack entry
+// (untracked, invalid) does not match.
+type CtDirectionReply struct{}
+
 // CtStateNotNew matches packets of connections that are not new
 // (established, related, invalid, untracked).
 type CtStateNotNew struct{}
@@ -115,6 +120,7 @@ type Verdict struct{ Kind VerdictKind }
 
 func (Loopback) stmt()            {}
 func (CtDirectionOriginal) stmt() {}
+func (CtDirectionReply) stmt()    {}
 func (CtStateNotNew) stmt()       {}
 func (SkuidCmp) stmt()            {}
 func (SkuidInSet) stmt()          {}
@@ -133,6 +139,7 @@ func (s Loopback) String() string {
 }
 
 func (CtDirectionOriginal) String() string { return "ct direction original" }
+func (CtDirectionReply) String() string    { return "ct direction reply" }
 func (CtStateNotNew) String() string       { return "ct state != new" }
 
 func (s SkuidCmp) String() string {

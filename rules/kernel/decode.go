@@ -101,6 +101,8 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		switch {
 		case e.Key == expr.CtKeyDIRECTION && isCmp(es[1], expr.CmpOpEq, []byte{ctDirOriginal}):
 			return rules.CtDirectionOriginal{}, 2, ""
+		case e.Key == expr.CtKeyDIRECTION && isCmp(es[1], expr.CmpOpEq, []byte{ctDirReply}):
+			return rules.CtDirectionReply{}, 2, ""
 		case e.Key == expr.CtKeySTATE && isCmp(es[1], expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(ctStateNew)):
 			return rules.CtStateNotNew{}, 2, ""
 		}

@@ -30,6 +30,9 @@ const ctStateNew = 1 << 3
 // ctDirOriginal is IP_CT_DIR_ORIGINAL, the value `ct direction original` loads.
 const ctDirOriginal = 0
 
+// ctDirReply is IP_CT_DIR_REPLY.
+const ctDirReply = 1
+
 // loIfindex is the loopback interface's index, 1 in every network namespace.
 const loIfindex = 1
 
@@ -59,6 +62,10 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 			out = append(out,
 				&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{ctDirOriginal}})
+		case rules.CtDirectionReply:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{ctDirReply}})
 		case rules.CtStateNotNew:
 			out = append(out,
 				&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},

@@ -148,7 +148,7 @@ func sampleRules() []rules.Rule {
 		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "exempt"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.UDP, Set: "udp_ports"}, acc}},
-		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.SkuidCmp{Op: rules.Ge, UID: 1000}, rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}}},
+		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: 1000}, rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.SkuidCmp{Op: rules.Ge, UID: 0}, rules.Counter{}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.TCP, Lo: 40010, Hi: 49999}, rules.DportNotInSet{Proto: rules.TCP, Set: "tcp_open"}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.UDP, Lo: 1, Hi: 65535}, rules.DportNotInSet{Proto: rules.UDP, Set: "udp_open"}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},

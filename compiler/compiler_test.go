@@ -1,0 +1,185 @@
+package compiler
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/rules"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// fakeUsers resolves the user names the examples use, so the golden files
+// do not depend on this machine's passwd database.
+func fakeUsers(name string) (uint32, error) {
+	if uid, ok := map[string]uint32{"www-data": 33}[name]; ok {
+		return uid, nil
+	}
+	return 0, fmt.Errorf("unknown user %q", name)
+}
+
+// TestGoldenExports pins the export of every example policy. Run with
+// -update after an intended change and review the diff.
+func TestGoldenExports(t *testing.T) {
+	cases := map[string]string{
+		"examples.nft": "../examples/nftpol.yaml",
+		"drop.nft":     "testdata/drop.yaml",
+	}
+	for golden, file := range cases {
+		t.Run(golden, func(t *testing.T) {
+			p, err := policies.Load(file, policies.WithLookup(fakeUsers))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs, err := Compile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := rules.RenderString(rs)
+			path := filepath.Join("testdata", golden)
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("export of %s differs from %s:\n%s", file, path, got)
+			}
+			nftCheck(t, got)
+		})
+	}
+}
+
+// nftCheck asks nft, an independent parser, whether the text is a valid
+// ruleset (-c: check only, nothing is loaded). Where nft is missing the
+// check is skipped, except under CI where nft is always installed.
+func nftCheck(t *testing.T, text string) {
+	t.Helper()
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("nft not installed under CI")
+		}
+		t.Log("nft not installed: export not checked with nft -c")
+		return
+	}
+	f := filepath.Join(t.TempDir(), "export.nft")
+	if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(nft, "-c", "-f", f).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "Operation not permitted") {
+			t.Log("nft -c needs CAP_NET_ADMIN here: export not checked")
+			return
+		}
+		t.Errorf("nft -c -f rejects the export: %v\n%s", err, out)
+	}
+}
+
+func policy(accounts ...policies.Account) *policies.Policy {
+	return &policies.Policy{
+		Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject,
+		Protocols: []policies.Protocol{policies.TCP, policies.UDP}, Accounts: accounts,
+	}
+}
+
+func TestCompileDeterministic(t *testing.T) {
+	accs := []policies.Account{
+		{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: []policies.Protocol{policies.TCP}},
+		{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40500, Hi: 40500}, {Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}},
+	}
+	rs1, err := Compile(policy(accs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(accs)
+	rs2, err := Compile(policy(accs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := rules.RenderString(rs1), rules.RenderString(rs2); a != b {
+		t.Errorf("account order changed the export:\n%s\n---\n%s", a, b)
+	}
+}
+
+// TestNoPerAccountRules: the rules are the same whatever the accounts; only
+// set elements grow with them.
+func TestNoPerAccountRules(t *testing.T) {
+	small, _ := Compile(policy(policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40010}}, Protocols: []policies.Protocol{policies.TCP}}))
+	var many []policies.Account
+	for i := 0; i < 500; i++ {
+		p := uint16(40010 + 2*i)
+		many = append(many, policies.Account{Name: fmt.Sprint("u", i), UID: uint32(2000 + i), Ports: []policies.PortRange{{Lo: p, Hi: p}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+	}
+	big, _ := Compile(policy(many...))
+	for i := range small.Chains {
+		if !small.Chains[i].Equal(big.Chains[i]) {
+			t.Errorf("chain %s differs between 1 and 500 accounts", small.Chains[i].Name)
+		}
+	}
+	if n := len(big.Set("tcp_ports").Elements); n != 500 {
+		t.Errorf("tcp_ports holds %d elements, want 500", n)
+	}
+	if n := len(big.Set("udp_open").Elements); n != 500 {
+		t.Errorf("udp_open holds %d elements, want 500 (non-adjacent ports)", n)
+	}
+}
+
+func TestCompileMergesAndSplitsByProtocol(t *testing.T) {
+	rs, err := Compile(policy(
+		policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}, {Lo: 40020, Hi: 40025}, {Lo: 40015, Hi: 40016}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}},
+		policies.Account{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40026, Hi: 40030}}, Protocols: []policies.Protocol{policies.TCP}},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"tcp_ports": "[{1001 40010 40025 a} {1002 40026 40030 b}]",
+		"udp_ports": "[{1001 40010 40025 a}]",
+		"tcp_open":  "[{0 40010 40030 }]", // two accounts' adjacent ranges form one interval
+		"udp_open":  "[{0 40010 40025 }]",
+		"exempt":    "[]",
+	}
+	for name, w := range want {
+		if got := fmt.Sprint(rs.Set(name).Elements); got != w {
+			t.Errorf("%s = %s, want %s", name, got, w)
+		}
+	}
+}
+
+func TestCompileActionAndLoopback(t *testing.T) {
+	p := policy()
+	p.Action, p.Loopback = policies.Drop, policies.LoopbackEnforce
+	rs, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := rules.RenderString(rs)
+	if strings.Contains(text, "reject") || strings.Contains(text, `"lo"`) {
+		t.Errorf("drop + loopback enforce still rejects or exempts lo:\n%s", text)
+	}
+	if !rs.Owned() {
+		t.Error("compiled ruleset lacks the owner mark")
+	}
+}
+
+func TestMerge(t *testing.T) {
+	got := Merge([]policies.PortRange{{Lo: 5, Hi: 6}, {Lo: 1, Hi: 2}, {Lo: 3, Hi: 3}, {Lo: 65535, Hi: 65535}, {Lo: 10, Hi: 12}, {Lo: 11, Hi: 11}})
+	want := []policies.PortRange{{Lo: 1, Hi: 3}, {Lo: 5, Hi: 6}, {Lo: 10, Hi: 12}, {Lo: 65535, Hi: 65535}}
+	if !slices.Equal(got, want) {
+		t.Errorf("Merge = %v, want %v", got, want)
+	}
+}

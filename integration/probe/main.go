@@ -1,0 +1,379 @@
+// Command probe makes and checks real traffic for nftpol's integration tests.
+// It enters a network namespace by name (/run/netns/NAME, as made by
+// `ip netns add`), takes on a UID, and then listens, connects or keeps a
+// stream going:
+//
+//	probe listen  -netns NS -uid U -gid G -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 60s]
+//	probe connect -netns NS [-uid U] -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
+//	probe stream  -netns NS [-uid U] -proto tcp|udp -addr A -port P [-interval 50ms] [-timeout 1s] [-max 60s]
+//
+// listen prints "ready" once its socket is bound and echoes what it receives
+// until its standard input closes, it gets SIGTERM, or -timeout passes.
+//
+// connect sends "ping", expects "ping" back and prints one word: ok, refused
+// (TCP reset on connect, or ICMP port-unreachable on a connected UDP socket),
+// timeout (no answer within -timeout), reset (the connection was reset after
+// it was set up), closed (the peer closed without echoing) or "error: ...".
+// It exits 0 for all of them: the test interprets the word.
+//
+// stream connects, makes one exchange, prints "connected" and then exchanges
+// a message every -interval until its standard input closes (or SIGTERM, or
+// -max); it prints "ok N" (N exchanges, all answered) or "fail N: WORD" at the
+// first exchange that failed. Tests use it to prove that an established
+// connection keeps working while the ruleset changes under it.
+//
+// The order in which the probe sets itself up matters: it locks its OS
+// thread, enters the namespace on that thread, drops to the UID, and only then
+// creates its socket. A socket belongs to the namespace of the thread that
+// created it, and its owner (what `meta skuid` matches) is fixed at creation.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: probe listen|connect|stream [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "listen":
+		err = listen(os.Args[2:])
+	case "connect":
+		err = connect(os.Args[2:])
+	case "stream":
+		err = stream(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown subcommand %q (want listen, connect or stream)", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		os.Exit(1)
+	}
+}
+
+// endpoint holds the flags every subcommand shares.
+type endpoint struct {
+	netns string
+	uid   int
+	gid   int
+	proto string
+	addr  string
+	port  int
+	path  string
+}
+
+func (e *endpoint) register(fs *flag.FlagSet) {
+	fs.StringVar(&e.netns, "netns", "", "network namespace `NAME` (/run/netns/NAME); empty: stay")
+	fs.IntVar(&e.uid, "uid", -1, "run as this `UID` (negative: stay root)")
+	fs.IntVar(&e.gid, "gid", -1, "run as this `GID` (negative: same as -uid)")
+	fs.StringVar(&e.proto, "proto", "tcp", "tcp, udp or unix")
+	fs.StringVar(&e.addr, "addr", "", "IP address")
+	fs.IntVar(&e.port, "port", 0, "port")
+	fs.StringVar(&e.path, "path", "", "UNIX socket path (-proto unix)")
+}
+
+// network returns the net package's network name and address for e.
+func (e *endpoint) network() (string, string, error) {
+	switch e.proto {
+	case "tcp", "udp":
+		if e.port <= 0 || e.port > 65535 {
+			return "", "", fmt.Errorf("-port %d out of range", e.port)
+		}
+		return e.proto, net.JoinHostPort(e.addr, strconv.Itoa(e.port)), nil
+	case "unix":
+		if e.path == "" {
+			return "", "", errors.New("-proto unix needs -path")
+		}
+		return "unix", e.path, nil
+	}
+	return "", "", fmt.Errorf("-proto %q: want tcp, udp or unix", e.proto)
+}
+
+// enter moves the calling goroutine's OS thread into the namespace and then
+// drops to the UID. Sockets must be created afterwards, on the same goroutine.
+func (e *endpoint) enter() error {
+	// The thread stays locked for the life of the process: the namespace is
+	// a property of the thread, and an unlocked goroutine could move.
+	runtime.LockOSThread()
+	if e.netns != "" {
+		fd, err := syscall.Open("/run/netns/"+e.netns, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("opening namespace %s: %w", e.netns, err)
+		}
+		// setns(2) by number (sysSetns, per architecture): the syscall
+		// package has no wrapper, and the probe needs nothing beyond the
+		// standard library.
+		_, _, errno := syscall.Syscall(sysSetns, uintptr(fd), syscall.CLONE_NEWNET, 0)
+		syscall.Close(fd)
+		if errno != 0 {
+			return fmt.Errorf("entering namespace %s: %w", e.netns, errno)
+		}
+	}
+	if e.uid >= 0 {
+		gid := e.gid
+		if gid < 0 {
+			gid = e.uid
+		}
+		// The syscall package (not x/sys/unix) applies these to every
+		// thread of the process, so no thread keeps root's credentials.
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
+		if err := syscall.Setgid(gid); err != nil {
+			return fmt.Errorf("setgid %d: %w", gid, err)
+		}
+		if err := syscall.Setuid(e.uid); err != nil {
+			return fmt.Errorf("setuid %d: %w", e.uid, err)
+		}
+	}
+	return nil
+}
+
+func listen(args []string) error {
+	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
+	var e endpoint
+	e.register(fs)
+	timeout := fs.Duration("timeout", 60*time.Second, "exit after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	network, address, err := e.network()
+	if err != nil {
+		return err
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	switch network {
+	case "udp":
+		pc, err := net.ListenPacket(network, address)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		go echoPackets(pc)
+	default:
+		ln, err := net.Listen(network, address)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		if network == "unix" {
+			// Connecting needs write permission on the socket file; the
+			// tests connect as other UIDs on purpose.
+			if err := os.Chmod(address, 0o777); err != nil {
+				return err
+			}
+		}
+		go acceptEcho(ln)
+	}
+	fmt.Println("ready")
+	waitForEnd(*timeout)
+	return nil
+}
+
+func acceptEcho(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+func echoPackets(pc net.PacketConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			// A reply rejected on the way out can come back as an
+			// error on this socket; it must not stop the echo.
+			continue
+		}
+		_, _ = pc.WriteTo(buf[:n], from)
+	}
+}
+
+// waitForEnd returns when standard input reaches EOF, on SIGTERM or SIGINT,
+// or after d.
+func waitForEnd(d time.Duration) {
+	done := make(chan struct{}, 1)
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		done <- struct{}{}
+	}()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-sig:
+	case <-timer.C:
+	}
+}
+
+func connect(args []string) error {
+	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
+	var e endpoint
+	e.register(fs)
+	timeout := fs.Duration("timeout", 1500*time.Millisecond, "give up after this long (connect and answer together)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	network, address, err := e.network()
+	if err != nil {
+		return err
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(*timeout)
+	d := net.Dialer{Deadline: deadline}
+	c, err := d.Dial(network, address)
+	if err != nil {
+		fmt.Println(classify(err))
+		return nil
+	}
+	defer c.Close()
+	fmt.Println(classify(exchange(c, []byte("ping"), deadline)))
+	return nil
+}
+
+// exchange sends msg and expects it back before deadline.
+func exchange(c net.Conn, msg []byte, deadline time.Time) error {
+	if err := c.SetDeadline(deadline); err != nil {
+		return err
+	}
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return fmt.Errorf("got %q back, want %q", got, msg)
+	}
+	return nil
+}
+
+// classify turns the outcome of a connect or an exchange into the word the
+// tests read.
+func classify(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed"
+	}
+	return "error: " + err.Error()
+}
+
+func stream(args []string) error {
+	fs := flag.NewFlagSet("stream", flag.ContinueOnError)
+	var e endpoint
+	e.register(fs)
+	interval := fs.Duration("interval", 50*time.Millisecond, "time between exchanges")
+	timeout := fs.Duration("timeout", time.Second, "give up on one exchange (and on connecting) after this long")
+	maxDur := fs.Duration("max", 60*time.Second, "stop after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if e.proto != "tcp" && e.proto != "udp" {
+		return fmt.Errorf("-proto %q: stream wants tcp or udp", e.proto)
+	}
+	network, address, err := e.network()
+	if err != nil {
+		return err
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	d := net.Dialer{Timeout: *timeout}
+	c, err := d.Dial(network, address)
+	if err != nil {
+		fmt.Println("fail 0:", classify(err))
+		return nil
+	}
+	defer c.Close()
+	n := 0
+	step := func() error {
+		// Fixed-size messages, so a TCP read knows where one ends.
+		msg := fmt.Appendf(nil, "%08d", n)
+		if err := exchange(c, msg, time.Now().Add(*timeout)); err != nil {
+			return err
+		}
+		n++
+		return nil
+	}
+	if err := step(); err != nil {
+		fmt.Printf("fail %d: %s\n", n, classify(err))
+		return nil
+	}
+	fmt.Println("connected")
+
+	stop := make(chan struct{})
+	go func() {
+		// Reads stdin line by line so a test can also just close it.
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+		}
+		close(stop)
+	}()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	end := time.NewTimer(*maxDur)
+	defer end.Stop()
+	tick := time.NewTicker(*interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+		case <-sig:
+		case <-end.C:
+		case <-tick.C:
+			if err := step(); err != nil {
+				fmt.Printf("fail %d: %s\n", n, classify(err))
+				return nil
+			}
+			continue
+		}
+		// One last exchange, so that a connection broken just before the
+		// end is still seen.
+		if err := step(); err != nil {
+			fmt.Printf("fail %d: %s\n", n, classify(err))
+			return nil
+		}
+		fmt.Printf("ok %d\n", n)
+		return nil
+	}
+}

@@ -1,0 +1,215 @@
+package policies
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// maxUID is the highest UID an account or exemption may name: 4294967295 is
+// (uid_t)-1, which the kernel uses for "no UID".
+const maxUID = math.MaxUint32 - 1
+
+// integer returns v as an integer when the file held a whole number. The
+// decoders disagree on types: YAML gives int (uint64 or float64 past int64),
+// TOML int64, JSON always float64; so 1012.0 counts as 1012 and 2.5 is not
+// a number here. Values beyond int64 are clamped, which keeps them out of
+// every range the callers accept.
+func integer(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint64:
+		if n > math.MaxInt64 {
+			return math.MaxInt64, true
+		}
+		return int64(n), true
+	case float64:
+		switch {
+		case n != math.Trunc(n) || math.IsNaN(n):
+			return 0, false
+		case n >= math.MaxInt64:
+			return math.MaxInt64, true
+		case n <= math.MinInt64:
+			return math.MinInt64, true
+		}
+		return int64(n), true
+	}
+	return 0, false
+}
+
+// uidValue returns v as a UID, or a message saying why it is not one.
+func uidValue(v any) (uint32, string) {
+	n, ok := integer(v)
+	switch {
+	case !ok:
+		return 0, fmt.Sprintf("must be a number, not %s", describe(v))
+	case n < 0 || n > maxUID:
+		return 0, fmt.Sprintf("%s is out of range; use 0-%d", show(v), maxUID)
+	}
+	return uint32(n), ""
+}
+
+// portRange parses one element of a ports list (or the zone): a number, or a
+// string holding a port "A" or a range "A-B". The message says why v is not
+// one, "" when it is.
+func portRange(v any) (PortRange, string) {
+	if s, ok := v.(string); ok {
+		return parseRange(s)
+	}
+	n, ok := integer(v)
+	if !ok {
+		return PortRange{}, fmt.Sprintf("%s is not a port; use a number like 40500 or a range like \"40010-40019\"", describe(v))
+	}
+	if n < 1 || n > math.MaxUint16 {
+		return PortRange{}, fmt.Sprintf("port %s is outside 1-65535", show(v))
+	}
+	return PortRange{uint16(n), uint16(n)}, ""
+}
+
+func parseRange(s string) (PortRange, string) {
+	los, his, isRange := strings.Cut(s, "-")
+	if !isRange {
+		his = los
+	}
+	var ends [2]uint16
+	for i, e := range []string{los, his} {
+		// Base 10 and no sign: "+40010", "0x9c4a" and "4_0010" are not ports.
+		e = strings.TrimSpace(e)
+		n, err := strconv.ParseUint(e, 10, 64)
+		tooBig := errors.Is(err, strconv.ErrRange)
+		switch {
+		case err != nil && !tooBig && isRange:
+			return PortRange{}, fmt.Sprintf("malformed range %q; write both ends as numbers, like \"40010-40019\"", s)
+		case err != nil && !tooBig:
+			return PortRange{}, fmt.Sprintf("%q is not a port or range; use a number like 40500 or a range like \"40010-40019\"", s)
+		case tooBig || n < 1 || n > math.MaxUint16:
+			return PortRange{}, fmt.Sprintf("port %s is outside 1-65535", e)
+		}
+		ends[i] = uint16(n)
+	}
+	if ends[0] > ends[1] {
+		return PortRange{}, fmt.Sprintf("range %q is reversed; write \"%d-%d\"", s, ends[1], ends[0])
+	}
+	return PortRange{ends[0], ends[1]}, ""
+}
+
+// mergeRanges sorts rs and merges ranges that overlap or touch, so that an
+// account's ports come out in one canonical form however they were written.
+func mergeRanges(rs []PortRange) []PortRange {
+	rs = slices.Clone(rs)
+	slices.SortFunc(rs, func(a, b PortRange) int {
+		if a.Lo != b.Lo {
+			return int(a.Lo) - int(b.Lo)
+		}
+		return int(a.Hi) - int(b.Hi)
+	})
+	var out []PortRange
+	for _, r := range rs {
+		// int: Hi+1 must not wrap at 65535.
+		if n := len(out); n > 0 && int(r.Lo) <= int(out[n-1].Hi)+1 {
+			out[n-1].Hi = max(out[n-1].Hi, r.Hi)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// formatRange writes r the way a policy file does.
+func formatRange(r PortRange) string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+func formatRanges(rs []PortRange) string {
+	s := make([]string, len(rs))
+	for i, r := range rs {
+		s[i] = formatRange(r)
+	}
+	return strings.Join(s, ", ")
+}
+
+// protocolList parses a protocols list into the order of Protocols, without
+// duplicates. It returns one message per bad element.
+func protocolList(v any) ([]Protocol, []string) {
+	list, ok := v.([]any)
+	if !ok {
+		return nil, []string{fmt.Sprintf("must be a list like [tcp, udp], not %s", describe(v))}
+	}
+	if len(list) == 0 {
+		return nil, []string{"empty; name at least one of tcp, udp"}
+	}
+	var msgs []string
+	seen := map[Protocol]bool{}
+	for _, e := range list {
+		s, _ := e.(string)
+		if !slices.Contains(Protocols, Protocol(s)) {
+			msgs = append(msgs, fmt.Sprintf("unknown protocol %s; use tcp or udp", show(e)))
+			continue
+		}
+		seen[Protocol(s)] = true
+	}
+	var out []Protocol
+	for _, p := range Protocols {
+		if seen[p] {
+			out = append(out, p)
+		}
+	}
+	return out, msgs
+}
+
+func formatProtocols(ps []Protocol) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = string(p)
+	}
+	return strings.Join(s, ", ")
+}
+
+// str returns v as a string, or a message naming what it is instead.
+func str(v any) (string, string) {
+	if s, ok := v.(string); ok {
+		return s, ""
+	}
+	return "", fmt.Sprintf("must be a string, not %s", describe(v))
+}
+
+// show writes a scalar the way the file did: quoted if it is a string, and
+// JSON's float64 numbers without an exponent.
+func show(v any) string {
+	switch v := v.(type) {
+	case string:
+		return strconv.Quote(v)
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
+// describe names the kind of v for "must be X, not Y" messages, with the
+// value when it is short.
+func describe(v any) string {
+	switch v.(type) {
+	case nil:
+		return "empty"
+	case []any:
+		return "a list"
+	case map[string]any, map[any]any:
+		return "a mapping"
+	case string:
+		return "the string " + show(v)
+	case bool:
+		return show(v)
+	case int, int64, uint64, float64:
+		return "the number " + show(v)
+	}
+	return fmt.Sprintf("%s (%T)", show(v), v)
+}

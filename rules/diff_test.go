@@ -1,0 +1,179 @@
+package rules
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// sample builds a small ruleset in nftpol's shape: per-account sets, an open
+// set and one chain.
+func sample(accounts ...Element) *Ruleset {
+	ports := &Set{Name: PortsSet(TCP), Key: KeyUIDPort, Interval: true, Elements: SortElements(slices.Clone(accounts))}
+	open := &Set{Name: OpenSet(TCP), Key: KeyPort, Interval: true}
+	for _, a := range accounts {
+		open.Elements = append(open.Elements, Element{Lo: a.Lo, Hi: a.Hi})
+	}
+	open.Elements = SortElements(open.Elements)
+	chain := &Chain{Name: "output", Hook: HookOutput, Rules: []Rule{
+		{Stmts: []Stmt{CtDirectionOriginal{}, Verdict{Kind: Accept}}, Comment: OwnerMark},
+		{Stmts: []Stmt{SkuidSportInSet{Proto: TCP, Set: PortsSet(TCP)}, Verdict{Kind: Accept}}},
+	}}
+	return &Ruleset{Table: "nftpol", Sets: []*Set{ports, open}, Chains: []*Chain{chain}}
+}
+
+var (
+	alpha  = Element{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha"}
+	beta   = Element{UID: 1002, Lo: 40020, Hi: 40029, Comment: "beta"}
+	beta2  = Element{UID: 1002, Lo: 40020, Hi: 40039, Comment: "beta"}
+	gamma  = Element{UID: 1003, Lo: 40500, Hi: 40500, Comment: "gamma"}
+	betaRn = Element{UID: 1002, Lo: 40020, Hi: 40029, Comment: "beta-renamed"}
+)
+
+func TestDiffCreate(t *testing.T) {
+	want := sample(alpha, beta)
+	p := Diff(nil, want)
+	if p.TableAction != TableCreate {
+		t.Fatalf("TableAction = %s, want create", p.TableAction)
+	}
+	if len(p.Sets) != 2 || len(p.Chains) != 1 || len(p.Sets[0].Add) != 2 {
+		t.Errorf("create plan: %+v", p)
+	}
+	if len(p.Accounts) != 2 || p.Accounts[0].Action != ActionAdd || p.Accounts[0].Name != "alpha" {
+		t.Errorf("accounts: %+v", p.Accounts)
+	}
+	// table + 2 sets + 4 elements (2 per set) + chain + 2 rules
+	if got := p.Operations(); got != 10 {
+		t.Errorf("Operations = %d, want 10", got)
+	}
+}
+
+func TestDiffNoChange(t *testing.T) {
+	p := Diff(sample(alpha, beta), sample(alpha, beta))
+	if !p.Empty() || len(p.Accounts) != 0 || p.Operations() != 0 {
+		t.Errorf("identical rulesets gave a plan: %+v", p)
+	}
+	var b strings.Builder
+	if err := p.WriteText(&b); err != nil || b.String() != "No changes.\n" {
+		t.Errorf("WriteText = %q, %v", b.String(), err)
+	}
+}
+
+func TestDiffOneAccountIsElementsOnly(t *testing.T) {
+	p := Diff(sample(alpha, beta, gamma), sample(alpha, beta2, gamma))
+	if p.TableAction != TableUpdate || len(p.Chains) != 0 {
+		t.Fatalf("plan touches more than elements: %+v", p)
+	}
+	ports := p.Sets[0]
+	if ports.Name != "tcp_ports" || !slices.Equal(ports.Delete, []Element{beta}) || !slices.Equal(ports.Add, []Element{beta2}) {
+		t.Errorf("tcp_ports change: %+v", ports)
+	}
+	if len(p.Accounts) != 1 {
+		t.Fatalf("accounts: %+v", p.Accounts)
+	}
+	a := p.Accounts[0]
+	if a.UID != 1002 || a.Action != ActionChange || a.Name != "beta" ||
+		!slices.Equal(a.Ports[0].Old, []string{"40020-40029"}) || !slices.Equal(a.Ports[0].New, []string{"40020-40039"}) {
+		t.Errorf("account change: %+v", a)
+	}
+}
+
+func TestDiffRemoveAndRename(t *testing.T) {
+	p := Diff(sample(alpha, beta, gamma), sample(alpha, betaRn))
+	got := map[uint32]Action{}
+	for _, a := range p.Accounts {
+		got[a.UID] = a.Action
+	}
+	if got[1002] != ActionChange || got[1003] != ActionRemove || len(got) != 2 {
+		t.Errorf("accounts: %+v", p.Accounts)
+	}
+}
+
+func TestDiffDriftInChain(t *testing.T) {
+	cur := sample(alpha)
+	cur.Chains[0].Rules = cur.Chains[0].Rules[:1] // somebody deleted a rule
+	p := Diff(cur, sample(alpha))
+	if len(p.Chains) != 1 || p.Chains[0].Action != ActionReplace {
+		t.Errorf("missing rule not repaired: %+v", p.Chains)
+	}
+	cur = sample(alpha)
+	cur.Chains[0].Rules[1].Stmts = append(cur.Chains[0].Rules[1].Stmts[:1:1], Unknown{Desc: "queue"})
+	if p := Diff(cur, sample(alpha)); len(p.Chains) != 1 {
+		t.Errorf("unknown statement not repaired: %+v", p.Chains)
+	}
+}
+
+func TestDiffLayoutChangeReplacesTable(t *testing.T) {
+	cur := sample(alpha)
+	cur.Sets[0].Interval = false
+	p := Diff(cur, sample(alpha))
+	if p.TableAction != TableReplace || len(p.Sets) != 2 || p.Sets[0].Action != ActionCreate {
+		t.Errorf("changed set definition: %+v", p)
+	}
+	cur = sample(alpha)
+	cur.Chains[0].Hook = HookInput
+	if p := Diff(cur, sample(alpha)); p.TableAction != TableReplace {
+		t.Errorf("changed hook: %s", p.TableAction)
+	}
+}
+
+func TestDiffForeignObjectsDeletedAfterChains(t *testing.T) {
+	cur := sample(alpha)
+	cur.Sets = append(cur.Sets, &Set{Name: "stray", Key: KeyUID})
+	cur.Chains = append(cur.Chains, &Chain{Name: "extra", Hook: HookInput})
+	p := Diff(cur, sample(alpha))
+	if len(p.Chains) != 1 || p.Chains[0].Action != ActionDelete || p.Chains[0].Name != "extra" {
+		t.Errorf("chains: %+v", p.Chains)
+	}
+	if last := p.Sets[len(p.Sets)-1]; last.Action != ActionDelete || last.Name != "stray" {
+		t.Errorf("sets: %+v", p.Sets)
+	}
+}
+
+func TestPlanJSON(t *testing.T) {
+	p := Diff(sample(alpha, beta), sample(alpha, beta2, gamma))
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Table    string `json:"table"`
+		Changes  bool   `json:"changes"`
+		Accounts []struct {
+			Name, Action string
+			UID          uint32
+			Ports        map[string]struct{ Old, New []string }
+		}
+		Operations int
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Table != "inet nftpol" || !got.Changes || len(got.Accounts) != 2 || got.Operations != p.Operations() {
+		t.Fatalf("json: %s", b)
+	}
+	if a := got.Accounts[0]; a.Name != "beta" || a.Action != "change" ||
+		!slices.Equal(a.Ports["tcp"].Old, []string{"40020-40029"}) || !slices.Equal(a.Ports["tcp"].New, []string{"40020-40039"}) {
+		t.Errorf("beta: %+v", a)
+	}
+	if a := got.Accounts[1]; a.Name != "gamma" || a.Action != "add" || a.Ports["tcp"].Old == nil {
+		t.Errorf("gamma (old must be [] not null): %s", b)
+	}
+}
+
+func TestDiffElementsMerge(t *testing.T) {
+	cur := []Element{{UID: 1}, {UID: 2}, {UID: 4}}
+	want := []Element{{UID: 2}, {UID: 3}, {UID: 4}, {UID: 5}}
+	del, add := DiffElements(cur, want)
+	if !slices.Equal(del, []Element{{UID: 1}}) || !slices.Equal(add, []Element{{UID: 3}, {UID: 5}}) {
+		t.Errorf("del=%v add=%v", del, add)
+	}
+}
+
+func TestQuoteSanitizes(t *testing.T) {
+	got := Quote("a\"b\\c\nd" + strings.Repeat("x", 200))
+	if strings.ContainsAny(got[1:len(got)-1], "\"\\\n") || len(got) != MaxCommentLen+2 {
+		t.Errorf("Quote = %q", got)
+	}
+}
