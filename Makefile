@@ -6,12 +6,23 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint demo clean
+.PHONY: all build deps test unit lint demo clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/nftpol ./cmd/nftpol
+
+# The integration tests and the demo need nft (a second opinion on what
+# nftpol wrote) and ip (namespaces, veth). Installed only where missing.
+deps:
+	@missing=""; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update && apt-get install -y $$missing; \
+	fi
 
 lint:
 	@out=$$(gofmt -l $$($(GO) list -f '{{.Dir}}' ./...)); \
@@ -23,10 +34,10 @@ lint:
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
 
-test: lint
+test: deps lint
 	$(GO) test -count=1 -timeout 30m ./...
 
-demo:
+demo: deps
 	./scripts/demo.sh
 
 clean:
