@@ -28,7 +28,11 @@ func decodeRule(exprs []expr.Any, ud []byte) rules.Rule {
 	for i := 0; i < len(exprs); {
 		s, n, p := decodeStmt(exprs[i:], proto)
 		if n == 0 {
-			r.Stmts = append(r.Stmts, rules.Unknown{Desc: fmt.Sprintf("%T", exprs[i])})
+			desc := fmt.Sprintf("%T", exprs[i])
+			if o, ok := exprs[i].(opaque); ok {
+				desc = o.Name
+			}
+			r.Stmts = append(r.Stmts, rules.Unknown{Desc: desc})
 			return r
 		}
 		if p != "" {
@@ -57,6 +61,8 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		return rules.L4Proto{Proto: p}, 2, p
 	}
 	switch e := es[0].(type) {
+	case opaque:
+		return nil, 0, ""
 	case *expr.Meta:
 		switch {
 		case (e.Key == expr.MetaKeyIIF || e.Key == expr.MetaKeyOIF) && e.Register == reg1 && len(es) >= 2:
@@ -67,14 +73,11 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
 				return rules.SkuidInSet{Set: l.SetName}, 2, ""
 			}
-			// google/nftables v0.3.0 cannot unmarshal byteorder
-			// expressions and leaves them out of what it reads, so the
-			// conversion we wrote may or may not be there.
-			rest := es[1:]
-			if isHton(rest[0]) {
-				rest = rest[1:]
+			if !isHton(es[1]) {
+				break
 			}
-			n := len(es) - len(rest) // meta, and hton if present
+			rest := es[2:]
+			const n = 2 // meta skuid, hton
 			if len(rest) >= 1 {
 				if c, ok := rest[0].(*expr.Cmp); ok && c.Register == reg1 && len(c.Data) == 4 {
 					uid := binary.BigEndian.Uint32(c.Data)

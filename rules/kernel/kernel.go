@@ -130,17 +130,19 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing chains: %w", err)
 	}
+	krules, err := k.getRules(table)
+	if err != nil {
+		return nil, err
+	}
 	for _, ch := range chains {
 		if ch.Table.Name != table {
 			continue
 		}
 		mc := decodeChain(ch)
-		rr, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("reading rules of chain %s: %w", ch.Name, err)
-		}
-		for _, r := range rr {
-			mc.Rules = append(mc.Rules, decodeRule(r.Exprs, r.UserData))
+		for _, r := range krules {
+			if r.Chain == ch.Name {
+				mc.Rules = append(mc.Rules, decodeRule(r.Exprs, r.UserData))
+			}
 		}
 		rs.Chains = append(rs.Chains, mc)
 	}

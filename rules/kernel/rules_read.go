@@ -1,0 +1,187 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Why nftpol reads rules itself: google/nftables v0.3.0 skips, without a
+// word, every expression it cannot unmarshal (byteorder among them, which
+// nftpol writes) and every expression type it does not know. A rule read
+// through it can therefore look like one of ours while the kernel runs
+// something else. Here every expression of the dump is accounted for:
+// known ones are unmarshalled with google/nftables' expression types,
+// byteorder is decoded below, and anything else becomes an opaque
+// expression that no statement matches.
+
+// kernelRule is a rule as dumped by the kernel.
+type kernelRule struct {
+	Chain    string
+	Handle   uint64
+	Exprs    []expr.Any
+	UserData []byte
+}
+
+// opaque stands for an expression nftpol does not decode.
+type opaque struct {
+	expr.Any // nil: never marshalled, only compared
+	Name     string
+}
+
+// getRules dumps the rules of every chain of table inet <table>.
+func (k *Kernel) getRules(table string) ([]kernelRule, error) {
+	var cfg netlink.Config
+	if k.ns != nil {
+		cfg.NetNS = int(k.ns.Fd())
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &cfg)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer conn.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: append([]byte(table), 0)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}
+	msgs, err := conn.Execute(req)
+	if err != nil {
+		return nil, fmt.Errorf("dumping rules of table inet %s: %w", table, err)
+	}
+	var out []kernelRule
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		r, err := parseRule(m.Data[4:])
+		if err != nil {
+			return nil, fmt.Errorf("reading a rule of table inet %s: %w", table, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func parseRule(b []byte) (kernelRule, error) {
+	var r kernelRule
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return r, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			r.Chain = ad.String()
+		case unix.NFTA_RULE_HANDLE:
+			r.Handle = ad.Uint64()
+		case unix.NFTA_RULE_USERDATA:
+			r.UserData = ad.Bytes()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					e, err := parseExpr(list.Bytes())
+					if err != nil {
+						return err
+					}
+					r.Exprs = append(r.Exprs, e)
+				}
+				return nil
+			})
+		}
+	}
+	return r, ad.Err()
+}
+
+// parseExpr decodes one NFTA_LIST_ELEM of a rule's expressions.
+func parseExpr(b []byte) (expr.Any, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var name string
+	var data []byte
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_EXPR_NAME:
+			name = ad.String()
+		case unix.NFTA_EXPR_DATA:
+			data = ad.Bytes()
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return nil, err
+	}
+	var e expr.Any
+	switch name {
+	case "meta":
+		e = &expr.Meta{}
+	case "cmp":
+		e = &expr.Cmp{}
+	case "ct":
+		e = &expr.Ct{}
+	case "payload":
+		e = &expr.Payload{}
+	case "lookup":
+		e = &expr.Lookup{}
+	case "counter":
+		e = &expr.Counter{}
+	case "reject":
+		e = &expr.Reject{}
+	case "immediate":
+		e = &expr.Immediate{}
+	case "byteorder":
+		return parseByteorder(data)
+	default:
+		return opaque{Name: name}, nil
+	}
+	if err := expr.Unmarshal(unix.NFPROTO_INET, data, e); err != nil {
+		return nil, fmt.Errorf("expression %s: %w", name, err)
+	}
+	// A verdict is an immediate into the verdict register.
+	if imm, ok := e.(*expr.Immediate); ok && imm.Register == unix.NFT_REG_VERDICT && len(imm.Data) == 0 {
+		v := &expr.Verdict{}
+		if err := expr.Unmarshal(unix.NFPROTO_INET, data, v); err != nil {
+			return nil, fmt.Errorf("verdict: %w", err)
+		}
+		return v, nil
+	}
+	return e, nil
+}
+
+func parseByteorder(b []byte) (expr.Any, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	e := &expr.Byteorder{}
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_BYTEORDER_SREG:
+			e.SourceRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_DREG:
+			e.DestRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_OP:
+			e.Op = expr.ByteorderOp(ad.Uint32())
+		case unix.NFTA_BYTEORDER_LEN:
+			e.Len = ad.Uint32()
+		case unix.NFTA_BYTEORDER_SIZE:
+			e.Size = ad.Uint32()
+		}
+	}
+	return e, ad.Err()
+}
