@@ -41,6 +41,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -110,17 +112,14 @@ func (e *endpoint) enter() error {
 	// a property of the thread, and an unlocked goroutine could move.
 	runtime.LockOSThread()
 	if e.netns != "" {
-		fd, err := syscall.Open("/run/netns/"+e.netns, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		fd, err := unix.Open("/run/netns/"+e.netns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("opening namespace %s: %w", e.netns, err)
 		}
-		// setns(2) by number (sysSetns, per architecture): the syscall
-		// package has no wrapper, and the probe needs nothing beyond the
-		// standard library.
-		_, _, errno := syscall.Syscall(sysSetns, uintptr(fd), syscall.CLONE_NEWNET, 0)
-		syscall.Close(fd)
-		if errno != 0 {
-			return fmt.Errorf("entering namespace %s: %w", e.netns, errno)
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("entering namespace %s: %w", e.netns, err)
 		}
 	}
 	if e.uid >= 0 {

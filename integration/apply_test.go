@@ -1,0 +1,514 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// contractPolicyBetaWider is contractPolicy with beta's range widened from
+// 40020-40029 to 40020-40039: a change to one account.
+var contractPolicyBetaWider = strings.Replace(contractPolicy, `["40020-40029"]`, `["40020-40039"]`, 1)
+
+// planJSON is the shape of `nftpol plan -o json` and `nftpol apply -o json`
+// (which adds "applied").
+type planJSON struct {
+	Table       string        `json:"table"`
+	Changes     bool          `json:"changes"`
+	TableAction string        `json:"table_action"`
+	Accounts    []accountJSON `json:"accounts"`
+	Sets        []struct {
+		Name   string `json:"name"`
+		Action string `json:"action"`
+		Add    int    `json:"add"`
+		Delete int    `json:"delete"`
+	} `json:"sets"`
+	Chains []struct {
+		Name   string `json:"name"`
+		Action string `json:"action"`
+		Rules  int    `json:"rules"`
+	} `json:"chains"`
+	Operations int `json:"operations"`
+	Applied    *struct {
+		Messages int `json:"netlink_messages"`
+		Elements int `json:"elements"`
+	} `json:"applied"`
+}
+
+type accountJSON struct {
+	Name   string `json:"name"`
+	UID    int    `json:"uid"`
+	Action string `json:"action"`
+	Ports  map[string]struct {
+		Old []string `json:"old"`
+		New []string `json:"new"`
+	} `json:"ports"`
+}
+
+// runJSON runs nftpol with args (which include -o json), expects exit code
+// want and decodes standard output.
+func (n nftpolRun) runJSON(t *testing.T, want int, args ...string) (planJSON, string) {
+	t.Helper()
+	stdout, stderr, code := n.run(t, args...)
+	if code != want {
+		t.Fatalf("nftpol %s exited %d, want %d\nstdout:\n%s\nstderr:\n%s",
+			strings.Join(args, " "), code, want, stdout, stderr)
+	}
+	var p planJSON
+	if err := json.Unmarshal([]byte(stdout), &p); err != nil {
+		t.Fatalf("nftpol %s: output is not a plan in JSON: %v\n%s", strings.Join(args, " "), err, stdout)
+	}
+	return p, stdout
+}
+
+// setPolicy replaces the policy file's text.
+func (n nftpolRun) setPolicy(t *testing.T, text string) {
+	t.Helper()
+	if err := os.WriteFile(n.config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestApplyOneAccountChange changes one account's ports on a live table:
+// the plan names that account only, the apply is a few set element
+// operations in a few netlink messages, established connections keep going,
+// and the new port serves.
+func TestApplyOneAccountChange(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	n.apply(t)
+
+	// Before the change beta's 40035 is a closed zone port.
+	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40035)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40035); !blocked(got) {
+		t.Errorf("beta tcp 40035 before the change: got %q, want blocked", got)
+	}
+
+	streams := startStreams(t, tp, "across_change", 40012, 40013)
+	n.setPolicy(t, contractPolicyBetaWider)
+
+	text, stderr, code := n.run(t, "plan")
+	if code != 0 {
+		t.Fatalf("nftpol plan exited %d\n%s%s", code, text, stderr)
+	}
+	if !strings.Contains(text, "beta") || !strings.Contains(text, "40020-40029 -> 40020-40039") {
+		t.Errorf("plan does not show beta's change 40020-40029 -> 40020-40039:\n%s", text)
+	}
+	if strings.Contains(text, "alpha") || strings.Contains(text, "1001") {
+		t.Errorf("plan names alpha, which did not change:\n%s", text)
+	}
+
+	plan, raw := n.runJSON(t, 0, "plan", "-o", "json")
+	checkBetaChange(t, "plan -o json", plan, raw)
+
+	applied, raw := n.runJSON(t, 0, "apply", "-o", "json")
+	checkBetaChange(t, "apply -o json", applied, raw)
+	if applied.Applied == nil {
+		t.Fatalf("apply -o json has no \"applied\":\n%s", raw)
+	}
+	t.Logf("one-account change: %d netlink messages (%d elements, %d operations)",
+		applied.Applied.Messages, applied.Applied.Elements, applied.Operations)
+	if m := applied.Applied.Messages; m < 1 || m > 6 {
+		t.Errorf("one-account change took %d netlink messages, want 1..6\n%s", m, raw)
+	}
+
+	n.planExit(t, 0)
+	finishStreams(t, streams)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40035); got != "ok" {
+		t.Errorf("beta tcp 40035 after the change: got %q, want ok", got)
+	}
+	tp.Listen(t, uidBeta, "tcp", ServerIPv6, 40036)
+	if got := tp.Connect(t, "tcp", ServerIPv6, 40036); got != "ok" {
+		t.Errorf("beta tcp [%s]:40036 after the change: got %q, want ok", ServerIPv6, got)
+	}
+}
+
+// checkBetaChange checks that a JSON plan is exactly beta's widening: one
+// account changed, no chain touched, only TCP set updates.
+func checkBetaChange(t *testing.T, what string, p planJSON, raw string) {
+	t.Helper()
+	if !p.Changes || p.TableAction != "update" {
+		t.Errorf("%s: changes=%v table_action=%q, want true and update\n%s", what, p.Changes, p.TableAction, raw)
+	}
+	if len(p.Accounts) != 1 {
+		t.Fatalf("%s: %d accounts, want 1 (beta)\n%s", what, len(p.Accounts), raw)
+	}
+	a := p.Accounts[0]
+	if a.Name != "beta" || a.UID != uidBeta || a.Action != "change" {
+		t.Errorf("%s: account %q uid %d action %q, want beta uid %d change\n%s", what, a.Name, a.UID, a.Action, uidBeta, raw)
+	}
+	tcp, ok := a.Ports["tcp"]
+	if len(a.Ports) != 1 || !ok ||
+		!slices.Equal(tcp.Old, []string{"40020-40029"}) || !slices.Equal(tcp.New, []string{"40020-40039"}) {
+		t.Errorf("%s: beta's ports %+v, want tcp old [40020-40029] new [40020-40039]\n%s", what, a.Ports, raw)
+	}
+	if p.Chains == nil || len(p.Chains) != 0 {
+		t.Errorf("%s: chains %+v, want [] (no chain changes)\n%s", what, p.Chains, raw)
+	}
+	if len(p.Sets) == 0 {
+		t.Errorf("%s: no set changes\n%s", what, raw)
+	}
+	for _, s := range p.Sets {
+		if s.Action != "update" || (s.Name != "tcp_ports" && s.Name != "tcp_open") {
+			t.Errorf("%s: set change %+v, want only updates of tcp_ports and tcp_open\n%s", what, s, raw)
+		}
+	}
+}
+
+// TestApplyCorrectsDrift changes the owned table by hand, behind nftpol's
+// back: plan shows it, the traffic shows it, apply repairs it.
+func TestApplyCorrectsDrift(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	n.apply(t)
+	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40020)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40020); got != "ok" {
+		t.Fatalf("beta tcp 40020 after apply: got %q, want ok", got)
+	}
+
+	t.Run("deleted_element", func(t *testing.T) {
+		run(t, "ip", "netns", "exec", tp.Server, "nft", "delete", "element", "inet", "nftpol", "tcp_ports",
+			"{ 1002 . 40020-40029 }")
+		stdout, stderr, code := n.run(t, "plan", "--detailed-exitcode")
+		if code != 2 || !strings.Contains(stdout, "beta") {
+			t.Errorf("plan --detailed-exitcode after the drift exited %d, want 2 and beta named\nstdout:\n%s\nstderr:\n%s",
+				code, stdout, stderr)
+		}
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); !blocked(got) {
+			t.Errorf("beta tcp 40020 without its element: got %q, want blocked", got)
+		}
+		n.apply(t)
+		n.planExit(t, 0)
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); got != "ok" {
+			t.Errorf("beta tcp 40020 after apply repaired the drift: got %q, want ok", got)
+		}
+	})
+
+	t.Run("deleted_rule", func(t *testing.T) {
+		const rule = "meta skuid . tcp sport @tcp_ports accept"
+		before := run(t, "ip", "netns", "exec", tp.Server, "nft", "-s", "list", "chain", "inet", "nftpol", "output")
+		listing := run(t, "ip", "netns", "exec", tp.Server, "nft", "-a", "list", "chain", "inet", "nftpol", "output")
+		handle := ruleHandle(t, listing, rule)
+		run(t, "ip", "netns", "exec", tp.Server, "nft", "delete", "rule", "inet", "nftpol", "output", "handle", handle)
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); !blocked(got) {
+			t.Errorf("beta tcp 40020 without the rule %q: got %q, want blocked", rule, got)
+		}
+		n.planExit(t, 2)
+		n.apply(t)
+		n.planExit(t, 0)
+		after := run(t, "ip", "netns", "exec", tp.Server, "nft", "-s", "list", "chain", "inet", "nftpol", "output")
+		if after != before {
+			t.Errorf("chain output after apply differs from before the deletion:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); got != "ok" {
+			t.Errorf("beta tcp 40020 after apply restored the rule: got %q, want ok", got)
+		}
+	})
+}
+
+var handleRE = regexp.MustCompile(`# handle (\d+)\s*$`)
+
+// ruleHandle finds the handle of the rule whose text is rule in an
+// `nft -a list chain` listing.
+func ruleHandle(t *testing.T, listing, rule string) string {
+	t.Helper()
+	for line := range strings.SplitSeq(listing, "\n") {
+		m := handleRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		if strings.TrimSpace(line[:len(line)-len(m[0])]) == rule {
+			return m[1]
+		}
+	}
+	t.Fatalf("no rule %q in:\n%s", rule, listing)
+	return ""
+}
+
+// handMadeTable has nftpol's table name but was not made by nftpol.
+const handMadeTable = `table inet nftpol {
+	chain x {
+		type filter hook input priority 0; policy accept;
+	}
+}
+`
+
+// TestApplyOwnership: nftpol refuses a same-named table it did not create,
+// leaving it untouched, and takes it over only with --adopt.
+func TestApplyOwnership(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	nftLoad(t, tp.Server, handMadeTable)
+	before := nftListTable(t, tp.Server, "inet", "nftpol")
+	stateDir := filepath.Join(t.TempDir(), "state")
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: stateDir}
+
+	for _, args := range [][]string{{"apply"}, {"plan", "--detailed-exitcode"}} {
+		stdout, stderr, code := n.run(t, args...)
+		if code != 1 || !strings.Contains(stderr, "not created by nftpol") {
+			t.Errorf("nftpol %s over a hand-made table exited %d, want 1 with \"not created by nftpol\"\nstdout:\n%s\nstderr:\n%s",
+				strings.Join(args, " "), code, stdout, stderr)
+		}
+		if got := nftListTable(t, tp.Server, "inet", "nftpol"); got != before {
+			t.Fatalf("nftpol %s changed the hand-made table:\nbefore:\n%s\nafter:\n%s", strings.Join(args, " "), before, got)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "state.json")); !os.IsNotExist(err) {
+		t.Errorf("a refused apply recorded state (stat state.json: %v)", err)
+	}
+
+	stdout, stderr, code := n.run(t, "apply", "--adopt")
+	if code != 0 {
+		t.Fatalf("nftpol apply --adopt exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	n.planExit(t, 0)
+	if got := nftListTable(t, tp.Server, "inet", "nftpol"); strings.Contains(got, "chain x") {
+		t.Errorf("the hand-made chain x survived the adoption:\n%s", got)
+	}
+	runMatrix(t, tp, pickCases(t, "alpha_tcp_40010_own", "alpha_tcp_40025_betas", "root_tcp_45001_unassigned",
+		"alpha_tcp_out_9000"))
+}
+
+// pickCases returns the named cases of contractMatrix.
+func pickCases(t *testing.T, names ...string) []matrixCase {
+	t.Helper()
+	var out []matrixCase
+	for _, name := range names {
+		i := slices.IndexFunc(contractMatrix, func(c matrixCase) bool { return c.name == name })
+		if i < 0 {
+			t.Fatalf("no matrix case %q", name)
+		}
+		out = append(out, contractMatrix[i])
+	}
+	return out
+}
+
+// TestExportMatchesApply cross-checks the netlink encoding against nft's
+// own: the table nftpol applies and the table nft loads from `nftpol export`
+// must list the same.
+func TestExportMatchesApply(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	a, b := newNetns(t, "a"), newNetns(t, "b")
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: a, stateDir: t.TempDir()}
+	n.apply(t)
+	export, stderr, code := n.run(t, "export")
+	if code != 0 {
+		t.Fatalf("nftpol export exited %d\n%s", code, stderr)
+	}
+	nftLoad(t, b, export)
+	applied, loaded := nftListTable(t, a, "inet", "nftpol"), nftListTable(t, b, "inet", "nftpol")
+	if applied != loaded {
+		t.Errorf("nftpol apply and nft -f of nftpol export give different tables:\napplied:\n%s\nloaded:\n%s", applied, loaded)
+	}
+	// And nftpol reads nft's encoding back as its own.
+	nb := n
+	nb.netns = b
+	nb.planExit(t, 0)
+}
+
+// untrackTable makes alpha's own connections to the client's port 9000
+// untracked, and counts the untracked packets that get past nftpol's output
+// chain (priority filter) so the test knows its premise held.
+const untrackTable = `table inet foreign {
+	chain raw_out {
+		type filter hook output priority raw; policy accept;
+		tcp dport 9000 notrack
+	}
+	chain raw_pre {
+		type filter hook prerouting priority raw; policy accept;
+		tcp sport 9000 notrack
+	}
+	chain seen_out {
+		type filter hook output priority 100; policy accept;
+		tcp dport 9000 ct state untracked counter
+	}
+}
+`
+
+var counterRE = regexp.MustCompile(`counter packets (\d+)`)
+
+// TestUntrackedTrafficUntouched: packets without a conntrack entry (notrack
+// by another table) are neither a reply nor new; an account's own outgoing
+// connection made of them must pass.
+func TestUntrackedTrafficUntouched(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	nftLoad(t, tp.Server, untrackTable)
+	foreign := run(t, "ip", "netns", "exec", tp.Server, "nft", "-s", "list", "table", "inet", "foreign")
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	n.apply(t)
+	if got := run(t, "ip", "netns", "exec", tp.Server, "nft", "-s", "list", "table", "inet", "foreign"); got != foreign {
+		t.Errorf("apply changed table inet foreign:\nbefore:\n%s\nafter:\n%s", foreign, got)
+	}
+
+	for _, fam := range families {
+		tp.ListenClient(t, uidRoot, "tcp", fam.client, 9000)
+		if got := tp.ServerConnect(t, uidAlpha, "tcp", fam.client, 9000); got != "ok" {
+			t.Errorf("%s: alpha's untracked connection to the client's 9000: got %q, want ok (contract 3)", fam.name, got)
+		}
+	}
+	seen := run(t, "ip", "netns", "exec", tp.Server, "nft", "list", "chain", "inet", "foreign", "seen_out")
+	m := counterRE.FindStringSubmatch(seen)
+	if m == nil || m[1] == "0" {
+		t.Errorf("no untracked packet to port 9000 passed the output hook; the test's premise failed:\n%s", seen)
+	}
+}
+
+// TestApplyState: apply records the policy and the ruleset, readable by root
+// only; the recorded ruleset is what export prints.
+func TestApplyState(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	stateDir := filepath.Join(t.TempDir(), "state") // nftpol creates it
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: newNetns(t, "state"), stateDir: stateDir}
+	n.apply(t)
+	export, stderr, code := n.run(t, "export")
+	if code != 0 {
+		t.Fatalf("nftpol export exited %d\n%s", code, stderr)
+	}
+
+	for _, name := range []string{"state.json", "ruleset.nft"} {
+		fi, err := os.Stat(filepath.Join(stateDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o600 {
+			t.Errorf("%s has mode %04o, want 0600", name, perm)
+		}
+	}
+	ruleset, err := os.ReadFile(filepath.Join(stateDir, "ruleset.nft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(ruleset) != export {
+		t.Errorf("ruleset.nft differs from nftpol export:\nruleset.nft:\n%s\nexport:\n%s", ruleset, export)
+	}
+	b, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Digest *string `json:"ruleset_sha256"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("state.json is not JSON: %v\n%s", err, b)
+	}
+	sum := sha256.Sum256(ruleset)
+	if st.Digest == nil || *st.Digest != hex.EncodeToString(sum[:]) {
+		t.Errorf("state.json ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, b)
+	}
+}
+
+func strPtr(p *string) string {
+	if p == nil {
+		return "<absent>"
+	}
+	return strconv.Quote(*p)
+}
+
+// nftSetElements reads set inet nftpol NAME in ns with `nft -j` (nft's own
+// decoder, independent of nftpol's) and returns its elements in nft's
+// notation ("1001 . 40010-40019") with their comments.
+func nftSetElements(t *testing.T, ns, name string) map[string]string {
+	t.Helper()
+	out := run(t, "ip", "netns", "exec", ns, "nft", "-j", "list", "set", "inet", "nftpol", name)
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Name string            `json:"name"`
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("nft -j list set %s: %v", name, err)
+	}
+	elems := map[string]string{}
+	found := false
+	for _, o := range doc.Nftables {
+		if o.Set == nil || o.Set.Name != name {
+			continue
+		}
+		found = true
+		for _, raw := range o.Set.Elem {
+			var wrapped struct {
+				Elem *struct {
+					Val     json.RawMessage `json:"val"`
+					Comment string          `json:"comment"`
+				} `json:"elem"`
+			}
+			val, comment := raw, ""
+			if json.Unmarshal(raw, &wrapped) == nil && wrapped.Elem != nil {
+				val, comment = wrapped.Elem.Val, wrapped.Elem.Comment
+			}
+			s, err := nftValue(val)
+			if err != nil {
+				t.Fatalf("set %s: element %s: %v", name, raw, err)
+			}
+			if _, dup := elems[s]; dup {
+				t.Fatalf("set %s: element %s listed twice", name, s)
+			}
+			elems[s] = comment
+		}
+	}
+	if !found {
+		t.Fatalf("nft -j list set %s: no set in the output", name)
+	}
+	return elems
+}
+
+// nftValue renders a value of nft's JSON: a number, {"range": [a, b]} or
+// {"concat": [...]}.
+func nftValue(raw json.RawMessage) (string, error) {
+	var num json.Number
+	if json.Unmarshal(raw, &num) == nil {
+		return num.String(), nil
+	}
+	var obj struct {
+		Range  []json.RawMessage `json:"range"`
+		Concat []json.RawMessage `json:"concat"`
+	}
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return "", err
+	}
+	var parts []string
+	sep := ""
+	switch {
+	case len(obj.Range) == 2:
+		parts, sep = make([]string, 0, 2), "-"
+		for _, r := range obj.Range {
+			s, err := nftValue(r)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, s)
+		}
+	case len(obj.Concat) > 0:
+		sep = " . "
+		for _, c := range obj.Concat {
+			s, err := nftValue(c)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, s)
+		}
+	default:
+		return "", fmt.Errorf("unexpected value %s", raw)
+	}
+	return strings.Join(parts, sep), nil
+}
