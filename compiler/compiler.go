@@ -87,17 +87,18 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	var rr []rules.Rule
 	accept := rules.Verdict{Kind: rules.Accept}
 	if p.Loopback != policies.LoopbackEnforce {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.Loopback{Out: true}, accept}})
+		rr = append(rr, rule("loopback is not enforced", rules.Loopback{Out: true}, accept))
 	}
 	// Only answers to connections opened from outside are enforced: an
 	// account's own client traffic travels in the original direction.
-	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.CtDirectionOriginal{}, accept}})
+	rr = append(rr, rule("connections opened from this host", rules.CtDirectionOriginal{}, accept))
 	if p.MinUID > 0 {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidCmp{Op: rules.Lt, UID: p.MinUID}, accept}})
+		rr = append(rr, rule("uids below min_uid", rules.SkuidCmp{Op: rules.Lt, UID: p.MinUID}, accept))
 	}
-	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidInSet{Set: rules.ExemptSet}, accept}})
+	rr = append(rr, rule("exempt uids", rules.SkuidInSet{Set: rules.ExemptSet}, accept))
 	for _, proto := range protos {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept}})
+		rr = append(rr, rule(fmt.Sprintf("accounts serve %s from their own ports", proto),
+			rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept))
 	}
 	// The violation rules restate two conditions on purpose. `ct direction
 	// reply`: a packet conntrack has no entry for (untracked, invalid)
@@ -106,15 +107,13 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	// an owning full socket (kernel resets, time-wait, ICMP errors) makes
 	// any skuid expression fail, so it never reaches the verdict.
 	for _, proto := range protos {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{
+		rr = append(rr, rule(fmt.Sprintf("%s served outside the account's ports", proto),
 			rules.L4Proto{Proto: proto},
 			rules.CtDirectionReply{},
 			rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID},
 			rules.Counter{},
-			verdict(p.Action, proto),
-		}})
+			verdict(p.Action, proto)))
 	}
-	rr[0].Comment = rules.OwnerMark
 	return &rules.Chain{Name: "output", Hook: rules.HookOutput, Priority: priority, Rules: rr}
 }
 
@@ -122,19 +121,23 @@ func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	var rr []rules.Rule
 	accept := rules.Verdict{Kind: rules.Accept}
 	if p.Loopback != policies.LoopbackEnforce {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.Loopback{}, accept}})
+		rr = append(rr, rule("loopback is not enforced", rules.Loopback{}, accept))
 	}
-	rr = append(rr, rules.Rule{Stmts: []rules.Stmt{rules.CtStateNotNew{}, accept}})
+	rr = append(rr, rule("only new connections are checked", rules.CtStateNotNew{}, accept))
 	for _, proto := range protos {
-		rr = append(rr, rules.Rule{Stmts: []rules.Stmt{
+		rr = append(rr, rule(fmt.Sprintf("%s zone ports no account has", proto),
 			rules.DportRange{Proto: proto, Lo: p.Zone.Lo, Hi: p.Zone.Hi},
 			rules.DportNotInSet{Proto: proto, Set: rules.OpenSet(proto)},
 			rules.Counter{},
-			verdict(p.Action, proto),
-		}})
+			verdict(p.Action, proto)))
 	}
-	rr[0].Comment = rules.OwnerMark
 	return &rules.Chain{Name: "input", Hook: rules.HookInput, Priority: priority, Rules: rr}
+}
+
+// rule makes a rule with a comment that says why it is there; the comment
+// also carries nftpol's mark (rules.OwnerPrefix).
+func rule(why string, stmts ...rules.Stmt) rules.Rule {
+	return rules.Rule{Stmts: stmts, Comment: rules.OwnerPrefix + why}
 }
 
 func verdict(a policies.Action, proto rules.Proto) rules.Verdict {

@@ -229,7 +229,8 @@ func ruleHandle(t *testing.T, listing, rule string) string {
 		if m == nil {
 			continue
 		}
-		if strings.TrimSpace(line[:len(line)-len(m[0])]) == rule {
+		// The rule as written, possibly followed by its comment.
+		if text := strings.TrimSpace(line[:len(line)-len(m[0])]); text == rule || strings.HasPrefix(text, rule+" comment ") {
 			return m[1]
 		}
 	}

@@ -17,7 +17,7 @@ func sample(accounts ...Element) *Ruleset {
 	}
 	open.Elements = SortElements(open.Elements)
 	chain := &Chain{Name: "output", Hook: HookOutput, Rules: []Rule{
-		{Stmts: []Stmt{CtDirectionOriginal{}, Verdict{Kind: Accept}}, Comment: OwnerMark},
+		{Stmts: []Stmt{CtDirectionOriginal{}, Verdict{Kind: Accept}}, Comment: OwnerPrefix + "test"},
 		{Stmts: []Stmt{SkuidSportInSet{Proto: TCP, Set: PortsSet(TCP)}, Verdict{Kind: Accept}}},
 	}}
 	return &Ruleset{Table: "nftpol", Sets: []*Set{ports, open}, Chains: []*Chain{chain}}

@@ -13,6 +13,7 @@ package rules
 import (
 	"cmp"
 	"slices"
+	"strings"
 )
 
 // Ruleset is the content of nftpol's table in the inet family.
@@ -160,16 +161,17 @@ func (s *Set) SameDefinition(o *Set) bool {
 	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval
 }
 
-// OwnerMark is the rule comment by which nftpol recognises its own table. It
-// is written on the first rule of every chain nftpol creates.
-const OwnerMark = "nftpol: managed table, change the policy instead"
+// OwnerPrefix starts the comment of every rule nftpol writes; it is how
+// nftpol recognises its own table. Every rule carries it, so the mark
+// survives as long as any of nftpol's rules does.
+const OwnerPrefix = "nftpol: "
 
 // Owned reports whether the ruleset carries nftpol's mark, i.e. whether nftpol
 // created it. A table without the mark belongs to somebody else.
 func (rs *Ruleset) Owned() bool {
 	for _, c := range rs.Chains {
 		for _, r := range c.Rules {
-			if r.Comment == OwnerMark {
+			if strings.HasPrefix(r.Comment, OwnerPrefix) {
 				return true
 			}
 		}

@@ -140,7 +140,7 @@ func TestChunkElementsBoundary(t *testing.T) {
 func sampleRules() []rules.Rule {
 	acc := rules.Verdict{Kind: rules.Accept}
 	return []rules.Rule{
-		{Stmts: []rules.Stmt{rules.Loopback{Out: true}, acc}, Comment: rules.OwnerMark},
+		{Stmts: []rules.Stmt{rules.Loopback{Out: true}, acc}, Comment: rules.OwnerPrefix + "loopback"},
 		{Stmts: []rules.Stmt{rules.Loopback{}, acc}},
 		{Stmts: []rules.Stmt{rules.CtDirectionOriginal{}, acc}},
 		{Stmts: []rules.Stmt{rules.CtStateNotNew{}, acc}},
