@@ -41,8 +41,10 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	ports := map[rules.Proto]*rules.Set{}
 	open := map[rules.Proto]*rules.Set{}
 	for _, proto := range protos {
-		ports[proto] = &rules.Set{Name: rules.PortsSet(proto), Key: rules.KeyUIDPort, Interval: true}
-		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true}
+		ports[proto] = &rules.Set{Name: rules.PortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
+			Comment: rules.OwnerPrefix + fmt.Sprintf("ports each account may serve %s from", proto)}
+		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
+			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
 	union := map[rules.Proto][]policies.PortRange{}
 	for _, a := range p.Accounts {
@@ -65,7 +67,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		ports[proto].Elements = rules.SortElements(ports[proto].Elements)
 		open[proto].Elements = rules.SortElements(open[proto].Elements)
 	}
-	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID}
+	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
 	for _, u := range p.Exempt {
 		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
 	}

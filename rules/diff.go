@@ -37,7 +37,6 @@ const (
 	ActionCreate  Action = "create"
 	ActionUpdate  Action = "update"
 	ActionReplace Action = "replace"
-	ActionDelete  Action = "delete"
 	ActionAdd     Action = "add"
 	ActionChange  Action = "change"
 	ActionRemove  Action = "remove"
@@ -60,13 +59,19 @@ type Plan struct {
 	Accounts []AccountChange
 	// Desired is the ruleset the plan leads to.
 	Desired *Ruleset
+	// Wake is set when the table is dormant and must be made active.
+	Wake bool
+	// Retire names a table nftpol applied before under another name; it
+	// is deleted in the same transaction. Set by the caller, which knows
+	// the previous name, after checking the table is nftpol's.
+	Retire string
 }
 
 // SetChange is a change to one set.
 type SetChange struct {
 	Name   string
-	Action Action // create, update or delete
-	// Set is the desired set (nil for delete).
+	Action Action // create or update
+	// Set is the desired set.
 	Set *Set
 	// Delete and Add are element operations, applied in that order so a
 	// changed element (same key, new comment) can be replaced. For create
@@ -77,15 +82,17 @@ type SetChange struct {
 // ChainChange is a change to one chain.
 type ChainChange struct {
 	Name   string
-	Action Action // create, replace (its rules) or delete
-	Chain  *Chain // desired chain (nil for delete)
+	Action Action // create or replace (its rules)
+	Chain  *Chain // desired chain
 }
 
 // AccountChange is the effect of a plan on one account.
 type AccountChange struct {
-	UID    uint32
-	Name   string
-	Action Action // add, change or remove
+	UID  uint32
+	Name string
+	// OldName is the name before a change, when it differs.
+	OldName string
+	Action  Action // add, change or remove
 	// Ports per protocol, before and after. Only protocols with a change
 	// or with ports on either side are listed.
 	Ports []ProtoPorts
@@ -100,7 +107,7 @@ type ProtoPorts struct {
 }
 
 // Empty reports whether the plan changes nothing.
-func (p *Plan) Empty() bool { return p.TableAction == TableNone }
+func (p *Plan) Empty() bool { return p.TableAction == TableNone && p.Retire == "" }
 
 // Operations counts the kernel operations the plan takes: one per table,
 // set, chain and rule written or deleted, and one per element added or
@@ -113,16 +120,41 @@ func (p *Plan) Operations() int {
 	case TableReplace:
 		n += 2
 	}
+	if p.Wake {
+		n++
+	}
+	if p.Retire != "" {
+		n++
+	}
 	for _, s := range p.Sets {
 		if s.Action != ActionUpdate {
 			n++
 		}
-		n += len(s.Add) + len(s.Delete)
+		if s.Set != nil {
+			n += s.Set.KernelElements(s.Add) + s.Set.KernelElements(s.Delete)
+		}
 	}
 	for _, c := range p.Chains {
 		n++
 		if c.Chain != nil {
 			n += len(c.Chain.Rules)
+		}
+	}
+	return n
+}
+
+// KernelElements counts the kernel elements es takes in s: an interval of a
+// single-field interval set is a start and an end element (no end when it
+// reaches 65535), anything else one element.
+func (s *Set) KernelElements(es []Element) int {
+	if s.Key != KeyPort || !s.Interval {
+		return len(es)
+	}
+	n := 0
+	for _, e := range es {
+		n++
+		if e.Hi < 0xffff {
+			n++
 		}
 	}
 	return n
@@ -147,18 +179,24 @@ func Diff(current, desired *Ruleset) *Plan {
 }
 
 // compatible reports whether current can be turned into desired by element
-// and rule changes alone: every set that exists on both sides has the same
-// type and flags, every chain the same hook and priority. Anything else is
+// and rule changes alone: every set of current is wanted, with the same
+// type, flags and comment; every chain is wanted, with the same hook and
+// priority; and there is nothing else in the table. Anything else is
 // rebuilt by replacing the whole table inside one transaction, which is
-// atomic and, since it happens only when nftpol's own layout changed, rare.
+// atomic and needs no reasoning about the order in which strangers' objects
+// (maps jumping to chains, say) could be deleted. It happens only when
+// nftpol's layout changed or somebody added objects to its table: rarely.
 func compatible(current, desired *Ruleset) bool {
+	if len(current.Extra) > 0 {
+		return false
+	}
 	for _, cs := range current.Sets {
-		if ds := desired.Set(cs.Name); ds != nil && !ds.SameDefinition(cs) {
+		if ds := desired.Set(cs.Name); ds == nil || !ds.SameDefinition(cs) {
 			return false
 		}
 	}
 	for _, cc := range current.Chains {
-		if dc := desired.Chain(cc.Name); dc != nil && (dc.Hook != cc.Hook || dc.Priority != cc.Priority) {
+		if dc := desired.Chain(cc.Name); dc == nil || dc.Hook != cc.Hook || dc.Priority != cc.Priority {
 			return false
 		}
 	}
@@ -195,19 +233,8 @@ func (p *Plan) update(current *Ruleset) {
 			p.Chains = append(p.Chains, ChainChange{Name: dc.Name, Action: ActionReplace, Chain: dc})
 		}
 	}
-	// Objects nftpol does not (or no longer) want go last: chains first,
-	// since their rules may reference the sets.
-	for _, cc := range current.Chains {
-		if d.Chain(cc.Name) == nil {
-			p.Chains = append(p.Chains, ChainChange{Name: cc.Name, Action: ActionDelete})
-		}
-	}
-	for _, cs := range current.Sets {
-		if d.Set(cs.Name) == nil {
-			p.Sets = append(p.Sets, SetChange{Name: cs.Name, Action: ActionDelete})
-		}
-	}
-	if len(p.Sets)+len(p.Chains) > 0 {
+	p.Wake = current.Dormant
+	if len(p.Sets)+len(p.Chains) > 0 || p.Wake {
 		p.TableAction = TableUpdate
 	} else {
 		p.TableAction = TableNone
@@ -289,6 +316,9 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 			ac.Action, ac.Name = ActionRemove, o.name
 		default:
 			ac.Action, ac.Name = ActionChange, n.name
+			if o.name != n.name {
+				ac.OldName = o.name
+			}
 		}
 		var protos []Proto
 		for _, sd := range []*side{o, n} {

@@ -43,9 +43,10 @@ func TestDiffCreate(t *testing.T) {
 	if len(p.Accounts) != 2 || p.Accounts[0].Action != ActionAdd || p.Accounts[0].Name != "alpha" {
 		t.Errorf("accounts: %+v", p.Accounts)
 	}
-	// table + 2 sets + 4 elements (2 per set) + chain + 2 rules
-	if got := p.Operations(); got != 10 {
-		t.Errorf("Operations = %d, want 10", got)
+	// table + 2 sets + 2 pipapo elements + 2 rbtree intervals of 2
+	// elements each + chain + 2 rules
+	if got := p.Operations(); got != 12 {
+		t.Errorf("Operations = %d, want 12", got)
 	}
 }
 
@@ -118,16 +119,68 @@ func TestDiffLayoutChangeReplacesTable(t *testing.T) {
 	}
 }
 
-func TestDiffForeignObjectsDeletedAfterChains(t *testing.T) {
-	cur := sample(alpha)
-	cur.Sets = append(cur.Sets, &Set{Name: "stray", Key: KeyUID})
-	cur.Chains = append(cur.Chains, &Chain{Name: "extra", Hook: HookInput})
-	p := Diff(cur, sample(alpha))
-	if len(p.Chains) != 1 || p.Chains[0].Action != ActionDelete || p.Chains[0].Name != "extra" {
-		t.Errorf("chains: %+v", p.Chains)
+// TestDiffForeignObjectsReplaceTable: sets, chains or other objects nftpol
+// did not write make the plan rebuild the table in one transaction rather
+// than guess an order in which strangers' objects can be deleted.
+func TestDiffForeignObjectsReplaceTable(t *testing.T) {
+	for name, mutate := range map[string]func(*Ruleset){
+		"extra set":    func(rs *Ruleset) { rs.Sets = append(rs.Sets, &Set{Name: "stray", Key: KeyUID}) },
+		"extra chain":  func(rs *Ruleset) { rs.Chains = append(rs.Chains, &Chain{Name: "extra", Hook: HookInput}) },
+		"extra object": func(rs *Ruleset) { rs.Extra = []string{"counter cnt"} },
+		"set comment":  func(rs *Ruleset) { rs.Sets[0].Comment = "edited" },
+	} {
+		cur := sample(alpha)
+		mutate(cur)
+		p := Diff(cur, sample(alpha))
+		if p.TableAction != TableReplace || len(p.Sets) != 2 || len(p.Chains) != 1 || p.Sets[0].Action != ActionCreate {
+			t.Errorf("%s: plan %+v", name, p)
+		}
+		if len(p.Accounts) != 0 {
+			t.Errorf("%s: accounts did not change, plan says %+v", name, p.Accounts)
+		}
 	}
-	if last := p.Sets[len(p.Sets)-1]; last.Action != ActionDelete || last.Name != "stray" {
-		t.Errorf("sets: %+v", p.Sets)
+}
+
+func TestDiffWakesDormantTable(t *testing.T) {
+	cur := sample(alpha)
+	cur.Dormant = true
+	p := Diff(cur, sample(alpha))
+	if p.Empty() || !p.Wake || p.TableAction != TableUpdate || p.Operations() != 1 {
+		t.Errorf("dormant table: %+v", p)
+	}
+}
+
+func TestPlanRetireAndRename(t *testing.T) {
+	p := Diff(sample(alpha, beta), sample(alpha, betaRn))
+	p.Retire = "oldname"
+	var b strings.Builder
+	if err := p.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Table inet oldname, applied before under that name, will be deleted.", "~ beta -> beta-renamed (uid 1002)", "Plan: 0 accounts to add, 1 to change, 0 to remove"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("plan text lacks %q:\n%s", want, b.String())
+		}
+	}
+	p = Diff(sample(alpha), sample(alpha))
+	p.Retire = "oldname"
+	if p.Empty() {
+		t.Error("a plan that retires a table is not empty")
+	}
+}
+
+func TestOwned(t *testing.T) {
+	rs := sample(alpha)
+	if !rs.Owned() {
+		t.Fatal("sample not owned")
+	}
+	rs.Chains[0].Rules = nil // nft flush table: rules go, sets stay
+	if rs.Owned() {
+		t.Fatal("sample without rules and without set comments still owned")
+	}
+	rs.Sets[1].Comment = OwnerPrefix + "open ports"
+	if !rs.Owned() {
+		t.Error("a set comment alone does not mark the table")
 	}
 }
 

@@ -20,15 +20,25 @@ func (p *Plan) WriteText(w io.Writer) error {
 	case TableCreate:
 		fmt.Fprintf(&b, "Table inet %s will be created.\n", p.Table)
 	case TableReplace:
-		fmt.Fprintf(&b, "Table inet %s will be replaced in one transaction (its layout changed).\n", p.Table)
-	default:
+		fmt.Fprintf(&b, "Table inet %s will be replaced in one transaction (its layout changed or it holds objects nftpol did not write).\n", p.Table)
+	case TableUpdate:
 		fmt.Fprintf(&b, "Table inet %s will be updated.\n", p.Table)
+	}
+	if p.Wake {
+		fmt.Fprintf(&b, "Table inet %s is dormant (it enforces nothing): it will be made active.\n", p.Table)
+	}
+	if p.Retire != "" {
+		fmt.Fprintf(&b, "Table inet %s, applied before under that name, will be deleted.\n", p.Retire)
 	}
 	if len(p.Accounts) > 0 {
 		b.WriteString("\nAccounts:\n")
 		for _, a := range p.Accounts {
 			mark := map[Action]string{ActionAdd: "+", ActionChange: "~", ActionRemove: "-"}[a.Action]
-			fmt.Fprintf(&b, "  %s %s (uid %d):", mark, displayName(a), a.UID)
+			name := displayName(a)
+			if a.OldName != "" && a.OldName != a.Name {
+				name = a.OldName + " -> " + name
+			}
+			fmt.Fprintf(&b, "  %s %s (uid %d):", mark, name, a.UID)
 			for i, pp := range a.Ports {
 				if i > 0 {
 					b.WriteString(";")
@@ -45,8 +55,6 @@ func (p *Plan) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  + set %s (%d elements)\n", s.Name, len(s.Add))
 		case ActionUpdate:
 			fmt.Fprintf(&b, "  ~ set %s: %d elements to add, %d to delete\n", s.Name, len(s.Add), len(s.Delete))
-		case ActionDelete:
-			fmt.Fprintf(&b, "  - set %s\n", s.Name)
 		}
 	}
 	for _, c := range p.Chains {
@@ -55,8 +63,6 @@ func (p *Plan) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  + chain %s (%d rules)\n", c.Name, len(c.Chain.Rules))
 		case ActionReplace:
 			fmt.Fprintf(&b, "  ~ chain %s: rules replaced (%d rules)\n", c.Name, len(c.Chain.Rules))
-		case ActionDelete:
-			fmt.Fprintf(&b, "  - chain %s\n", c.Name)
 		}
 	}
 	add, chg, rm := 0, 0, 0
@@ -70,8 +76,8 @@ func (p *Plan) WriteText(w io.Writer) error {
 			rm++
 		}
 	}
-	fmt.Fprintf(&b, "\nPlan: %d %s to add, %d to change, %d to remove; %d kernel operations.\n",
-		add, plural(add, "account", "accounts"), chg, rm, p.Operations())
+	fmt.Fprintf(&b, "\nPlan: %s to add, %d to change, %d to remove; %d kernel operations.\n",
+		plural(add, "account", "accounts"), chg, rm, p.Operations())
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -104,11 +110,12 @@ func joinOrNone(rs []string) string {
 	return strings.Join(rs, ",")
 }
 
+// plural spells a count with its noun: "1 account", "2 accounts".
 func plural(n int, one, many string) string {
 	if n == 1 {
-		return one
+		return fmt.Sprintf("%d %s", n, one)
 	}
-	return many
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // JSON shapes of a plan. They are part of nftpol's interface to config
@@ -118,16 +125,19 @@ type (
 		Table      string        `json:"table"`
 		Changes    bool          `json:"changes"`
 		Action     TableAction   `json:"table_action"`
+		Wake       bool          `json:"wake_table,omitempty"`
+		Retire     string        `json:"retire_table,omitempty"`
 		Accounts   []jsonAccount `json:"accounts"`
 		Sets       []jsonSet     `json:"sets"`
 		Chains     []jsonChain   `json:"chains"`
 		Operations int           `json:"operations"`
 	}
 	jsonAccount struct {
-		Name   string               `json:"name"`
-		UID    uint32               `json:"uid"`
-		Action Action               `json:"action"`
-		Ports  map[Proto]jsonChange `json:"ports"`
+		Name    string               `json:"name"`
+		OldName string               `json:"old_name,omitempty"`
+		UID     uint32               `json:"uid"`
+		Action  Action               `json:"action"`
+		Ports   map[Proto]jsonChange `json:"ports"`
 	}
 	jsonChange struct {
 		Old []string `json:"old"`
@@ -154,13 +164,17 @@ func (p *Plan) MarshalJSON() ([]byte, error) {
 		Table:      "inet " + p.Table,
 		Changes:    !p.Empty(),
 		Action:     p.TableAction,
+		Wake:       p.Wake,
 		Accounts:   []jsonAccount{},
 		Sets:       []jsonSet{},
 		Chains:     []jsonChain{},
 		Operations: p.Operations(),
 	}
+	if p.Retire != "" {
+		j.Retire = "inet " + p.Retire
+	}
 	for _, a := range p.Accounts {
-		ja := jsonAccount{Name: a.Name, UID: a.UID, Action: a.Action, Ports: map[Proto]jsonChange{}}
+		ja := jsonAccount{Name: a.Name, OldName: a.OldName, UID: a.UID, Action: a.Action, Ports: map[Proto]jsonChange{}}
 		for _, pp := range a.Ports {
 			ja.Ports[pp.Proto] = jsonChange{Old: nonNil(pp.Old), New: nonNil(pp.New)}
 		}

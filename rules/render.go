@@ -52,6 +52,9 @@ func renderSet(w *bufio.Writer, s *Set) {
 	if s.Interval {
 		w.WriteString("\t\tflags interval\n")
 	}
+	if s.Comment != "" {
+		fmt.Fprintf(w, "\t\tcomment %s\n", Quote(s.Comment))
+	}
 	if len(s.Elements) > 0 {
 		w.WriteString("\t\telements = { ")
 		for i, e := range s.Elements {

@@ -25,6 +25,13 @@ type Ruleset struct {
 	Sets []*Set
 	// Chains, in the order they are rendered and created.
 	Chains []*Chain
+	// Dormant is set when the kernel's table is dormant: it is there but
+	// enforces nothing. nftpol never makes a table dormant.
+	Dormant bool
+	// Extra names objects in the kernel's table that the model does not
+	// hold (named counters, quotas, flowtables...). nftpol never writes
+	// them; their presence makes the plan replace the table.
+	Extra []string
 }
 
 // Set returns the set called name, or nil.
@@ -80,6 +87,9 @@ type Set struct {
 	Key  KeyType
 	// Interval sets hold ranges (flags interval). KeyUID sets never do.
 	Interval bool
+	// Comment is stored as set userdata. nftpol's sets carry its mark
+	// (OwnerPrefix), which survives `nft flush table`.
+	Comment string
 	// Elements, kept sorted by SortElements order and without duplicates.
 	Elements []Element
 }
@@ -155,20 +165,26 @@ func (c *Chain) Equal(o *Chain) bool {
 		slices.EqualFunc(c.Rules, o.Rules, Rule.Equal)
 }
 
-// SameDefinition reports whether two sets have the same name, type and flags
-// (their elements aside).
+// SameDefinition reports whether two sets have the same name, type, flags
+// and comment (their elements aside): whether one can be turned into the
+// other by element operations alone.
 func (s *Set) SameDefinition(o *Set) bool {
-	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval
+	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval && s.Comment == o.Comment
 }
 
-// OwnerPrefix starts the comment of every rule nftpol writes; it is how
-// nftpol recognises its own table. Every rule carries it, so the mark
-// survives as long as any of nftpol's rules does.
+// OwnerPrefix starts the comment of every rule and set nftpol writes; it is
+// how nftpol recognises its own table. The mark survives as long as any of
+// nftpol's rules or sets does (`nft flush table` keeps the sets).
 const OwnerPrefix = "nftpol: "
 
 // Owned reports whether the ruleset carries nftpol's mark, i.e. whether nftpol
 // created it. A table without the mark belongs to somebody else.
 func (rs *Ruleset) Owned() bool {
+	for _, s := range rs.Sets {
+		if strings.HasPrefix(s.Comment, OwnerPrefix) {
+			return true
+		}
+	}
 	for _, c := range rs.Chains {
 		for _, r := range c.Rules {
 			if strings.HasPrefix(r.Comment, OwnerPrefix) {

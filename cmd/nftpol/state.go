@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -44,6 +46,22 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset) error {
 		return err
 	}
 	return writeAtomic(dir, "state.json", append(b, '\n'))
+}
+
+// loadState reads dir/state.json; nil without error when there is none.
+func loadState(dir string) (*stateFile, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state: %w", err)
+	}
+	var st stateFile
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state %s is corrupt: %w", filepath.Join(dir, "state.json"), err)
+	}
+	return &st, nil
 }
 
 func writeAtomic(dir, name string, data []byte) error {

@@ -49,6 +49,9 @@ func decodeRule(exprs []expr.Any, ud []byte) rules.Rule {
 // statement, how many expressions it took (0: not recognised) and the
 // protocol the statement matched, if any.
 func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto) {
+	if len(es) == 0 {
+		return nil, 0, ""
+	}
 	// A transport protocol match, possibly the dependency of what follows.
 	if p, ok := l4proto(es); ok {
 		rest := es[2:]

@@ -145,7 +145,7 @@ func ruleUserData(r rules.Rule) []byte {
 var uidPortType = nftables.MustConcatSetType(nftables.TypeUID, nftables.TypeInetService)
 
 func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
-	ns := &nftables.Set{Table: t, Name: s.Name, Interval: s.Interval}
+	ns := &nftables.Set{Table: t, Name: s.Name, Interval: s.Interval, Comment: rules.SanitizeComment(s.Comment)}
 	switch s.Key {
 	case rules.KeyUID:
 		ns.KeyType = nftables.TypeUID

@@ -108,14 +108,26 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	if t == nil {
 		return nil, nil
 	}
-	rs := &rules.Ruleset{Table: table}
+	flags, err := k.getTableFlags(table)
+	if err != nil {
+		return nil, err
+	}
+	rs := &rules.Ruleset{Table: table, Dormant: flags&unix.NFT_TABLE_F_DORMANT != 0}
 
 	sets, err := c.GetSets(t)
 	if err != nil {
 		return nil, fmt.Errorf("listing sets of table inet %s: %w", table, err)
 	}
+	comments, err := k.getSetComments(table)
+	if err != nil {
+		return nil, err
+	}
 	for _, s := range sets {
+		if s.Anonymous {
+			continue // part of the rule that uses it: goes and comes with it
+		}
 		ms := decodeSet(s)
+		ms.Comment = comments[s.Name]
 		es, err := c.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("reading elements of set %s: %w", s.Name, err)
@@ -145,6 +157,23 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 			}
 		}
 		rs.Chains = append(rs.Chains, mc)
+	}
+
+	// Objects the model does not hold. nftpol never writes them, so any
+	// there were put by somebody else; the plan will replace the table.
+	objs, err := c.GetNamedObjects(t)
+	if err != nil {
+		return nil, fmt.Errorf("listing objects of table inet %s: %w", table, err)
+	}
+	for _, o := range objs {
+		rs.Extra = append(rs.Extra, fmt.Sprintf("object %T", o))
+	}
+	fts, err := c.ListFlowtables(t)
+	if err != nil {
+		return nil, fmt.Errorf("listing flowtables of table inet %s: %w", table, err)
+	}
+	for _, f := range fts {
+		rs.Extra = append(rs.Extra, "flowtable "+f.Name)
 	}
 	return rs, nil
 }
@@ -238,25 +267,30 @@ func (b *batch) add(op func(*nftables.Conn) error) {
 
 // buildBatch orders the plan's operations so that every reference is valid
 // when the kernel reaches it: the table before its sets, sets (with their
-// element changes) before the rules that look them up, rule changes before
-// the deletion of sets they no longer use.
+// element changes) before the rules that look them up.
 func buildBatch(p *rules.Plan) (*batch, error) {
 	b := &batch{}
 	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
+	if p.Retire != "" {
+		old := &nftables.Table{Name: p.Retire, Family: nftables.TableFamilyINet}
+		b.add(func(c *nftables.Conn) error { c.DelTable(old); return nil })
+	}
 	switch p.TableAction {
 	case rules.TableReplace:
 		b.add(func(c *nftables.Conn) error { c.DelTable(t); return nil })
 		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	case rules.TableCreate:
+		// Exclusive: if somebody created a table of this name since we
+		// read the kernel, fail rather than merge into theirs.
+		b.add(func(c *nftables.Conn) error { c.CreateTable(t); return nil })
+	}
+	if p.Wake {
+		// Sent for an existing table, NEWTABLE without EXCL updates its
+		// flags; ours are 0, which clears dormant.
 		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	}
 
-	var setDeletes []rules.SetChange
 	for _, sc := range p.Sets {
-		if sc.Action == rules.ActionDelete {
-			setDeletes = append(setDeletes, sc)
-			continue
-		}
 		ns, err := encodeSet(t, sc.Set)
 		if err != nil {
 			return nil, err
@@ -276,9 +310,6 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 	for _, cc := range p.Chains {
 		ch := &nftables.Chain{Name: cc.Name, Table: t}
 		switch cc.Action {
-		case rules.ActionDelete:
-			b.add(func(c *nftables.Conn) error { c.DelChain(ch); return nil })
-			continue
 		case rules.ActionCreate:
 			hook := nftables.ChainHookInput
 			if cc.Chain.Hook == rules.HookOutput {
@@ -306,10 +337,6 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		}
 	}
 
-	for _, sc := range setDeletes {
-		s := &nftables.Set{Table: t, Name: sc.Name}
-		b.add(func(c *nftables.Conn) error { c.DelSet(s); return nil })
-	}
 	return b, nil
 }
 

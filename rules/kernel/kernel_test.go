@@ -193,6 +193,18 @@ func TestDecodeForeignRule(t *testing.T) {
 	if got.Equal(got) {
 		t.Errorf("a rule with unknown statements must not even equal itself: %s", got)
 	}
+	// A rule that ends right after a protocol match (nft add rule ...
+	// meta l4proto tcp) decodes without running off the end.
+	tail := decodeRule([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{6}},
+	}, nil)
+	if len(tail.Stmts) != 1 || tail.Stmts[0] != (rules.L4Proto{Proto: rules.TCP}) {
+		t.Errorf("meta l4proto tcp alone decoded as %s", tail)
+	}
+	if opq := decodeRule([]expr.Any{opaque{Name: "queue"}}, nil); len(opq.Stmts) != 1 || opq.Stmts[0] != (rules.Unknown{Desc: "queue"}) {
+		t.Errorf("opaque expression decoded as %s", opq)
+	}
 }
 
 func TestElementRoundTrip(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -32,8 +33,9 @@ type opaque struct {
 	Name     string
 }
 
-// getRules dumps the rules of every chain of table inet <table>.
-func (k *Kernel) getRules(table string) ([]kernelRule, error) {
+// dump sends a dump request for table inet <table> (attribute tableAttr
+// holds the table name) and returns the payloads after the nfgenmsg header.
+func (k *Kernel) dump(msgType uint16, tableAttr uint16, table string) ([][]byte, error) {
 	var cfg netlink.Config
 	if k.ns != nil {
 		cfg.NetNS = int(k.ns.Fd())
@@ -43,33 +45,110 @@ func (k *Kernel) getRules(table string) ([]kernelRule, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer conn.Close()
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_RULE_TABLE, Data: append([]byte(table), 0)},
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: tableAttr, Data: append([]byte(table), 0)}})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
 		return nil, err
 	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	var out [][]byte
+	for _, m := range msgs {
+		if len(m.Data) >= 4 {
+			out = append(out, m.Data[4:])
+		}
 	}
-	msgs, err := conn.Execute(req)
+	return out, nil
+}
+
+// getTableFlags returns the flags of table inet <table>. google/nftables
+// v0.3.0 decodes NFTA_TABLE_FLAGS in host byte order instead of network
+// byte order, so a dormant table would read as not dormant.
+func (k *Kernel) getTableFlags(table string) (uint32, error) {
+	msgs, err := k.dump(unix.NFT_MSG_GETTABLE, unix.NFTA_TABLE_NAME, table)
+	if err != nil {
+		return 0, fmt.Errorf("dumping tables: %w", err)
+	}
+	for _, m := range msgs {
+		ad, err := netlink.NewAttributeDecoder(m)
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		var name string
+		var flags uint32
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_TABLE_NAME:
+				name = ad.String()
+			case unix.NFTA_TABLE_FLAGS:
+				flags = ad.Uint32()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return 0, err
+		}
+		if name == table {
+			return flags, nil
+		}
+	}
+	return 0, fmt.Errorf("table inet %s vanished while being read", table)
+}
+
+// getRules dumps the rules of every chain of table inet <table>.
+func (k *Kernel) getRules(table string) ([]kernelRule, error) {
+	msgs, err := k.dump(unix.NFT_MSG_GETRULE, unix.NFTA_RULE_TABLE, table)
 	if err != nil {
 		return nil, fmt.Errorf("dumping rules of table inet %s: %w", table, err)
 	}
 	var out []kernelRule
 	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		r, err := parseRule(m.Data[4:])
+		r, err := parseRule(m)
 		if err != nil {
 			return nil, fmt.Errorf("reading a rule of table inet %s: %w", table, err)
 		}
 		out = append(out, r)
+	}
+	return out, nil
+}
+
+// getSetComments returns the comment of every set of table inet <table>
+// that has one. google/nftables v0.3.0 writes set comments but does not read
+// them back.
+func (k *Kernel) getSetComments(table string) (map[string]string, error) {
+	msgs, err := k.dump(unix.NFT_MSG_GETSET, unix.NFTA_SET_TABLE, table)
+	if err != nil {
+		return nil, fmt.Errorf("dumping sets of table inet %s: %w", table, err)
+	}
+	out := map[string]string{}
+	for _, m := range msgs {
+		ad, err := netlink.NewAttributeDecoder(m)
+		if err != nil {
+			return nil, err
+		}
+		var name string
+		var ud []byte
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_SET_NAME:
+				name = ad.String()
+			case unix.NFTA_SET_USERDATA:
+				ud = ad.Bytes()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		if c, ok := userdata.GetString(ud, userdata.NFTNL_UDATA_SET_COMMENT); ok {
+			out[name] = c
+		}
 	}
 	return out, nil
 }
