@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nftpol/nftpol/rules"
+)
+
+func (a *app) validateCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate",
+		Short: "Check the policy files; the kernel is not touched",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, rs, err := a.load()
+			if err != nil {
+				return err
+			}
+			ranges := 0
+			for _, acc := range p.Accounts {
+				ranges += len(acc.Ports)
+			}
+			elems := 0
+			for _, s := range rs.Sets {
+				elems += len(s.Elements)
+			}
+			fmt.Fprintf(a.stdout, "%s: valid: %d %s, %d port %s, table inet %s (%d set elements)\n",
+				a.configFile(), len(p.Accounts), plural(len(p.Accounts), "account", "accounts"),
+				ranges, plural(ranges, "range", "ranges"), p.Table, elems)
+			return nil
+		},
+	}
+}
+
+func (a *app) exportCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "export",
+		Short: "Print the compiled ruleset in nft syntax (loadable with nft -f)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, rs, err := a.load()
+			if err != nil {
+				return err
+			}
+			return rules.Render(a.stdout, rs)
+		},
+	}
+}
