@@ -15,10 +15,26 @@ package compiler
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
 )
+
+// Violation recording: each blocked serving packet refreshes the element
+// uid . port of <proto>_violations, whose counter `nftpol status` reads. An
+// element not seen for ViolationTimeout expires; the set holds at most
+// ViolationSetSize offenders (past that, new ones are still blocked, just
+// not recorded until old ones expire).
+const (
+	ViolationTimeout = time.Hour
+	ViolationSetSize = 65536
+	// LogRate bounds the kernel log lines per protocol and minute.
+	LogRate = 10
+)
+
+// ViolationsSet names the dynamic set recording blocked serving of proto.
+func ViolationsSet(p rules.Proto) string { return string(p) + "_violations" }
 
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
 // accept here does not override a drop elsewhere, so the relative order with
@@ -67,6 +83,14 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		ports[proto].Elements = rules.SortElements(ports[proto].Elements)
 		open[proto].Elements = rules.SortElements(open[proto].Elements)
 	}
+	violations := map[rules.Proto]*rules.Set{}
+	for _, proto := range protos {
+		violations[proto] = &rules.Set{
+			Name: ViolationsSet(proto), Key: rules.KeyUIDPort, Dynamic: true,
+			Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
+			Comment: rules.OwnerPrefix + fmt.Sprintf("uid . port of blocked %s serving, with counters", proto),
+		}
+	}
 	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
 	for _, u := range p.Exempt {
 		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
@@ -80,6 +104,9 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		rs.Sets = append(rs.Sets, open[proto])
 	}
 	rs.Sets = append(rs.Sets, exempt)
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, violations[proto])
+	}
 
 	rs.Chains = []*rules.Chain{outputChain(p, protos), inputChain(p, protos)}
 	return rs, nil
@@ -108,13 +135,22 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	// a serving packet either: it passes untouched. skuid: a packet without
 	// an owning full socket (kernel resets, time-wait, ICMP errors) makes
 	// any skuid expression fail, so it never reaches the verdict.
+	//
+	// Each violation is logged (rate-limited, with the UID) by a rule of
+	// its own: a limit that is over its rate stops the rule it is in, and
+	// must never stop the verdict. Then it is recorded per uid . port in
+	// a dynamic set with counters, which `nftpol status` reads.
 	for _, proto := range protos {
+		violation := []rules.Stmt{rules.L4Proto{Proto: proto}, rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID}}
+		rr = append(rr, rule(fmt.Sprintf("log %s served outside the account's ports", proto),
+			append(slices.Clip(violation),
+				rules.Limit{Rate: LogRate, Unit: rules.PerMinute},
+				rules.Log{Prefix: fmt.Sprintf("nftpol: blocked %s serving: ", proto)})...))
 		rr = append(rr, rule(fmt.Sprintf("%s served outside the account's ports", proto),
-			rules.L4Proto{Proto: proto},
-			rules.CtDirectionReply{},
-			rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID},
-			rules.Counter{},
-			verdict(p.Action, proto)))
+			append(slices.Clip(violation),
+				rules.UpdateSet{Proto: proto, Set: ViolationsSet(proto)},
+				rules.Counter{},
+				verdict(p.Action, proto))...))
 	}
 	return &rules.Chain{Name: "output", Hook: rules.HookOutput, Priority: priority, Rules: rr}
 }

@@ -220,6 +220,9 @@ func (p *Plan) update(current *Ruleset) {
 			p.Sets = append(p.Sets, SetChange{Name: ds.Name, Action: ActionCreate, Set: ds, Add: ds.Elements})
 			continue
 		}
+		if ds.Dynamic {
+			continue // filled by the packet path, not by nftpol
+		}
 		del, add := DiffElements(cs.Elements, ds.Elements)
 		if len(del)+len(add) > 0 {
 			p.Sets = append(p.Sets, SetChange{Name: ds.Name, Action: ActionUpdate, Set: ds, Delete: del, Add: add})

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Render writes rs in nft syntax, loadable with `nft -f`. The output is
@@ -49,8 +50,20 @@ func RenderReplacePrefix(table string) string {
 func renderSet(w *bufio.Writer, s *Set) {
 	fmt.Fprintf(w, "\tset %s {\n", s.Name)
 	fmt.Fprintf(w, "\t\ttype %s\n", s.Key)
-	if s.Interval {
+	if s.Size > 0 {
+		fmt.Fprintf(w, "\t\tsize %d\n", s.Size)
+	}
+	switch {
+	case s.Dynamic:
+		w.WriteString("\t\tflags dynamic,timeout\n")
+	case s.Interval:
 		w.WriteString("\t\tflags interval\n")
+	}
+	if s.Counter {
+		w.WriteString("\t\tcounter\n")
+	}
+	if s.Timeout > 0 {
+		fmt.Fprintf(w, "\t\ttimeout %s\n", nftDuration(s.Timeout))
 	}
 	if s.Comment != "" {
 		fmt.Fprintf(w, "\t\tcomment %s\n", Quote(s.Comment))
@@ -95,6 +108,24 @@ func renderChain(w *bufio.Writer, c *Chain) {
 		fmt.Fprintf(w, "\t\t%s\n", r)
 	}
 	w.WriteString("\t}\n")
+}
+
+// nftDuration spells d as nft does: 1h, 30m, 1h30m, 45s.
+func nftDuration(d time.Duration) string {
+	var b strings.Builder
+	for _, u := range []struct {
+		d    time.Duration
+		unit string
+	}{{24 * time.Hour, "d"}, {time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}} {
+		if n := d / u.d; n > 0 {
+			fmt.Fprintf(&b, "%d%s", n, u.unit)
+			d -= n * u.d
+		}
+	}
+	if d > 0 || b.Len() == 0 {
+		fmt.Fprintf(&b, "%dms", d.Milliseconds())
+	}
+	return b.String()
 }
 
 // priority spells a filter chain priority as nft 1.0.6 prints it.

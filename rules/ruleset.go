@@ -14,6 +14,7 @@ import (
 	"cmp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Ruleset is the content of nftpol's table in the inet family.
@@ -87,6 +88,14 @@ type Set struct {
 	Key  KeyType
 	// Interval sets hold ranges (flags interval). KeyUID sets never do.
 	Interval bool
+	// Dynamic sets are filled by the packet path (flags dynamic,timeout),
+	// not by nftpol: their elements are kernel state, never diffed. A
+	// dynamic set has a Timeout after which an element not seen again
+	// expires, a Size bound and, with Counter, a counter per element.
+	Dynamic bool
+	Timeout time.Duration
+	Size    uint32
+	Counter bool
 	// Comment is stored as set userdata. nftpol's sets carry its mark
 	// (OwnerPrefix), which survives `nft flush table`.
 	Comment string
@@ -169,7 +178,8 @@ func (c *Chain) Equal(o *Chain) bool {
 // and comment (their elements aside): whether one can be turned into the
 // other by element operations alone.
 func (s *Set) SameDefinition(o *Set) bool {
-	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval && s.Comment == o.Comment
+	return s.Name == o.Name && s.Key == o.Key && s.Interval == o.Interval && s.Comment == o.Comment &&
+		s.Dynamic == o.Dynamic && s.Timeout == o.Timeout && s.Size == o.Size && s.Counter == o.Counter
 }
 
 // OwnerPrefix starts the comment of every rule and set nftpol writes; it is

@@ -97,6 +97,31 @@ type DportNotInSet struct {
 	Set   string
 }
 
+// UpdateSet adds the concatenation of the socket's UID and the packet's
+// source port to a dynamic set, or refreshes it (and its counter).
+type UpdateSet struct {
+	Proto Proto
+	Set   string
+}
+
+// Limit matches at most Rate packets per Unit (burst 5, nft's default).
+type Limit struct {
+	Rate uint64
+	Unit LimitUnit
+}
+
+// LimitUnit is the time unit of a Limit.
+type LimitUnit string
+
+// Limit units.
+const (
+	PerSecond LimitUnit = "second"
+	PerMinute LimitUnit = "minute"
+)
+
+// Log writes a kernel log line with Prefix and the socket's UID.
+type Log struct{ Prefix string }
+
 // Counter counts packets and bytes. Its values are kernel state, not part of
 // the model.
 type Counter struct{}
@@ -129,6 +154,9 @@ func (SkuidSportInSet) stmt()     {}
 func (DportRange) stmt()          {}
 func (DportNotInSet) stmt()       {}
 func (Counter) stmt()             {}
+func (UpdateSet) stmt()           {}
+func (Limit) stmt()               {}
+func (Log) stmt()                 {}
 func (Verdict) stmt()             {}
 
 func (s Loopback) String() string {
@@ -163,6 +191,14 @@ func (s DportNotInSet) String() string {
 }
 
 func (Counter) String() string { return "counter" }
+
+func (s UpdateSet) String() string {
+	return fmt.Sprintf("update @%s { meta skuid . %s sport }", s.Set, s.Proto)
+}
+
+func (s Limit) String() string { return fmt.Sprintf("limit rate %d/%s", s.Rate, s.Unit) }
+
+func (s Log) String() string { return fmt.Sprintf("log prefix %s flags skuid", Quote(s.Prefix)) }
 
 func (s Verdict) String() string {
 	switch s.Kind {

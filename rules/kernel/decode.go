@@ -57,7 +57,7 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		rest := es[2:]
 		if s, n, _ := decodeStmt(rest, p); n > 0 {
 			switch s := s.(type) {
-			case rules.SkuidSportInSet, rules.DportRange, rules.DportNotInSet:
+			case rules.SkuidSportInSet, rules.DportRange, rules.DportNotInSet, rules.UpdateSet:
 				return s, n + 2, p
 			}
 		}
@@ -76,6 +76,11 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
 				return rules.SkuidInSet{Set: l.SetName}, 2, ""
 			}
+			if proto != "" && len(es) >= 3 && isSport(es[1]) {
+				if d, ok := es[2].(*expr.Dynset); ok && isUpdate(d) {
+					return rules.UpdateSet{Proto: proto, Set: d.SetName}, 3, ""
+				}
+			}
 			if !isHton(es[1]) {
 				break
 			}
@@ -93,7 +98,7 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 				}
 			}
 			if proto != "" && len(rest) >= 2 {
-				if pl, ok := rest[0].(*expr.Payload); ok && *pl == (expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2}) {
+				if isSport(rest[0]) {
 					if l, ok := rest[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
 						return rules.SkuidSportInSet{Proto: proto, Set: l.SetName}, n + 2, ""
 					}
@@ -128,6 +133,21 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		}
 	case *expr.Counter:
 		return rules.Counter{}, 1, ""
+	case *expr.Limit:
+		if e.Type != expr.LimitTypePkts || e.Over || e.Burst != limitBurst {
+			break
+		}
+		for u, t := range limitUnits {
+			if t == e.Unit {
+				return rules.Limit{Rate: e.Rate, Unit: u}, 1, ""
+			}
+		}
+	case *expr.Log:
+		// The kernel reports the default level (warn) it filled in.
+		if e.Flags == expr.LogFlagsUID && e.Group == 0 && (e.Level == 0 || e.Level == expr.LogLevelWarning) &&
+			e.Key&^(1<<unix.NFTA_LOG_PREFIX|1<<unix.NFTA_LOG_FLAGS|1<<unix.NFTA_LOG_LEVEL) == 0 {
+			return rules.Log{Prefix: string(e.Data)}, 1, ""
+		}
 	case *expr.Verdict:
 		switch {
 		case e.Kind == expr.VerdictAccept && e.Chain == "":
@@ -144,6 +164,27 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		}
 	}
 	return nil, 0, ""
+}
+
+// isSport is the source port loaded into the second word of reg 1, for a
+// concatenation after the UID.
+func isSport(e expr.Any) bool {
+	p, ok := e.(*expr.Payload)
+	return ok && *p == expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2}
+}
+
+// isUpdate is a dynset update keyed by reg 1. The kernel reports the set's
+// counter template as the dynset's expression; nftpol writes none.
+func isUpdate(d *expr.Dynset) bool {
+	if d.SrcRegKey != reg1 || d.SrcRegData != 0 || d.Operation != unix.NFT_DYNSET_OP_UPDATE || d.Timeout != 0 || d.Invert {
+		return false
+	}
+	for _, x := range d.Exprs {
+		if _, ok := x.(*expr.Counter); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func l4proto(es []expr.Any) (rules.Proto, bool) {
@@ -185,8 +226,11 @@ func cmpData(e expr.Any, op expr.CmpOp, n int) ([]byte, bool) {
 // no desired set has, so the plan replaces the table.
 func decodeSet(s *nftables.Set) *rules.Set {
 	rs := &rules.Set{Name: s.Name, Interval: s.Interval}
-	if s.IsMap || s.HasTimeout || s.Anonymous || s.Constant || s.Dynamic {
+	if s.IsMap || s.Anonymous || s.Constant || s.Dynamic != s.HasTimeout {
 		return rs
+	}
+	if s.Dynamic {
+		rs.Dynamic, rs.Timeout, rs.Size = true, s.Timeout, s.Size
 	}
 	switch s.KeyType.Name {
 	case nftables.TypeUID.Name:
@@ -194,7 +238,7 @@ func decodeSet(s *nftables.Set) *rules.Set {
 	case nftables.TypeInetService.Name:
 		rs.Key = rules.KeyPort
 	case uidPortType.Name:
-		if s.Concatenation {
+		if s.Concatenation == s.Interval {
 			rs.Key = rules.KeyUIDPort
 		}
 	}

@@ -101,6 +101,26 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 			out = append(out, dport(), &expr.Lookup{SourceRegister: reg1, SetName: s.Set, Invert: true})
 		case rules.Counter:
 			out = append(out, &expr.Counter{})
+		case rules.UpdateSet:
+			// The key is loaded without byteorder conversion: nft only
+			// converts a UID to network order for interval lookups.
+			dep(s.Proto)
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+				&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+				&expr.Dynset{SrcRegKey: reg1, SetName: s.Set, Operation: unix.NFT_DYNSET_OP_UPDATE})
+		case rules.Limit:
+			unit, ok := limitUnits[s.Unit]
+			if !ok {
+				return nil, fmt.Errorf("limit: unknown unit %q", s.Unit)
+			}
+			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: s.Rate, Unit: unit, Burst: limitBurst})
+		case rules.Log:
+			out = append(out, &expr.Log{
+				Key:   1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
+				Data:  []byte(rules.SanitizeComment(s.Prefix)),
+				Flags: expr.LogFlagsUID,
+			})
 		case rules.Verdict:
 			switch s.Kind {
 			case rules.Accept:
@@ -119,6 +139,14 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 		}
 	}
 	return out, nil
+}
+
+// limitBurst is nft's default burst, which it leaves out when listing.
+const limitBurst = 5
+
+var limitUnits = map[rules.LimitUnit]expr.LimitTime{
+	rules.PerSecond: expr.LimitTimeSecond,
+	rules.PerMinute: expr.LimitTimeMinute,
 }
 
 // skuidHton loads the socket's UID and converts it to network byte order, as
@@ -155,12 +183,21 @@ func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
 		ns.KeyByteOrder = binaryutil.BigEndian
 	case rules.KeyUIDPort:
 		ns.KeyType = uidPortType
-		ns.Concatenation = true
+		// As nft does: the concat flag (and the field sizes that come
+		// with it) only where the kernel needs them, for the pipapo
+		// backend of interval sets.
+		ns.Concatenation = s.Interval
 	default:
 		return nil, fmt.Errorf("set %s: unknown key type", s.Name)
 	}
 	if s.Interval && s.Key == rules.KeyUID {
 		return nil, fmt.Errorf("set %s: uid sets have no intervals", s.Name)
+	}
+	if s.Dynamic {
+		if s.Interval {
+			return nil, fmt.Errorf("set %s: a dynamic set cannot hold intervals", s.Name)
+		}
+		ns.Dynamic, ns.HasTimeout, ns.Timeout, ns.Size, ns.Counter = true, true, s.Timeout, s.Size, s.Counter
 	}
 	return ns, nil
 }

@@ -118,7 +118,7 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing sets of table inet %s: %w", table, err)
 	}
-	comments, err := k.getSetComments(table)
+	extras, err := k.getSetExtras(table)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,12 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 			continue // part of the rule that uses it: goes and comes with it
 		}
 		ms := decodeSet(s)
-		ms.Comment = comments[s.Name]
+		ms.Comment, ms.Counter = extras[s.Name].Comment, extras[s.Name].Counter
+		if ms.Dynamic {
+			// Filled by the packet path: state, not configuration.
+			rs.Sets = append(rs.Sets, ms)
+			continue
+		}
 		es, err := c.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("reading elements of set %s: %w", s.Name, err)

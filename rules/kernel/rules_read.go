@@ -119,36 +119,60 @@ func (k *Kernel) getRules(table string) ([]kernelRule, error) {
 	return out, nil
 }
 
-// getSetComments returns the comment of every set of table inet <table>
-// that has one. google/nftables v0.3.0 writes set comments but does not read
-// them back.
-func (k *Kernel) getSetComments(table string) (map[string]string, error) {
+// Set attributes golang.org/x/sys/unix does not name (linux/netfilter/
+// nf_tables.h, enum nft_set_attributes).
+const (
+	nftaSetExpr        = 17
+	nftaSetExpressions = 18
+)
+
+// setExtras is what google/nftables v0.3.0 writes for a set but does not
+// read back.
+type setExtras struct {
+	Comment string
+	Counter bool // the set gives each element a counter
+}
+
+// getSetExtras returns the comment and counter flag of every set of table
+// inet <table>.
+func (k *Kernel) getSetExtras(table string) (map[string]setExtras, error) {
 	msgs, err := k.dump(unix.NFT_MSG_GETSET, unix.NFTA_SET_TABLE, table)
 	if err != nil {
 		return nil, fmt.Errorf("dumping sets of table inet %s: %w", table, err)
 	}
-	out := map[string]string{}
+	out := map[string]setExtras{}
 	for _, m := range msgs {
 		ad, err := netlink.NewAttributeDecoder(m)
 		if err != nil {
 			return nil, err
 		}
 		var name string
-		var ud []byte
+		var x setExtras
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_SET_NAME:
 				name = ad.String()
 			case unix.NFTA_SET_USERDATA:
-				ud = ad.Bytes()
+				x.Comment, _ = userdata.GetString(ad.Bytes(), userdata.NFTNL_UDATA_SET_COMMENT)
+			case nftaSetExpr:
+				x.Counter = exprName(ad.Bytes()) == "counter"
+			case nftaSetExpressions:
+				// A list: the set counts only if its one expression
+				// is a counter.
+				var names []string
+				ad.Nested(func(l *netlink.AttributeDecoder) error {
+					for l.Next() {
+						names = append(names, exprName(l.Bytes()))
+					}
+					return nil
+				})
+				x.Counter = len(names) == 1 && names[0] == "counter"
 			}
 		}
 		if err := ad.Err(); err != nil {
 			return nil, err
 		}
-		if c, ok := userdata.GetString(ud, userdata.NFTNL_UDATA_SET_COMMENT); ok {
-			out[name] = c
-		}
+		out[name] = x
 	}
 	return out, nil
 }
@@ -222,6 +246,12 @@ func parseExpr(b []byte) (expr.Any, error) {
 		e = &expr.Reject{}
 	case "immediate":
 		e = &expr.Immediate{}
+	case "dynset":
+		e = &expr.Dynset{}
+	case "limit":
+		e = &expr.Limit{}
+	case "log":
+		e = &expr.Log{}
 	case "byteorder":
 		return parseByteorder(data)
 	default:
@@ -239,6 +269,20 @@ func parseExpr(b []byte) (expr.Any, error) {
 		return v, nil
 	}
 	return e, nil
+}
+
+// exprName returns NFTA_EXPR_NAME of an encoded expression.
+func exprName(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return ""
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_EXPR_NAME {
+			return ad.String()
+		}
+	}
+	return ""
 }
 
 func parseByteorder(b []byte) (expr.Any, error) {
