@@ -17,7 +17,7 @@ func (l *loader) checkAccounts() {
 	for _, e := range l.entries {
 		if e.Name != "" {
 			if first, ok := names[e.Name]; ok {
-				l.addAccount(e, "name", fmt.Sprintf("already defined in %s; account names must be unique", first.File))
+				l.addAccount(e, "name", fmt.Sprintf("already defined in %s; account names must be unique", showPath(first.File)))
 			} else {
 				names[e.Name] = e
 			}
@@ -26,7 +26,7 @@ func (l *loader) checkAccounts() {
 			// The ruleset matches sockets by UID, so two accounts of one
 			// UID would each get the other's ports.
 			if first, ok := uids[e.UID]; ok {
-				l.addAccount(e, e.uidField, fmt.Sprintf("%s already belongs to %s in %s; one UID is one account, so merge their ports", who(&e.Account), first.ref, first.File))
+				l.addAccount(e, e.uidField, fmt.Sprintf("%s already belongs to %s in %s; one UID is one account, so merge their ports", who(&e.Account), first.ref, showPath(first.File)))
 			} else {
 				uids[e.UID] = e
 			}
@@ -79,7 +79,7 @@ func (l *loader) checkOverlaps() {
 		if len(rs) == 1 && rs[0].Lo == rs[0].Hi {
 			what = "port " + formatRanges(rs) + " overlaps"
 		}
-		l.addAccount(e, "ports", fmt.Sprintf("%s %s in %s on %s; a port belongs to one account", what, first.ref, first.File, formatProtocols(shared(first, e))))
+		l.addAccount(e, "ports", fmt.Sprintf("%s %s in %s on %s; a port belongs to one account", what, first.ref, showPath(first.File), formatProtocols(shared(first, e))))
 	}
 }
 

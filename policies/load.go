@@ -51,15 +51,20 @@ var (
 
 // Load reads the policy in file (YAML, TOML or JSON, by extension) and the
 // files of the include directory it names, checks them and resolves user
-// names.
+// names. Unless WithPermissionCheck(false) is given, it also checks that no
+// one but root (or the user running it) can change those files, and reports
+// each way someone could as a problem.
 //
 // When file cannot be read, Load returns an error wrapping the one from the
 // file system (so errors.Is(err, fs.ErrNotExist) works). When anything the
 // files say is wrong, including a file that cannot be parsed, Load returns
 // a *ValidationError listing every problem and no Policy: bad input must
-// never reach the compiler. A key whose value is null counts as left out.
+// never reach the compiler. A key whose value is null counts as left out,
+// but a file that holds nothing at all (empty, only comments, null) is a
+// problem: it is most likely a write cut short, and would take every port
+// it stood for away from its accounts.
 func Load(file string, opts ...Option) (*Policy, error) {
-	l := &loader{lookup: lookupNSS, users: map[string]userResult{}}
+	l := &loader{lookup: lookupNSS, users: map[string]userResult{}, checkPerms: true, checkedDirs: map[string]bool{}}
 	for _, o := range opts {
 		o(l)
 	}
@@ -67,9 +72,18 @@ func Load(file string, opts ...Option) (*Policy, error) {
 	var bad badFile
 	switch {
 	case errors.As(err, &bad):
-		return nil, &ValidationError{Problems: []Problem{{File: file, Message: bad.msg}}}
+		l.checkPath(file, "", file, policyFile)
+		l.add(file, "", "", bad.msg)
+		return nil, &ValidationError{Problems: l.problems}
 	case err != nil:
 		return nil, fmt.Errorf("reading policy file: %w", err)
+	}
+	l.checkPath(file, "", file, policyFile)
+	if len(doc) == 0 {
+		// Most likely a write cut short: loading it would close the
+		// whole zone to every account.
+		l.add(file, "", "", "empty: no settings and no accounts; if a policy without accounts is meant, write accounts: []")
+		return nil, &ValidationError{Problems: l.problems}
 	}
 	p := l.load(file, doc)
 	if len(l.problems) > 0 {
@@ -85,6 +99,10 @@ type loader struct {
 	// reported the same way both times.
 	users    map[string]userResult
 	problems []Problem
+	// checkPerms is WithPermissionCheck's setting; checkedDirs holds the
+	// directories whose permissions were checked already.
+	checkPerms  bool
+	checkedDirs map[string]bool
 
 	p *Policy
 	// zoneOK is false when the zone is broken; ports are then not checked
@@ -159,6 +177,8 @@ func (l *loader) setting(file, key string, v any) {
 			l.add(file, "", key, msg)
 		case !tableName.MatchString(s):
 			l.add(file, "", key, fmt.Sprintf("invalid table name %q; use 1-32 letters, digits or '_', starting with a letter", s))
+		case reservedTableNames[s]:
+			l.add(file, "", key, fmt.Sprintf("invalid table name %q: nft reads it as a keyword, so nft could neither list nor load the table; choose another name, like nftpol", s))
 		default:
 			p.Table = s
 		}
@@ -180,21 +200,19 @@ func (l *loader) setting(file, key string, v any) {
 	case "exempt":
 		l.exempt(file, v)
 	case "loopback":
-		s, _ := v.(string)
-		switch Loopback(s) {
-		case LoopbackAllow, LoopbackEnforce:
-			p.Loopback = Loopback(s)
-		default:
-			l.add(file, "", key, fmt.Sprintf("unknown loopback mode %s; use allow or enforce", show(v)))
+		s, msg := word(v, "loopback mode", string(LoopbackAllow), string(LoopbackEnforce))
+		if msg != "" {
+			l.add(file, "", key, msg)
+			return
 		}
+		p.Loopback = Loopback(s)
 	case "action":
-		s, _ := v.(string)
-		switch Action(s) {
-		case Reject, Drop:
-			p.Action = Action(s)
-		default:
-			l.add(file, "", key, fmt.Sprintf("unknown action %s; use reject or drop", show(v)))
+		s, msg := word(v, "action", string(Reject), string(Drop))
+		if msg != "" {
+			l.add(file, "", key, msg)
+			return
 		}
+		p.Action = Action(s)
 	case "protocols":
 		protos, msgs := protocolList(v)
 		for _, msg := range msgs {
@@ -423,18 +441,19 @@ func (l *loader) include(file string, v any) {
 	l.p.Include = dir
 	switch fi, err := os.Stat(dir); {
 	case errors.Is(err, fs.ErrNotExist):
-		l.add(file, "", "include", fmt.Sprintf("directory %s does not exist; create it or remove include:", dir))
+		l.add(file, "", "include", fmt.Sprintf("directory %s does not exist; create it or remove include:", showPath(dir)))
 		return
 	case err != nil:
-		l.add(file, "", "include", fmt.Sprintf("cannot read directory: %v", err))
+		l.add(file, "", "include", "cannot read directory: "+printable(err.Error()))
 		return
 	case !fi.IsDir():
-		l.add(file, "", "include", fmt.Sprintf("%s is not a directory; include: names a directory of account files", dir))
+		l.add(file, "", "include", fmt.Sprintf("%s is not a directory; include: names a directory of account files", showPath(dir)))
 		return
 	}
+	l.checkPath(file, "include", dir, includeDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		l.add(file, "", "include", fmt.Sprintf("cannot read directory: %v", err))
+		l.add(file, "", "include", "cannot read directory: "+printable(err.Error()))
 		return
 	}
 	// "include: ." next to the main file must not read the main file again
@@ -446,9 +465,22 @@ func (l *loader) include(file string, v any) {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		if fi, err := os.Stat(path); err == nil && mainInfo != nil && os.SameFile(fi, mainInfo) {
+		fi, err := os.Stat(path)
+		switch {
+		case err != nil:
+			l.add(path, "", "", "cannot read: "+printable(err.Error()))
+			continue
+		case mainInfo != nil && os.SameFile(fi, mainInfo):
+			continue
+		case fi.IsDir():
+			// A symbolic link to a directory: skipped like a directory.
+			continue
+		case !fi.Mode().IsRegular():
+			// Reading a FIFO would block nftpol for good.
+			l.add(path, "", "", fmt.Sprintf("not a regular file (%s); an include file holds accounts:", fi.Mode().Type()))
 			continue
 		}
+		l.checkPath(path, "", path, policyFile)
 		l.includeFile(path)
 	}
 }
@@ -461,14 +493,20 @@ func (l *loader) includeFile(path string) {
 		l.add(path, "", "", bad.msg)
 		return
 	case err != nil:
-		l.add(path, "", "", fmt.Sprintf("cannot read: %v", err))
+		l.add(path, "", "", "cannot read: "+printable(err.Error()))
+		return
+	}
+	if len(doc) == 0 {
+		// Most likely a write cut short: its accounts would lose their
+		// ports.
+		l.add(path, "", "", "empty: no accounts; if none are meant, write accounts: [] or remove the file")
 		return
 	}
 	for _, key := range slices.Sorted(maps.Keys(doc)) {
 		switch {
 		case key == "accounts":
 		case slices.Contains(mainKeys, key):
-			l.add(path, "", key, fmt.Sprintf("an include file holds only accounts:; set %s in the main file %s", key, l.p.File))
+			l.add(path, "", key, fmt.Sprintf("an include file holds only accounts:; set %s in the main file %s", key, showPath(l.p.File)))
 		default:
 			l.add(path, "", key, "unknown key; an include file holds only accounts:")
 		}

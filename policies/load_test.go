@@ -165,7 +165,7 @@ func TestLoadInclude(t *testing.T) {
 		"etc/policies.d/site12.yaml": "accounts:\n  - {name: site12, user: admin12, ports: [40010]}\n",
 		"etc/policies.d/site14.toml": "[[accounts]]\nname = \"site14\"\nuid = 1014\nports = [40040]\n",
 		"etc/policies.d/site15.json": `{"accounts": [{"name": "site15", "uid": 1015, "ports": [40050]}]}`,
-		"etc/policies.d/empty.yaml":  "",
+		"etc/policies.d/none.yaml":   "accounts: []\n",
 		// Not read: hidden, other types, directories.
 		"etc/policies.d/.site12.yaml.swp": "garbage",
 		"etc/policies.d/.hidden.yaml":     "garbage: [",
@@ -470,7 +470,21 @@ accounts:
 		{"bad zone spares ports", map[string]string{main: "zone: x\naccounts:\n  - {name: site12, uid: 1012, ports: [50000]}\n"},
 			[]Problem{p(main, "", "zone", `"x" is not a port or range`)}},
 
+		{"loopback a list", map[string]string{main: "loopback: [allow]\n"},
+			[]Problem{p(main, "", "loopback", "must be allow or enforce, not a list")}},
+		{"action a bool", map[string]string{main: "action: true\n"},
+			[]Problem{p(main, "", "action", "unknown action true; use reject or drop")}},
+		{"protocol a list", map[string]string{main: "protocols: [[tcp], {udp: 1}]\n"},
+			[]Problem{
+				p(main, "", "protocols", "a list is not a protocol; use tcp or udp"),
+				p(main, "", "protocols", "a mapping is not a protocol; use tcp or udp"),
+			}},
+
 		// Names.
+		{"table an nft keyword", map[string]string{main: "table: counter\n"},
+			[]Problem{p(main, "", "table", `invalid table name "counter": nft reads it as a keyword`)}},
+		{"table inet", map[string]string{main: "table: inet\n"},
+			[]Problem{p(main, "", "table", `invalid table name "inet": nft reads it as a keyword`)}},
 		{"table with dash", map[string]string{main: "table: nft-pol\n"},
 			[]Problem{p(main, "", "table", `invalid table name "nft-pol"; use 1-32 letters, digits or '_', starting with a letter`)}},
 		{"table with digit first", map[string]string{main: "table: 1nftpol\n"},
@@ -511,7 +525,22 @@ accounts:
 			"policies.d/site12.toml": "acounts = []\n",
 		}, []Problem{p("policies.d/site12.toml", "", "acounts", "unknown key; an include file holds only accounts:")}},
 
+		{"unknown key with a newline", map[string]string{main: "\"a\\nb\": 1\n"},
+			[]Problem{p(main, "", "a\nb", "unknown key")}},
+
 		// Files.
+		{"empty main file", map[string]string{main: ""},
+			[]Problem{p(main, "", "", "empty: no settings and no accounts; if a policy without accounts is meant, write accounts: []")}},
+		{"main file of comments", map[string]string{main: "# accounts: to come\n"},
+			[]Problem{p(main, "", "", "empty: no settings and no accounts")}},
+		{"null json", map[string]string{"policy.json": "null"},
+			[]Problem{p("policy.json", "", "", "empty: no settings and no accounts")}},
+		{"empty include file", map[string]string{
+			main:                     "include: policies.d\naccounts:\n  - {name: site11, uid: 1011, ports: [40010]}\n",
+			"policies.d/site12.yaml": "",
+		}, []Problem{p("policies.d/site12.yaml", "", "", "empty: no accounts; if none are meant, write accounts: [] or remove the file")}},
+		{"include path with a newline", map[string]string{main: "include: \"a\\nb\"\n"},
+			[]Problem{p(main, "", "include", `directory "$DIR/a\nb" does not exist`)}},
 		{"missing include dir", map[string]string{main: "include: policies.d\n"},
 			[]Problem{p(main, "", "include", "directory $DIR/policies.d does not exist; create it or remove include:")}},
 		{"include is a file", map[string]string{main: "include: policies.d\n", "policies.d": ""},

@@ -35,7 +35,9 @@ type badFile struct{ msg string }
 
 func (e badFile) Error() string { return e.msg }
 
-func parseError(err error) badFile { return badFile{"cannot parse: " + oneLine(err.Error())} }
+func parseError(err error) badFile {
+	return badFile{"cannot parse: " + printable(oneLine(err.Error()))}
+}
 
 // readFile reads one policy file with a fresh viper and returns what it
 // holds exactly as written. An error is a badFile when the file could be

@@ -150,8 +150,12 @@ func protocolList(v any) ([]Protocol, []string) {
 	var msgs []string
 	seen := map[Protocol]bool{}
 	for _, e := range list {
-		s, _ := e.(string)
-		if !slices.Contains(Protocols, Protocol(s)) {
+		s, ok := e.(string)
+		switch {
+		case !ok:
+			msgs = append(msgs, fmt.Sprintf("%s is not a protocol; use tcp or udp", describe(e)))
+			continue
+		case !slices.Contains(Protocols, Protocol(s)):
 			msgs = append(msgs, fmt.Sprintf("unknown protocol %s; use tcp or udp", show(e)))
 			continue
 		}
@@ -183,15 +187,43 @@ func str(v any) (string, string) {
 }
 
 // show writes a scalar the way the file did: quoted if it is a string, and
-// JSON's float64 numbers without an exponent.
+// JSON's float64 numbers without an exponent. Anything else (a TOML date,
+// say) is quoted when its text is not plain, so that nothing from a policy
+// file reaches a message with a line break or a control character in it.
 func show(v any) string {
 	switch v := v.(type) {
 	case string:
 		return strconv.Quote(v)
 	case float64:
 		return strconv.FormatFloat(v, 'f', -1, 64)
+	case bool, int, int64, uint64:
+		return fmt.Sprint(v)
+	case []any, map[string]any, map[any]any:
+		return describe(v)
 	}
-	return fmt.Sprint(v)
+	return showPath(fmt.Sprint(v))
+}
+
+// word parses a setting that is one of a few words. It returns the word, or
+// a message saying what would be valid.
+func word(v any, what string, valid ...string) (string, string) {
+	s, ok := v.(string)
+	switch {
+	case ok && slices.Contains(valid, s):
+		return s, ""
+	case ok || isScalar(v):
+		// A number or a bool (action: true) is shown as written.
+		return "", fmt.Sprintf("unknown %s %s; use %s", what, show(v), strings.Join(valid, " or "))
+	}
+	return "", fmt.Sprintf("must be %s, not %s", strings.Join(valid, " or "), describe(v))
+}
+
+func isScalar(v any) bool {
+	switch v.(type) {
+	case []any, map[string]any, map[any]any:
+		return false
+	}
+	return true
 }
 
 // describe names the kind of v for "must be X, not Y" messages, with the
