@@ -1,0 +1,255 @@
+package sockets
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+)
+
+func TestEncodeRequest(t *testing.T) {
+	b := encodeRequest(unix.AF_INET6, unix.IPPROTO_TCP, 1<<stateListen)
+	want := make([]byte, 56)
+	want[0], want[1] = unix.AF_INET6, unix.IPPROTO_TCP
+	binary.NativeEndian.PutUint32(want[4:], 1<<10)
+	if diff := cmp.Diff(want, b); diff != "" {
+		t.Errorf("request (-want +got):\n%s", diff)
+	}
+}
+
+// message builds an inet_diag_msg as the kernel lays it out.
+func message(family uint8, addr netip.Addr, port uint16, ifindex, uid, inode uint32) []byte {
+	b := make([]byte, messageLen+8) // attributes may follow; they are ignored
+	b[0], b[1] = family, stateListen
+	binary.BigEndian.PutUint16(b[4:], port)
+	binary.BigEndian.PutUint16(b[6:], 0)
+	a := addr.AsSlice()
+	copy(b[8:], a)
+	binary.NativeEndian.PutUint32(b[40:], ifindex)
+	binary.NativeEndian.PutUint32(b[64:], uid)
+	binary.NativeEndian.PutUint32(b[68:], inode)
+	return b
+}
+
+func TestDecodeMessage(t *testing.T) {
+	tests := []struct {
+		name   string
+		family uint8
+		addr   string
+		want   Socket
+	}{
+		{"ipv4", unix.AF_INET, "198.18.0.1",
+			Socket{Proto: TCP, Addr: netip.MustParseAddr("198.18.0.1"), Port: 40010, Interface: 0, UID: 1012, Inode: 4242}},
+		{"ipv6", unix.AF_INET6, "2001:db8::1",
+			Socket{Proto: TCP, Addr: netip.MustParseAddr("2001:db8::1"), Port: 40010, Interface: 3, UID: 1012, Inode: 4242}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := message(tt.family, netip.MustParseAddr(tt.addr), 40010, tt.want.Interface, 1012, 4242)
+			got, err := decodeMessage(b, TCP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	if _, err := decodeMessage(make([]byte, messageLen-1), TCP); err == nil {
+		t.Error("short message decoded without error")
+	}
+	bad := message(unix.AF_INET, netip.MustParseAddr("198.18.0.1"), 1, 0, 0, 0)
+	bad[0] = unix.AF_UNIX
+	if _, err := decodeMessage(bad, TCP); err == nil {
+		t.Error("AF_UNIX message decoded without error")
+	}
+}
+
+func TestLocalOnly(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		ifx  uint32
+		want bool
+	}{
+		{"127.0.0.1", 0, true},
+		{"127.3.2.1", 0, true},
+		{"::1", 0, true},
+		{"::ffff:127.0.0.1", 0, true},
+		{"0.0.0.0", 0, false},
+		{"::", 0, false},
+		{"198.18.0.1", 0, false},
+		{"0.0.0.0", LoopbackIndex, true}, // SO_BINDTODEVICE lo
+		{"0.0.0.0", 2, false},
+	} {
+		s := Socket{Addr: netip.MustParseAddr(tt.addr), Interface: tt.ifx}
+		if got := s.LocalOnly(); got != tt.want {
+			t.Errorf("%s on interface %d: LocalOnly = %v, want %v", tt.addr, tt.ifx, got, tt.want)
+		}
+	}
+}
+
+// TestListOwnSockets reads this process's own sockets through sock_diag,
+// which needs no privileges for the caller's own namespace.
+func TestListOwnSockets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	defer pc.Close()
+
+	tcpInode := inodeOf(t, ln.(*net.TCPListener))
+	udpInode := inodeOf(t, pc.(*net.UDPConn))
+	list, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := uint32(os.Geteuid())
+	want := map[uint64]Socket{
+		tcpInode: {Proto: TCP, Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(ln.Addr().(*net.TCPAddr).Port), UID: uid, Inode: tcpInode},
+		udpInode: {Proto: UDP, Addr: netip.MustParseAddr("::1"), Port: uint16(pc.LocalAddr().(*net.UDPAddr).Port), UID: uid, Inode: udpInode},
+	}
+	for _, s := range list {
+		if w, ok := want[s.Inode]; ok {
+			if s != w {
+				t.Errorf("socket %d: got %+v, want %+v", s.Inode, s, w)
+			}
+			delete(want, s.Inode)
+		}
+	}
+	for _, w := range want {
+		t.Errorf("List did not return %+v", w)
+	}
+
+	holders, _, err := Holders("/proc", []uint64{tcpInode, udpInode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ino := range []uint64{tcpInode, udpInode} {
+		if ps := holders[ino]; len(ps) != 1 || ps[0].PID != os.Getpid() {
+			t.Errorf("holders of socket %d: %+v, want this process (%d)", ino, ps, os.Getpid())
+		}
+	}
+}
+
+func inodeOf(t *testing.T, c syscall.Conn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return st.Ino
+}
+
+// TestHolders runs the /proc scan on a fake /proc.
+func TestHolders(t *testing.T) {
+	root := t.TempDir()
+	proc := func(pid int, comm string, links ...string) {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range links {
+			if err := os.Symlink(l, filepath.Join(dir, "fd", strconv.Itoa(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	proc(300, "node", "/dev/null", "socket:[11]", "socket:[11]", "socket:[12]")
+	proc(20, "nginx", "socket:[13]", "pipe:[99]")
+	proc(21, "nginx", "socket:[13]")
+	proc(22, "other", "socket:[14]")
+	if err := os.MkdirAll(filepath.Join(root, "self"), 0o755); err != nil { // not a PID
+		t.Fatal(err)
+	}
+
+	got, unreadable, err := Holders(root, []uint64{11, 13, 15})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64][]Process{
+		11: {{300, "node"}},
+		13: {{20, "nginx"}, {21, "nginx"}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("holders (-want +got):\n%s", diff)
+	}
+	if unreadable != 0 {
+		t.Errorf("unreadable = %d, want 0", unreadable)
+	}
+	if ok, err := Holds(root, 300, 12); err != nil || !ok {
+		t.Errorf("Holds(300, 12) = %v, %v; want true", ok, err)
+	}
+	if ok, err := Holds(root, 22, 12); err != nil || ok {
+		t.Errorf("Holds(22, 12) = %v, %v; want false", ok, err)
+	}
+}
+
+func TestSocketInode(t *testing.T) {
+	for in, want := range map[string]uint64{"socket:[123]": 123, "socket:[]": 0, "pipe:[5]": 0, "socket:[9": 0, "/dev/null": 0} {
+		got, ok := socketInode(in)
+		if got != want || ok != (want != 0) {
+			t.Errorf("socketInode(%q) = %d, %v", in, got, ok)
+		}
+	}
+}
+
+func TestReadAutoPorts(t *testing.T) {
+	a, err := ReadAutoPorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strconv.Itoa(int(a.Lo)) + "\t" + strconv.Itoa(int(a.Hi)) + "\n"; string(b) != want {
+		t.Errorf("ReadAutoPorts = %d-%d, the file says %q", a.Lo, a.Hi, b)
+	}
+}
+
+func TestParsePortList(t *testing.T) {
+	got, err := parsePortList("40010-49999,50100\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]PortRange{{40010, 49999}, {50100, 50100}}, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if got, err := parsePortList("\n"); err != nil || got != nil {
+		t.Errorf("empty list: %v, %v", got, err)
+	}
+	for _, bad := range []string{"x", "5-1", "70000"} {
+		if _, err := parsePortList(bad); err == nil {
+			t.Errorf("%q parsed without error", bad)
+		}
+	}
+	a := AutoPorts{Lo: 32768, Hi: 60999, Reserved: []PortRange{{40010, 49999}}}
+	for port, want := range map[uint16]bool{32767: false, 32768: true, 40010: false, 49999: false, 50000: true, 61000: false} {
+		if a.Contains(port) != want {
+			t.Errorf("Contains(%d) = %v, want %v", port, !want, want)
+		}
+	}
+}
