@@ -4,9 +4,22 @@
 
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+# --version prints these; -dirty marks a build from a modified tree.
+COMMIT     ?= $(shell git describe --always --dirty --abbrev=40 --exclude='*' 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(BUILD_DATE)
 
-.PHONY: all build deps test unit lint demo clean
+.PHONY: all build deps test unit lint demo install clean man completion deb
+
+# make install: PREFIX and DESTDIR as usual. The example config goes to
+# SYSCONFDIR/nftpol only where no config exists: it never overwrites an
+# operator's policy.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SBINDIR    ?= $(PREFIX)/sbin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/nftpol
+SYSCONFDIR ?= /etc
 
 all: build
 
@@ -14,11 +27,13 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/nftpol ./cmd/nftpol
 
 # The integration tests and the demo need nft (a second opinion on what
-# nftpol wrote) and ip (namespaces, veth). Installed only where missing.
+# nftpol wrote) and ip (namespaces, veth); the Ansible role's test needs
+# ansible-playbook. Installed only where missing.
 deps:
 	@missing=""; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v ansible-playbook >/dev/null || missing="$$missing ansible"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update && apt-get install -y $$missing; \
@@ -39,6 +54,55 @@ test: deps lint
 
 demo: deps
 	./scripts/demo.sh
+
+# Fuzzing: runs each fuzz target for FUZZTIME (go test -fuzz takes one target
+# at a time): the policy loader, and compile -> export -> nft -c -f. Their
+# seed corpora (testdata/fuzz/) also run as plain tests in `make test`. New
+# failing inputs are written to testdata/fuzz/ for review.
+FUZZTIME    ?= 30s
+FUZZTIMEOUT ?= 1h
+FUZZ_TARGETS = policies:FuzzLoad compiler:FuzzCompileExport
+
+.PHONY: fuzz
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "== $$name in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -timeout $(FUZZTIMEOUT) ./$$pkg; \
+	done
+
+install: build
+	install -D -m 0755 bin/nftpol $(DESTDIR)$(SBINDIR)/nftpol
+	for u in packaging/systemd/*; do \
+		sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $$u > $$u.tmp && \
+		install -D -m 0644 $$u.tmp $(DESTDIR)$(UNITDIR)/$$(basename $$u) && rm -f $$u.tmp || exit 1; \
+	done
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/nftpol/policies.d
+	[ -e $(DESTDIR)$(SYSCONFDIR)/nftpol/nftpol.yaml ] || \
+		install -m 0644 packaging/nftpol.yaml $(DESTDIR)$(SYSCONFDIR)/nftpol/nftpol.yaml
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/examples/policies.d
+	install -m 0644 examples/nftpol.yaml $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 examples/policies.d/* $(DESTDIR)$(DOCDIR)/examples/policies.d/
+
+# Man pages and bash/zsh completion, generated from the commands by the
+# built binary, into bin/man and bin/completion. The pages are dated with
+# the last commit (SOURCE_DATE_EPOCH), so the same source gives the same
+# pages.
+man: build
+	rm -rf bin/man
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)} bin/nftpol man bin/man
+
+completion: build
+	mkdir -p bin/completion
+	bin/nftpol completion bash >bin/completion/nftpol
+	bin/nftpol completion zsh >bin/completion/_nftpol
+
+# The Debian package (into DEBDIR), built with nfpm, which go.mod pins as a
+# tool: the binary, the systemd units, /etc/nftpol (conffiles), the man
+# pages and the completion. See packaging/deb.sh.
+DEBDIR ?= bin
+deb: build man completion
+	GO=$(GO) VERSION=$(VERSION) DEBDIR=$(DEBDIR) ./packaging/deb.sh
 
 clean:
 	rm -rf bin

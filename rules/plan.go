@@ -52,17 +52,17 @@ func (p *Plan) WriteText(w io.Writer) error {
 	for _, s := range p.Sets {
 		switch s.Action {
 		case ActionCreate:
-			fmt.Fprintf(&b, "  + set %s (%d elements)\n", s.Name, len(s.Add))
+			fmt.Fprintf(&b, "  + set %s (%s)\n", s.Name, plural(len(s.Add), "element", "elements"))
 		case ActionUpdate:
-			fmt.Fprintf(&b, "  ~ set %s: %d elements to add, %d to delete\n", s.Name, len(s.Add), len(s.Delete))
+			fmt.Fprintf(&b, "  ~ set %s: %s to add, %d to delete\n", s.Name, plural(len(s.Add), "element", "elements"), len(s.Delete))
 		}
 	}
 	for _, c := range p.Chains {
 		switch c.Action {
 		case ActionCreate:
-			fmt.Fprintf(&b, "  + chain %s (%d rules)\n", c.Name, len(c.Chain.Rules))
+			fmt.Fprintf(&b, "  + chain %s (%s)\n", c.Name, plural(len(c.Chain.Rules), "rule", "rules"))
 		case ActionReplace:
-			fmt.Fprintf(&b, "  ~ chain %s: rules replaced (%d rules)\n", c.Name, len(c.Chain.Rules))
+			fmt.Fprintf(&b, "  ~ chain %s: rules replaced (%s)\n", c.Name, plural(len(c.Chain.Rules), "rule", "rules"))
 		}
 	}
 	add, chg, rm := 0, 0, 0

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -72,20 +74,26 @@ func (a *app) rootCommand() *cobra.Command {
 and keeps the kernel in sync with it, atomically and sending only what changed.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       versionString(),
 	}
 	pf := root.PersistentFlags()
 	pf.String("config", defaultConfig, "policy file (env NFTPOL_CONFIG)")
 	pf.String("netns", "", "work on the network namespace /run/netns/NAME (env NFTPOL_NETNS)")
 	pf.String("state-dir", defaultStateDir, "where apply records what it applied (env NFTPOL_STATE_DIR)")
-	for _, name := range []string{"config", "netns", "state-dir"} {
+	pf.Bool("full-read", false, "read nftpol's whole table from the kernel even when the state proves it unchanged (env NFTPOL_FULL_READ)")
+	pf.Duration("lock-timeout", 30*time.Second, "how long plan, apply, restore and remove wait for another nftpol to finish (env NFTPOL_LOCK_TIMEOUT)")
+	pf.Bool("insecure-permissions", false, "read policy files even if users other than root could change them (env NFTPOL_INSECURE_PERMISSIONS)")
+	for _, name := range []string{"config", "netns", "state-dir", "lock-timeout", "full-read", "insecure-permissions"} {
 		_ = a.v.BindPFlag(name, pf.Lookup(name)) // the flags exist: cannot fail
 	}
 	a.v.SetEnvPrefix("NFTPOL")
 	a.v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
 	a.v.AutomaticEnv()
 
-	root.AddCommand(a.validateCommand(), a.exportCommand(), a.planCommand(), a.applyCommand())
+	root.AddCommand(a.validateCommand(), a.exportCommand(), a.planCommand(), a.applyCommand(),
+		a.restoreCommand(), a.statusCommand(), a.removeCommand(),
+		a.auditCommand(), a.allocateCommand(), a.manCommand())
+	root.SetVersionTemplate(versionTemplate)
 	return root
 }
 
@@ -93,7 +101,10 @@ func (a *app) configFile() string { return a.v.GetString("config") }
 
 // load reads, validates and compiles the policy.
 func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
-	p, err := policies.Load(a.configFile())
+	p, err := policies.Load(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+	if errors.Is(err, policies.ErrInsecurePermissions) {
+		err = fmt.Errorf("%w\nnftpol: the policy decides the firewall; fix the permissions as shown, or pass --insecure-permissions to read it anyway", err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -104,10 +115,25 @@ func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
 	return p, rs, nil
 }
 
+func (a *app) stateDir() string { return a.v.GetString("state-dir") }
+
+// lock takes the state directory's lock for command.
+func (a *app) lock(ctx context.Context, command string) (*dirLock, error) {
+	return lockStateDir(ctx, a.stateDir(), command, a.v.GetDuration("lock-timeout"))
+}
+
+// injectFailureEnv, set to 1, makes every batch end with an operation the
+// kernel refuses. Only for tests of what a refused transaction leaves
+// behind; not a documented setting.
+const injectFailureEnv = "NFTPOL_TEST_INJECT_FAILURE"
+
 func (a *app) openKernel() (*kernel.Kernel, error) {
 	var opts []kernel.Option
 	if ns := a.v.GetString("netns"); ns != "" {
 		opts = append(opts, kernel.WithNetNS(ns))
+	}
+	if os.Getenv(injectFailureEnv) == "1" {
+		opts = append(opts, kernel.WithInjectedFailure())
 	}
 	return kernel.Open(opts...)
 }

@@ -134,7 +134,7 @@ func TestUnknownOutputFormat(t *testing.T) {
 
 func TestNetnsMissing(t *testing.T) {
 	f := writePolicy(t, goodPolicy)
-	code, _, errOut := nftpol(t, "--config", f, "--netns", "nftpol-no-such-ns", "plan")
+	code, _, errOut := nftpol(t, "--config", f, "--state-dir", t.TempDir(), "--netns", "nftpol-no-such-ns", "plan")
 	if code != 1 || !strings.Contains(errOut, "nftpol-no-such-ns") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}

@@ -1,10 +1,25 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
 )
+
+// The removal guard: an apply that would remove more than half of the
+// installed accounts, when more than guardMinAccounts are installed, is
+// refused unless --allow-removals. A broken config-management run that
+// renders an empty include directory must not close every account's ports.
+const guardMinAccounts = 10
+
+// maxAttempts bounds how often apply and restore plan again when somebody
+// else commits between their read and their write.
+const maxAttempts = 5
 
 func (a *app) applyCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -14,6 +29,7 @@ func (a *app) applyCommand() *cobra.Command {
 	}
 	out := outputFlag(cmd)
 	adopt := cmd.Flags().Bool("adopt", false, "take over a same-named table that nftpol did not create (it is replaced)")
+	allowRemovals := cmd.Flags().Bool("allow-removals", false, "apply even when more than half of the installed accounts would be removed")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := checkOutput(*out); err != nil {
 			return err
@@ -22,7 +38,7 @@ func (a *app) applyCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		lock, err := lockStateDir(a.v.GetString("state-dir"))
+		lock, err := a.lock(cmd.Context(), "apply")
 		if err != nil {
 			return err
 		}
@@ -32,24 +48,101 @@ func (a *app) applyCommand() *cobra.Command {
 			return err
 		}
 		defer k.Close()
-		plan, err := a.makePlan(k, desired, *adopt)
-		if err != nil {
-			return err
+		// The lock keeps other nftpol processes out; the ruleset
+		// generation catches everybody else (nft, other tools) who
+		// commits between our read and our write: the kernel then
+		// refuses the batch whole, and we read and plan again.
+		var plan *rules.Plan
+		var st kernel.Stats
+		var after kernel.Identity
+		var source string
+		for attempt := 1; ; attempt++ {
+			snap, err := a.readKernel(k, desired.Table, attempt == 1)
+			if err != nil {
+				return err
+			}
+			plan, err = a.makePlan(k, snap.current, desired, *adopt)
+			if err != nil {
+				return err
+			}
+			if !*allowRemovals {
+				if err := removalGuard(plan, snap.current); err != nil {
+					return err
+				}
+			}
+			st, err = k.Apply(plan, snap.id.Generation)
+			if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
+				fmt.Fprintf(a.stderr, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			// The commit moved the generation by exactly one: the
+			// kernel refuses the batch at any other generation.
+			after, source = snap.id, snap.source()
+			if !plan.Empty() {
+				after.Generation = kernel.NextGeneration(after.Generation)
+			}
+			break
 		}
-		st, err := k.Apply(plan)
-		if err != nil {
-			return err
-		}
-		if err := a.printPlan(plan, *out, &st); err != nil {
+		if err := a.printPlan(plan, *out, planExtras{Applied: &st, KernelRead: source}); err != nil {
 			return err
 		}
 		if *out == "text" && !plan.Empty() {
 			fmt.Fprintf(a.stdout, "Applied: %d kernel operations in %d netlink messages, one transaction.\n", plan.Operations(), st.Messages)
 		}
-		if err := saveState(a.v.GetString("state-dir"), p, desired); err != nil {
-			return fmt.Errorf("the kernel is updated, but recording it failed: %w", err)
+		if err := saveState(a.stateDir(), p, desired, &after); err != nil {
+			return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
+				"restore would install the previous ruleset until an apply succeeds", a.stateDir(), err)
 		}
 		return nil
 	}
 	return cmd
+}
+
+// installedAccounts returns the UIDs that have ports in rs.
+func installedAccounts(rs *rules.Ruleset) map[uint32]bool {
+	uids := map[uint32]bool{}
+	if rs == nil {
+		return uids
+	}
+	for _, s := range rs.Sets {
+		if s.Key != rules.KeyUIDPort || s.Dynamic {
+			continue
+		}
+		for _, e := range s.Elements {
+			uids[e.UID] = true
+		}
+	}
+	return uids
+}
+
+func removalGuard(plan *rules.Plan, current *rules.Ruleset) error {
+	installed := len(installedAccounts(current))
+	var removed []string
+	for _, ac := range plan.Accounts {
+		if ac.Action == rules.ActionRemove {
+			removed = append(removed, fmt.Sprintf("%s (uid %d)", displayName(ac.Name), ac.UID))
+		}
+	}
+	if installed <= guardMinAccounts || 2*len(removed) <= installed {
+		return nil
+	}
+	const show = 20
+	list := removed
+	more := ""
+	if len(list) > show {
+		list, more = list[:show], fmt.Sprintf(" and %d more", len(removed)-show)
+	}
+	return fmt.Errorf("refusing to remove %d of the %d installed accounts (more than half): %s%s\n"+
+		"nftpol: if the policy really lost them (not a failed render of the include directory), run apply --allow-removals",
+		len(removed), installed, strings.Join(list, ", "), more)
+}
+
+func displayName(name string) string {
+	if name == "" {
+		return "(unnamed)"
+	}
+	return name
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -39,16 +40,25 @@ func (a *app) planCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		lock, err := a.lock(cmd.Context(), "plan")
+		if err != nil {
+			return err
+		}
+		defer lock.release()
 		k, err := a.openKernel()
 		if err != nil {
 			return err
 		}
 		defer k.Close()
-		plan, err := a.makePlan(k, desired, *adopt)
+		snap, err := a.readKernel(k, desired.Table, true)
 		if err != nil {
 			return err
 		}
-		if err := a.printPlan(plan, *out, nil); err != nil {
+		plan, err := a.makePlan(k, snap.current, desired, *adopt)
+		if err != nil {
+			return err
+		}
+		if err := a.printPlan(plan, *out, planExtras{KernelRead: snap.source()}); err != nil {
 			return err
 		}
 		if *detailed && !plan.Empty() {
@@ -59,17 +69,44 @@ func (a *app) planCommand() *cobra.Command {
 	return cmd
 }
 
-// makePlan reads the kernel's table and diffs it against desired. A table of
-// the same name that nftpol did not create is refused unless adopt is set;
-// adopting replaces it whole, inside one transaction. When the policy
-// renamed the table, the table applied before (named in the state) is
-// deleted in the same transaction, if it is still there and nftpol's: a
-// rename must not leave the old rules enforcing beside the new ones.
-func (a *app) makePlan(k *kernel.Kernel, desired *rules.Ruleset, adopt bool) (*rules.Plan, error) {
-	current, err := k.Read(desired.Table)
+// snapshot is what the kernel holds, as the start of a plan: the table's
+// content, the identity (with the generation) it was read at, and whether it
+// came from the state rather than from a full read.
+type snapshot struct {
+	current   *rules.Ruleset
+	id        kernel.Identity
+	fromState bool
+}
+
+// readKernel reads table from the kernel. When the state proves the kernel
+// unchanged since the last apply (same boot, same namespace, same ruleset
+// generation: no transaction by anybody since), the recorded ruleset is the
+// kernel's and the full read is skipped; a read of 50,000 elements is the
+// most expensive part of an apply. allowState false forces the full read.
+func (a *app) readKernel(k *kernel.Kernel, table string, allowState bool) (snapshot, error) {
+	var snap snapshot
+	id, err := k.Identity()
 	if err != nil {
-		return nil, err
+		return snap, err
 	}
+	snap.id = id
+	if allowState && !a.v.GetBool("full-read") {
+		if st, err := loadState(a.stateDir()); err == nil && st.Kernel != nil && *st.Kernel == id && st.Table == table {
+			snap.current, snap.fromState = st.ruleset, true
+			return snap, nil
+		}
+	}
+	snap.current, err = k.Read(table)
+	return snap, err
+}
+
+// makePlan diffs the kernel's table against desired. A table of the same
+// name that nftpol did not create is refused unless adopt is set; adopting
+// replaces it whole, inside one transaction. When the policy renamed the
+// table, the table applied before (named in the state) is deleted in the
+// same transaction, if it is still there and nftpol's: a rename must not
+// leave the old rules enforcing beside the new ones.
+func (a *app) makePlan(k *kernel.Kernel, current, desired *rules.Ruleset, adopt bool) (*rules.Plan, error) {
 	var plan *rules.Plan
 	switch {
 	case current != nil && !current.Owned() && !adopt:
@@ -98,41 +135,58 @@ func (a *app) makePlan(k *kernel.Kernel, desired *rules.Ruleset, adopt bool) (*r
 // state directory, or "" when there is none or it cannot be read (then
 // there is nothing to retire that nftpol knows of; say so on stderr).
 func (a *app) previousTable() string {
-	st, err := loadState(a.v.GetString("state-dir"))
+	st, err := loadState(a.stateDir())
+	if errors.Is(err, errNoState) {
+		return ""
+	}
 	if err != nil {
 		fmt.Fprintf(a.stderr, "nftpol: warning: %v; a table renamed since the last apply will not be removed\n", err)
 		return ""
 	}
-	if st == nil || st.Policy == nil {
-		return ""
-	}
-	return st.Policy.Table
+	return st.Table
 }
 
-func (a *app) printPlan(plan *rules.Plan, format string, applied *kernel.Stats) error {
-	if format == "json" {
-		b, err := json.Marshal(plan)
-		if err != nil {
-			return err
-		}
-		if applied == nil {
-			_, err = fmt.Fprintf(a.stdout, "%s\n", b)
-			return err
-		}
-		// Add the apply statistics next to the plan's own fields.
-		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil {
-			return err
-		}
-		m["applied"] = appliedJSON{Messages: applied.Messages, Elements: applied.Elements}
-		b, err = json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(a.stdout, "%s\n", b)
+// planExtras are fields added to a plan's JSON next to its own.
+type planExtras struct {
+	// Applied: what the commit sent (apply, restore).
+	Applied *kernel.Stats
+	// KernelRead says where the kernel's content came from: "full" (read
+	// from the kernel) or "state" (the kernel provably unchanged since the
+	// last apply). Empty: not reported.
+	KernelRead string
+}
+
+func (a *app) printPlan(plan *rules.Plan, format string, x planExtras) error {
+	if format != "json" {
+		return plan.WriteText(a.stdout)
+	}
+	b, err := json.Marshal(plan)
+	if err != nil {
 		return err
 	}
-	return plan.WriteText(a.stdout)
+	// Splice the extras into the object: a plan of 50,000 accounts is not
+	// worth decoding and encoding again.
+	var extra []byte
+	if x.Applied != nil {
+		ab, err := json.Marshal(appliedJSON{Messages: x.Applied.Messages, Elements: x.Applied.Elements})
+		if err != nil {
+			return err
+		}
+		extra = append(append(extra, `,"applied":`...), ab...)
+	}
+	if x.KernelRead != "" {
+		extra = append(extra, fmt.Sprintf(`,"kernel_read":%q`, x.KernelRead)...)
+	}
+	b = append(append(b[:len(b)-1], extra...), '}', '\n')
+	_, err = a.stdout.Write(b)
+	return err
+}
+
+func (s snapshot) source() string {
+	if s.fromState {
+		return "state"
+	}
+	return "full"
 }
 
 type appliedJSON struct {

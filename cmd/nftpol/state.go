@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,30 +16,61 @@ import (
 
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
 )
 
-// stateFile is what apply records after a successful transaction: the
-// resolved policy (numeric UIDs only, so it can be compiled again without
-// NSS) and the ruleset it compiled to.
+// stateFormat versions state.json; a newer format is refused, not guessed.
+const stateFormat = 1
+
+// stateFile is what apply records after a successful transaction, and all
+// that restore needs at boot: the ruleset itself (numeric UIDs only, no
+// policy, no NSS), with a digest that catches a truncated or edited file.
 type stateFile struct {
-	Version   string           `json:"version"`
-	AppliedAt time.Time        `json:"applied_at"`
-	Digest    string           `json:"ruleset_sha256"`
-	Policy    *policies.Policy `json:"policy"`
+	Format    int       `json:"format"`
+	Version   string    `json:"version"`
+	AppliedAt time.Time `json:"applied_at"`
+	Table     string    `json:"table"`
+	// PolicyDigest is the sha256 of the resolved policy (as JSON): it
+	// changes when anything that decides the ruleset changes.
+	PolicyDigest string `json:"policy_sha256"`
+	// RulesetDigest is the sha256 of the ruleset rendered in nft syntax,
+	// the text of ruleset.nft and of `nftpol export`.
+	RulesetDigest string          `json:"ruleset_sha256"`
+	Ruleset       json.RawMessage `json:"ruleset"`
+	// Kernel identifies the kernel ruleset right after the apply. While
+	// the kernel still has this identity, nobody has committed anything
+	// since, and Ruleset is what the kernel holds.
+	Kernel *kernel.Identity `json:"kernel,omitempty"`
+
+	ruleset *rules.Ruleset // decoded Ruleset, checked against the digest
 }
 
-// saveState writes dir/state.json and dir/ruleset.nft atomically: each is
-// written to a temporary file in dir, synced, renamed over the old one, and
-// the directory is synced, so a crash leaves the old or the new file, never
-// a torn one.
-func saveState(dir string, p *policies.Policy, rs *rules.Ruleset) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+func digest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// saveState records rs as applied. Each file is written to a temporary file
+// in dir, synced, renamed over the old one, and the directory is synced, so
+// a crash leaves the old or the new file, never a torn one.
+func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Identity) error {
+	if err := ensureStateDir(dir); err != nil {
+		return err
 	}
 	text := rules.RenderString(rs)
-	sum := sha256.Sum256([]byte(text))
-	st := stateFile{Version: version, AppliedAt: time.Now().UTC(), Digest: hex.EncodeToString(sum[:]), Policy: p}
-	b, err := json.MarshalIndent(st, "", "  ")
+	pj, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	rj, err := rules.MarshalRuleset(rs)
+	if err != nil {
+		return err
+	}
+	st := stateFile{
+		Format: stateFormat, Version: version, AppliedAt: time.Now().UTC(), Table: rs.Table,
+		PolicyDigest: digest(pj), RulesetDigest: digest([]byte(text)), Ruleset: rj, Kernel: id,
+	}
+	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
@@ -48,19 +80,45 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset) error {
 	return writeAtomic(dir, "state.json", append(b, '\n'))
 }
 
-// loadState reads dir/state.json; nil without error when there is none.
+// errNoState is returned by loadState when nothing was ever applied.
+var errNoState = errors.New("no saved state")
+
+// loadState reads and checks dir/state.json.
 func loadState(dir string) (*stateFile, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	path := filepath.Join(dir, "state.json")
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, fmt.Errorf("%w in %s: run `nftpol apply` first", errNoState, dir)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading state: %w", err)
 	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading state: %w", err)
+	}
+	corrupt := func(why error) error {
+		return fmt.Errorf("state %s is corrupt (%v): the kernel was not touched; run `nftpol apply` to record the policy again", path, why)
+	}
 	var st stateFile
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state %s is corrupt: %w", filepath.Join(dir, "state.json"), err)
+		return nil, corrupt(err)
 	}
+	if st.Format != stateFormat {
+		return nil, corrupt(fmt.Errorf("format %d, this nftpol reads format %d", st.Format, stateFormat))
+	}
+	rs, err := rules.UnmarshalRuleset(st.Ruleset)
+	if err != nil {
+		return nil, corrupt(err)
+	}
+	if got := digest([]byte(rules.RenderString(rs))); got != st.RulesetDigest {
+		return nil, corrupt(fmt.Errorf("ruleset digest %s, recorded %s", got, st.RulesetDigest))
+	}
+	if rs.Table != st.Table {
+		return nil, corrupt(fmt.Errorf("ruleset of table %s recorded as table %s", rs.Table, st.Table))
+	}
+	st.ruleset = rs
 	return &st, nil
 }
 
@@ -95,28 +153,4 @@ func writeAtomic(dir, name string, data []byte) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// dirLock is an exclusive flock on the state directory's lock file: two
-// nftpol processes never read-diff-write the same table at once.
-type dirLock struct{ f *os.File }
-
-func lockStateDir(dir string) (*dirLock, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock file: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
-	}
-	return &dirLock{f}, nil
-}
-
-func (l *dirLock) release() {
-	_ = unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
-	l.f.Close()
 }

@@ -149,6 +149,34 @@ var limitUnits = map[rules.LimitUnit]expr.LimitTime{
 	rules.PerMinute: expr.LimitTimeMinute,
 }
 
+// modulesFor names the kernel modules the statements of r need beyond
+// nf_tables itself (whose core holds cmp, payload, lookup, dynset, counter,
+// immediate and byteorder), in a stable order.
+func modulesFor(r rules.Rule) []string {
+	need := map[string]bool{}
+	for _, s := range r.Stmts {
+		switch s := s.(type) {
+		case rules.CtDirectionOriginal, rules.CtDirectionReply, rules.CtStateNotNew:
+			need["nft_ct"] = true
+		case rules.Limit:
+			need["nft_limit"] = true
+		case rules.Log:
+			need["nft_log"] = true
+		case rules.Verdict:
+			if s.Kind == rules.RejectTCPReset || s.Kind == rules.RejectPortUnreachable {
+				need["nft_reject_inet"] = true
+			}
+		}
+	}
+	var out []string
+	for _, m := range []string{"nft_ct", "nft_limit", "nft_log", "nft_reject_inet"} {
+		if need[m] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // skuidHton loads the socket's UID and converts it to network byte order, as
 // nft does before comparing it by value or concatenating it.
 func skuidHton() []expr.Any {

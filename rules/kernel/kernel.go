@@ -6,13 +6,16 @@
 package kernel
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
-	"github.com/mdlayher/netlink"
+	"github.com/google/nftables/binaryutil"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 
@@ -23,7 +26,11 @@ import (
 type Kernel struct {
 	opts []nftables.ConnOption
 	ns   *os.File
-	fake bool // messages go to a test dial, which has no socket buffers
+	// fake receives the batches Apply would send (WithTestDial).
+	fake nltest.Func
+	// failLast appends an operation the kernel must refuse to every batch
+	// (WithInjectedFailure).
+	failLast bool
 }
 
 // Option configures a Kernel.
@@ -58,7 +65,17 @@ func WithNetNS(name string) Option {
 func WithTestDial(f nltest.Func) Option {
 	return func(k *Kernel) error {
 		k.opts = append(k.opts, nftables.WithTestDial(f))
-		k.fake = true
+		k.fake = f
+		return nil
+	}
+}
+
+// WithInjectedFailure ends every batch with an operation the kernel must
+// refuse (deleting a set that does not exist), after all the valid ones.
+// It exists for tests of what a refused transaction leaves behind: nothing.
+func WithInjectedFailure() Option {
+	return func(k *Kernel) error {
+		k.failLast = true
 		return nil
 	}
 }
@@ -91,13 +108,13 @@ func (k *Kernel) Close() error {
 func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	c, err := nftables.New(append(k.opts, nftables.AsLasting())...)
 	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
+		return nil, noNetfilter(err)
 	}
 	defer c.CloseLasting()
 
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("listing inet tables: %w", err)
+		return nil, fmt.Errorf("listing inet tables: %w", noNetfilter(err))
 	}
 	var t *nftables.Table
 	for _, x := range tables {
@@ -215,59 +232,44 @@ type Stats struct {
 
 // Apply sends the plan as one netlink batch. The kernel commits it as one
 // transaction: when Apply returns an error, nothing of the plan is in
-// effect.
-func (k *Kernel) Apply(p *rules.Plan) (Stats, error) {
-	var st Stats
+// effect, and the error names the operation the kernel refused. With a
+// non-zero genID the batch only commits if the ruleset generation is still
+// genID (see Generation); otherwise Apply returns ErrGenerationChanged.
+func (k *Kernel) Apply(p *rules.Plan, genID uint32) (Stats, error) {
 	if p.Empty() {
-		return st, nil
+		return Stats{}, nil
 	}
 	b, err := buildBatch(p)
 	if err != nil {
-		return st, err
+		return Stats{}, err
 	}
-	// The whole batch goes out in one sendmsg(2), so the send buffer must
-	// hold it; the receive buffer must hold the kernel's error replies,
-	// which echo the failing message. SO_SNDBUFFORCE/SO_RCVBUFFORCE (used
-	// by the netlink package when we are privileged) lift the sysctl caps.
-	size := max(4*b.bytes, 1<<20)
-	bufs := nftables.WithSockOptions(func(c *netlink.Conn) error {
-		if err := c.SetWriteBuffer(size); err != nil {
-			return fmt.Errorf("sizing netlink send buffer: %w", err)
+	if k.failLast {
+		b.injectFailure(p.Table)
+	}
+	if err := k.commit(b.ops, genID, b.bytes); err != nil {
+		if errors.Is(err, ErrGenerationChanged) {
+			return Stats{}, err
 		}
-		if err := c.SetReadBuffer(size); err != nil {
-			return fmt.Errorf("sizing netlink receive buffer: %w", err)
-		}
-		return nil
-	})
-	opts := k.opts
-	if !k.fake {
-		opts = append(opts[:len(opts):len(opts)], bufs)
-	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return st, fmt.Errorf("netlink: %w", err)
-	}
-	for _, op := range b.ops {
-		if err := op(c); err != nil {
-			return st, err
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return st, fmt.Errorf("applying to table inet %s (nothing was changed): %w", p.Table, err)
+		return Stats{}, fmt.Errorf("applying to table inet %s: %w", p.Table, err)
 	}
 	return b.stats, nil
 }
 
 // batch is a plan turned into calls on a nftables.Conn, with its size.
 type batch struct {
-	ops   []func(*nftables.Conn) error
+	ops   []op
 	stats Stats
 	bytes int
 }
 
-func (b *batch) add(op func(*nftables.Conn) error) {
-	b.ops = append(b.ops, op)
+func (b *batch) add(desc string, call func(*nftables.Conn) error) {
+	b.ops = append(b.ops, op{desc: desc, call: call})
 	b.stats.Messages++
+}
+
+func (b *batch) injectFailure(table string) {
+	s := &nftables.Set{Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}, Name: "nftpol_injected_failure"}
+	b.add("delete set nftpol_injected_failure (an injected failure)", func(c *nftables.Conn) error { c.DelSet(s); return nil })
 }
 
 // buildBatch orders the plan's operations so that every reference is valid
@@ -278,21 +280,21 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
 	if p.Retire != "" {
 		old := &nftables.Table{Name: p.Retire, Family: nftables.TableFamilyINet}
-		b.add(func(c *nftables.Conn) error { c.DelTable(old); return nil })
+		b.add("delete table inet "+p.Retire+" (renamed)", func(c *nftables.Conn) error { c.DelTable(old); return nil })
 	}
 	switch p.TableAction {
 	case rules.TableReplace:
-		b.add(func(c *nftables.Conn) error { c.DelTable(t); return nil })
-		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
+		b.add("delete table inet "+t.Name, func(c *nftables.Conn) error { c.DelTable(t); return nil })
+		b.add("add table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	case rules.TableCreate:
 		// Exclusive: if somebody created a table of this name since we
 		// read the kernel, fail rather than merge into theirs.
-		b.add(func(c *nftables.Conn) error { c.CreateTable(t); return nil })
+		b.add("create table inet "+t.Name, func(c *nftables.Conn) error { c.CreateTable(t); return nil })
 	}
 	if p.Wake {
 		// Sent for an existing table, NEWTABLE without EXCL updates its
 		// flags; ours are 0, which clears dormant.
-		b.add(func(c *nftables.Conn) error { c.AddTable(t); return nil })
+		b.add("activate table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	}
 
 	for _, sc := range p.Sets {
@@ -301,15 +303,15 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 			return nil, err
 		}
 		if sc.Action == rules.ActionCreate {
-			b.add(func(c *nftables.Conn) error {
+			b.add("add set "+ns.Name, func(c *nftables.Conn) error {
 				if err := c.AddSet(ns, nil); err != nil {
 					return fmt.Errorf("set %s: %w", ns.Name, err)
 				}
 				return nil
 			})
 		}
-		b.elements(ns, sc.Set, sc.Delete, (*nftables.Conn).SetDeleteElements)
-		b.elements(ns, sc.Set, sc.Add, (*nftables.Conn).SetAddElements)
+		b.elements("delete", ns, sc.Set, sc.Delete, (*nftables.Conn).SetDeleteElements)
+		b.elements("add", ns, sc.Set, sc.Add, (*nftables.Conn).SetAddElements)
 	}
 
 	for _, cc := range p.Chains {
@@ -325,9 +327,9 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 			prio := nftables.ChainPriority(cc.Chain.Priority)
 			policy := nftables.ChainPolicyAccept
 			ch.Type, ch.Hooknum, ch.Priority, ch.Policy = nftables.ChainTypeFilter, hook, &prio, &policy
-			b.add(func(c *nftables.Conn) error { c.AddChain(ch); return nil })
+			b.add("add chain "+ch.Name, func(c *nftables.Conn) error { c.AddChain(ch); return nil })
 		case rules.ActionReplace:
-			b.add(func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
+			b.add("flush chain "+ch.Name, func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
 		}
 		for i, r := range cc.Chain.Rules {
 			exprs, err := encodeRule(r)
@@ -335,10 +337,11 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 				return nil, fmt.Errorf("chain %s, rule %d: %w", cc.Name, i+1, err)
 			}
 			ud := ruleUserData(r)
-			b.add(func(c *nftables.Conn) error {
+			b.add(fmt.Sprintf("add rule %d to chain %s (%s)", i+1, ch.Name, r), func(c *nftables.Conn) error {
 				c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: ud})
 				return nil
 			})
+			b.ops[len(b.ops)-1].modules = modulesFor(r)
 		}
 	}
 
@@ -347,7 +350,7 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 
 // elements adds the element operations for es, split into messages that
 // keep each element list attribute below 64 KiB.
-func (b *batch) elements(ns *nftables.Set, s *rules.Set, es []rules.Element, op func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error) {
+func (b *batch) elements(verb string, ns *nftables.Set, s *rules.Set, es []rules.Element, call func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error) {
 	if len(es) == 0 {
 		return
 	}
@@ -357,11 +360,73 @@ func (b *batch) elements(ns *nftables.Set, s *rules.Set, es []rules.Element, op 
 		for _, e := range chunk {
 			b.bytes += elementSize(e)
 		}
-		b.add(func(c *nftables.Conn) error {
-			if err := op(c, ns, chunk); err != nil {
+		desc := fmt.Sprintf("%s %d elements in set %s", verb, len(chunk), ns.Name)
+		if len(chunk) == 1 && len(es) == 1 {
+			desc = fmt.Sprintf("%s element %s in set %s", verb, s.ElementString(es[0]), ns.Name)
+		}
+		b.add(desc, func(c *nftables.Conn) error {
+			if err := call(c, ns, chunk); err != nil {
 				return fmt.Errorf("set %s: %w", ns.Name, err)
 			}
 			return nil
 		})
 	}
+}
+
+// Delete deletes table inet <table> in one transaction. The caller checks
+// first that the table is nftpol's.
+func (k *Kernel) Delete(table string) error {
+	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	ops := []op{{desc: "delete table inet " + table, call: func(c *nftables.Conn) error { c.DelTable(t); return nil }}}
+	if err := k.commit(ops, 0, 0); err != nil {
+		return fmt.Errorf("deleting table inet %s: %w", table, err)
+	}
+	return nil
+}
+
+// Hit is one element of a dynamic violation set: a UID seen serving from a
+// port it does not own.
+type Hit struct {
+	UID     uint32
+	Port    uint16
+	Packets uint64
+	Bytes   uint64
+	// Expires is how long the element has left; the element was last
+	// refreshed Timeout-Expires ago.
+	Expires time.Duration
+}
+
+// Hits reads the elements of the dynamic set <set> of table inet <table>.
+// A missing table or set reads as no hits.
+func (k *Kernel) Hits(table, set string) ([]Hit, error) {
+	c, err := nftables.New(k.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	s := &nftables.Set{Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}, Name: set}
+	es, err := c.GetSetElements(s)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading set %s: %w", set, err)
+	}
+	var out []Hit
+	for _, e := range es {
+		if len(e.Key) != 8 {
+			continue
+		}
+		h := Hit{
+			// Keys of dynamic sets hold the UID in host byte order
+			// (no hton before a hash lookup), the port in network order.
+			UID:     binaryutil.NativeEndian.Uint32(e.Key[:4]),
+			Port:    binary.BigEndian.Uint16(e.Key[4:6]),
+			Expires: e.Expires,
+		}
+		if e.Counter != nil {
+			h.Packets, h.Bytes = e.Counter.Packets, e.Counter.Bytes
+		}
+		out = append(out, h)
+	}
+	return out, nil
 }

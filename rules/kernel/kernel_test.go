@@ -2,7 +2,9 @@ package kernel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -52,7 +54,7 @@ func recordBatch(t *testing.T, p *rules.Plan) ([]netlink.Message, Stats) {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	st, err := k.Apply(p)
+	st, err := k.Apply(p, 0)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -270,5 +272,20 @@ func TestOneAccountChangeIsElementOps(t *testing.T) {
 		if st.Messages != 2 {
 			t.Errorf("n=%d: one-account change sent %d messages, want 2 (delete + add)", n, st.Messages)
 		}
+	}
+}
+
+func TestModulesFor(t *testing.T) {
+	r := rules.Rule{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.Limit{Rate: 1, Unit: rules.PerMinute}, rules.Log{Prefix: "x"}}}
+	if got := fmt.Sprint(modulesFor(r)); got != "[nft_ct nft_limit nft_log]" {
+		t.Errorf("modulesFor = %s", got)
+	}
+	r = rules.Rule{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.TCP, Lo: 1, Hi: 2}, rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}}}
+	if got := fmt.Sprint(modulesFor(r)); got != "[nft_reject_inet]" {
+		t.Errorf("modulesFor = %s", got)
+	}
+	e := &RefusedError{Index: 3, Count: 9, Op: "add rule 3", Err: unix.ENOENT, Modules: []string{"nft_ct"}}
+	if !strings.Contains(e.Error(), "modules nft_ct are available") || !errors.Is(e, unix.ENOENT) {
+		t.Errorf("RefusedError: %v", e)
 	}
 }

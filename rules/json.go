@@ -1,0 +1,277 @@
+package rules
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// The JSON form of a ruleset is what apply records in the state directory
+// and restore installs at boot, without the policy or NSS. It is versioned
+// by the state file that holds it; fields are only ever added.
+
+type stateRuleset struct {
+	Table  string       `json:"table"`
+	Sets   []stateSet   `json:"sets"`
+	Chains []stateChain `json:"chains"`
+}
+
+type stateSet struct {
+	Name      string `json:"name"`
+	Key       string `json:"key"`
+	Interval  bool   `json:"interval,omitempty"`
+	Dynamic   bool   `json:"dynamic,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
+	Size      uint32 `json:"size,omitempty"`
+	Counter   bool   `json:"counter,omitempty"`
+	Comment   string `json:"comment,omitempty"`
+	// Elements as [uid, lo, hi, comment]: compact at 50,000 accounts.
+	Elements [][4]any `json:"elements"`
+}
+
+type stateChain struct {
+	Name     string      `json:"name"`
+	Hook     Hook        `json:"hook"`
+	Priority int32       `json:"priority"`
+	Rules    []stateRule `json:"rules"`
+}
+
+type stateRule struct {
+	Comment string      `json:"comment,omitempty"`
+	Stmts   []stateStmt `json:"stmts"`
+}
+
+// stateStmt is a statement tagged by Type; only the fields of that type are
+// set.
+type stateStmt struct {
+	Type    string `json:"type"`
+	Out     bool   `json:"out,omitempty"`
+	Op      string `json:"op,omitempty"`
+	UID     uint32 `json:"uid,omitempty"`
+	Proto   Proto  `json:"proto,omitempty"`
+	Set     string `json:"set,omitempty"`
+	Lo      uint16 `json:"lo,omitempty"`
+	Hi      uint16 `json:"hi,omitempty"`
+	Rate    uint64 `json:"rate,omitempty"`
+	Unit    string `json:"unit,omitempty"`
+	Prefix  string `json:"prefix,omitempty"`
+	Verdict string `json:"verdict,omitempty"`
+}
+
+var keyNames = map[string]KeyType{KeyUID.String(): KeyUID, KeyPort.String(): KeyPort, KeyUIDPort.String(): KeyUIDPort}
+
+var verdictNames = map[VerdictKind]string{Accept: "accept", Drop: "drop", RejectTCPReset: "reject_tcp_reset", RejectPortUnreachable: "reject_port_unreachable"}
+
+// MarshalRuleset encodes rs as JSON.
+func MarshalRuleset(rs *Ruleset) ([]byte, error) {
+	j := stateRuleset{Table: rs.Table, Sets: []stateSet{}, Chains: []stateChain{}}
+	for _, s := range rs.Sets {
+		js := stateSet{Name: s.Name, Key: s.Key.String(), Interval: s.Interval, Dynamic: s.Dynamic,
+			TimeoutMS: s.Timeout.Milliseconds(), Size: s.Size, Counter: s.Counter, Comment: s.Comment,
+			Elements: make([][4]any, 0, len(s.Elements))}
+		for _, e := range s.Elements {
+			js.Elements = append(js.Elements, [4]any{e.UID, e.Lo, e.Hi, e.Comment})
+		}
+		j.Sets = append(j.Sets, js)
+	}
+	for _, c := range rs.Chains {
+		jc := stateChain{Name: c.Name, Hook: c.Hook, Priority: c.Priority, Rules: []stateRule{}}
+		for _, r := range c.Rules {
+			jr := stateRule{Comment: r.Comment}
+			for _, st := range r.Stmts {
+				js, err := stmtToJSON(st)
+				if err != nil {
+					return nil, fmt.Errorf("chain %s: %w", c.Name, err)
+				}
+				jr.Stmts = append(jr.Stmts, js)
+			}
+			jc.Rules = append(jc.Rules, jr)
+		}
+		j.Chains = append(j.Chains, jc)
+	}
+	return json.Marshal(j)
+}
+
+func stmtToJSON(st Stmt) (stateStmt, error) {
+	switch s := st.(type) {
+	case Loopback:
+		return stateStmt{Type: "loopback", Out: s.Out}, nil
+	case CtDirectionOriginal:
+		return stateStmt{Type: "ct_direction_original"}, nil
+	case CtDirectionReply:
+		return stateStmt{Type: "ct_direction_reply"}, nil
+	case CtStateNotNew:
+		return stateStmt{Type: "ct_state_not_new"}, nil
+	case SkuidCmp:
+		op := map[CmpOp]string{Lt: "lt", Ge: "ge"}[s.Op]
+		if op == "" {
+			return stateStmt{}, fmt.Errorf("skuid comparison with unknown operator %d", s.Op)
+		}
+		return stateStmt{Type: "skuid_cmp", Op: op, UID: s.UID}, nil
+	case SkuidInSet:
+		return stateStmt{Type: "skuid_in_set", Set: s.Set}, nil
+	case L4Proto:
+		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
+	case SkuidSportInSet:
+		return stateStmt{Type: "skuid_sport_in_set", Proto: s.Proto, Set: s.Set}, nil
+	case DportRange:
+		return stateStmt{Type: "dport_range", Proto: s.Proto, Lo: s.Lo, Hi: s.Hi}, nil
+	case DportNotInSet:
+		return stateStmt{Type: "dport_not_in_set", Proto: s.Proto, Set: s.Set}, nil
+	case Counter:
+		return stateStmt{Type: "counter"}, nil
+	case UpdateSet:
+		return stateStmt{Type: "update_set", Proto: s.Proto, Set: s.Set}, nil
+	case Limit:
+		return stateStmt{Type: "limit", Rate: s.Rate, Unit: string(s.Unit)}, nil
+	case Log:
+		return stateStmt{Type: "log", Prefix: s.Prefix}, nil
+	case Verdict:
+		v, ok := verdictNames[s.Kind]
+		if !ok {
+			return stateStmt{}, fmt.Errorf("unknown verdict %d", s.Kind)
+		}
+		return stateStmt{Type: "verdict", Verdict: v}, nil
+	}
+	return stateStmt{}, fmt.Errorf("statement %q cannot be recorded", st)
+}
+
+func stmtFromJSON(j stateStmt) (Stmt, error) {
+	proto := func() (Proto, error) {
+		if j.Proto != TCP && j.Proto != UDP {
+			return "", fmt.Errorf("%s: unknown protocol %q", j.Type, j.Proto)
+		}
+		return j.Proto, nil
+	}
+	switch j.Type {
+	case "loopback":
+		return Loopback{Out: j.Out}, nil
+	case "ct_direction_original":
+		return CtDirectionOriginal{}, nil
+	case "ct_direction_reply":
+		return CtDirectionReply{}, nil
+	case "ct_state_not_new":
+		return CtStateNotNew{}, nil
+	case "skuid_cmp":
+		op := map[string]CmpOp{"lt": Lt, "ge": Ge}[j.Op]
+		if op == 0 {
+			return nil, fmt.Errorf("skuid_cmp: unknown operator %q", j.Op)
+		}
+		return SkuidCmp{Op: op, UID: j.UID}, nil
+	case "skuid_in_set":
+		return SkuidInSet{Set: j.Set}, nil
+	case "counter":
+		return Counter{}, nil
+	case "limit":
+		if j.Unit != string(PerSecond) && j.Unit != string(PerMinute) {
+			return nil, fmt.Errorf("limit: unknown unit %q", j.Unit)
+		}
+		return Limit{Rate: j.Rate, Unit: LimitUnit(j.Unit)}, nil
+	case "log":
+		return Log{Prefix: j.Prefix}, nil
+	case "verdict":
+		for k, v := range verdictNames {
+			if v == j.Verdict {
+				return Verdict{Kind: k}, nil
+			}
+		}
+		return nil, fmt.Errorf("unknown verdict %q", j.Verdict)
+	}
+	p, err := proto()
+	if err != nil {
+		return nil, err
+	}
+	switch j.Type {
+	case "l4proto":
+		return L4Proto{Proto: p}, nil
+	case "skuid_sport_in_set":
+		return SkuidSportInSet{Proto: p, Set: j.Set}, nil
+	case "dport_range":
+		return DportRange{Proto: p, Lo: j.Lo, Hi: j.Hi}, nil
+	case "dport_not_in_set":
+		return DportNotInSet{Proto: p, Set: j.Set}, nil
+	case "update_set":
+		return UpdateSet{Proto: p, Set: j.Set}, nil
+	}
+	return nil, fmt.Errorf("unknown statement type %q", j.Type)
+}
+
+// UnmarshalRuleset decodes what MarshalRuleset wrote. Anything it does not
+// understand is an error, never a guess: restore must not install half a
+// ruleset.
+func UnmarshalRuleset(b []byte) (*Ruleset, error) {
+	var j stateRuleset
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, err
+	}
+	if j.Table == "" {
+		return nil, fmt.Errorf("ruleset has no table name")
+	}
+	rs := &Ruleset{Table: j.Table}
+	for _, js := range j.Sets {
+		key, ok := keyNames[js.Key]
+		if !ok {
+			return nil, fmt.Errorf("set %s: unknown key type %q", js.Name, js.Key)
+		}
+		s := &Set{Name: js.Name, Key: key, Interval: js.Interval, Dynamic: js.Dynamic,
+			Timeout: time.Duration(js.TimeoutMS) * time.Millisecond, Size: js.Size, Counter: js.Counter, Comment: js.Comment}
+		for i, e := range js.Elements {
+			el, err := elementFromJSON(e)
+			if err != nil {
+				return nil, fmt.Errorf("set %s, element %d: %w", js.Name, i, err)
+			}
+			s.Elements = append(s.Elements, el)
+		}
+		s.Elements = SortElements(s.Elements)
+		rs.Sets = append(rs.Sets, s)
+	}
+	for _, jc := range j.Chains {
+		if jc.Hook != HookInput && jc.Hook != HookOutput {
+			return nil, fmt.Errorf("chain %s: unknown hook %q", jc.Name, jc.Hook)
+		}
+		c := &Chain{Name: jc.Name, Hook: jc.Hook, Priority: jc.Priority}
+		for i, jr := range jc.Rules {
+			r := Rule{Comment: jr.Comment}
+			for _, js := range jr.Stmts {
+				st, err := stmtFromJSON(js)
+				if err != nil {
+					return nil, fmt.Errorf("chain %s, rule %d: %w", jc.Name, i+1, err)
+				}
+				r.Stmts = append(r.Stmts, st)
+			}
+			c.Rules = append(c.Rules, r)
+		}
+		rs.Chains = append(rs.Chains, c)
+	}
+	return rs, nil
+}
+
+func elementFromJSON(e [4]any) (Element, error) {
+	num := func(v any, max float64) (float64, error) {
+		f, ok := v.(float64)
+		if !ok || f < 0 || f > max || f != float64(int64(f)) {
+			return 0, fmt.Errorf("not a number in 0..%.0f: %v", max, v)
+		}
+		return f, nil
+	}
+	uid, err := num(e[0], 1<<32-1)
+	if err != nil {
+		return Element{}, err
+	}
+	lo, err := num(e[1], 65535)
+	if err != nil {
+		return Element{}, err
+	}
+	hi, err := num(e[2], 65535)
+	if err != nil {
+		return Element{}, err
+	}
+	comment, ok := e[3].(string)
+	if !ok {
+		return Element{}, fmt.Errorf("comment is not a string: %v", e[3])
+	}
+	if lo > hi {
+		return Element{}, fmt.Errorf("reversed range %v-%v", lo, hi)
+	}
+	return Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: comment}, nil
+}

@@ -1,0 +1,63 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// everyStmt is a ruleset using every statement and set kind nftpol has.
+func everyStmt() *Ruleset {
+	rs := sample(alpha, beta, gamma)
+	rs.Sets = append(rs.Sets,
+		&Set{Name: "exempt", Key: KeyUID, Comment: OwnerPrefix + "x", Elements: []Element{{UID: 0}, {UID: 4294967295}}},
+		&Set{Name: "v", Key: KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true})
+	rs.Chains = append(rs.Chains, &Chain{Name: "input", Hook: HookInput, Priority: -5, Rules: []Rule{
+		{Stmts: []Stmt{Loopback{}, CtStateNotNew{}, CtDirectionReply{}, Verdict{Kind: Accept}}},
+		{Stmts: []Stmt{SkuidCmp{Op: Lt, UID: 1000}, SkuidCmp{Op: Ge, UID: 0}, SkuidInSet{Set: "exempt"}, Verdict{Kind: Drop}}},
+		{Stmts: []Stmt{L4Proto{Proto: UDP}, UpdateSet{Proto: UDP, Set: "v"}, Limit{Rate: 10, Unit: PerMinute}, Log{Prefix: "p: "}, Counter{}, Verdict{Kind: RejectPortUnreachable}}},
+		{Stmts: []Stmt{DportRange{Proto: TCP, Lo: 1, Hi: 65535}, DportNotInSet{Proto: TCP, Set: "tcp_open"}, Loopback{Out: true}, Verdict{Kind: RejectTCPReset}}, Comment: "c"},
+	}})
+	return rs
+}
+
+func TestRulesetJSONRoundTrip(t *testing.T) {
+	rs := everyStmt()
+	b, err := MarshalRuleset(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := UnmarshalRuleset(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := RenderString(rs), RenderString(got); a != b {
+		t.Errorf("round trip changed the ruleset:\n%s\n---\n%s", a, b)
+	}
+	if p := Diff(got, rs); !p.Empty() {
+		t.Errorf("round trip is not equal for Diff: %+v", p)
+	}
+}
+
+func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
+	b, _ := MarshalRuleset(everyStmt())
+	good := string(b)
+	for name, bad := range map[string]string{
+		"unknown stmt": strings.Replace(good, `"type":"counter"`, `"type":"queue"`, 1),
+		"unknown key":  strings.Replace(good, `"key":"uid"`, `"key":"ipv4_addr"`, 1),
+		"unknown hook": strings.Replace(good, `"hook":"input"`, `"hook":"forward"`, 1),
+		"bad port":     strings.Replace(good, `[1001,40010,40019,"alpha"]`, `[1001,40010,70000,"alpha"]`, 1),
+		"reversed":     strings.Replace(good, `[1001,40010,40019,"alpha"]`, `[1001,40019,40010,"alpha"]`, 1),
+		"truncated":    good[:len(good)/2],
+		"no table":     strings.Replace(good, `"table":"nftpol"`, `"table":""`, 1),
+		"bad verdict":  strings.Replace(good, `"verdict":"drop"`, `"verdict":"jump"`, 1),
+		"bad protocol": strings.Replace(good, `"proto":"udp"`, `"proto":"sctp"`, 1),
+	} {
+		if bad == good {
+			t.Fatalf("%s: the mutation did not apply", name)
+		}
+		if _, err := UnmarshalRuleset([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

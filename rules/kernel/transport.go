@@ -1,0 +1,330 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Why nftpol sends its batches itself: google/nftables encodes the messages
+// well, but its Flush joins the kernel's errors without saying which message
+// failed, and it cannot add the ruleset generation to the batch. So the
+// messages it encodes are captured (through its test dial) and sent here:
+// one sendmsg, acknowledgements matched to messages by sequence number, and
+// NFNL_BATCH_GENID on the batch header when the caller knows the generation
+// its plan was computed against.
+
+// ErrGenerationChanged is returned by a commit whose batch carried a ruleset
+// generation that is no longer current: somebody changed the ruleset
+// between the read and the write. The kernel applied nothing; read again,
+// plan again, try again.
+var ErrGenerationChanged = errors.New("the ruleset changed while the plan was computed")
+
+// nfnlBatchGenID is NFNL_BATCH_GENID (linux/netfilter/nfnetlink.h).
+const nfnlBatchGenID = 1
+
+// ackTimeout bounds the wait for the kernel's acknowledgements; a commit of
+// 50,000 elements takes well under a second.
+const ackTimeout = 2 * time.Minute
+
+// op is one call on a nftables.Conn that encodes exactly one message, with
+// words for people when the kernel refuses it.
+type op struct {
+	desc string
+	call func(*nftables.Conn) error
+	// modules the operation needs beyond nf_tables itself, named when the
+	// kernel refuses it as unknown (ENOENT, EOPNOTSUPP).
+	modules []string
+}
+
+// encode runs ops on a Conn whose dial captures what it would send, and
+// returns the batch: begin, one message per op, end.
+func encode(ops []op) ([]netlink.Message, error) {
+	var batch []netlink.Message
+	c, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
+		batch = append(batch, req...)
+		acks := make([]netlink.Message, 0, len(req))
+		for _, m := range req {
+			if m.Header.Flags&netlink.Acknowledge != 0 {
+				acks = append(acks, netlink.Message{Header: netlink.Header{Type: netlink.Error, Sequence: m.Header.Sequence}, Data: make([]byte, 4)})
+			}
+		}
+		return acks, nil
+	}))
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range ops {
+		if err := o.call(c); err != nil {
+			return nil, fmt.Errorf("%s: %w", o.desc, err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("encoding the batch: %w", err)
+	}
+	if len(batch) != len(ops)+2 {
+		return nil, fmt.Errorf("encoding the batch: %d messages for %d operations", len(batch), len(ops))
+	}
+	// Fresh headers: the real connection numbers them.
+	for i := range batch {
+		batch[i].Header.Sequence, batch[i].Header.PID, batch[i].Header.Length = 0, 0, 0
+	}
+	return batch, nil
+}
+
+// dial opens a netfilter netlink socket in the Kernel's namespace.
+func (k *Kernel) dial() (*netlink.Conn, error) {
+	var cfg netlink.Config
+	if k.ns != nil {
+		cfg.NetNS = int(k.ns.Fd())
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &cfg)
+	if err != nil {
+		return nil, noNetfilter(err)
+	}
+	return conn, nil
+}
+
+// noNetfilter explains the error of a kernel without netfilter netlink.
+func noNetfilter(err error) error {
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		return fmt.Errorf("this kernel has no nf_tables netlink interface (modules nfnetlink, nf_tables): %w", err)
+	}
+	return fmt.Errorf("netlink: %w", err)
+}
+
+// commit sends ops as one batch and waits for the kernel's verdict. With a
+// non-zero genID the kernel refuses the whole batch (ErrGenerationChanged)
+// unless the ruleset generation is still genID. bytes is the size of the
+// batch, for the socket buffers.
+func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
+	batch, err := encode(ops)
+	if err != nil {
+		return err
+	}
+	if k.fake != nil {
+		_, err := k.fake(batch)
+		return err
+	}
+	if genID != 0 {
+		attr, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: nfnlBatchGenID, Data: binary.BigEndian.AppendUint32(nil, genID)}})
+		if err != nil {
+			return err
+		}
+		batch[0].Data = append(batch[0].Data[:4:4], attr...)
+	}
+
+	conn, err := k.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// The whole batch goes out in one sendmsg(2), so the send buffer must
+	// hold it; the receive buffer must hold the kernel's error replies,
+	// which echo the failing message. As root the netlink package uses
+	// SO_SNDBUFFORCE/SO_RCVBUFFORCE, which lift the sysctl caps.
+	size := max(2*bytes+64*len(ops), 1<<20)
+	if err := conn.SetWriteBuffer(size); err != nil {
+		return fmt.Errorf("sizing the netlink send buffer: %w", err)
+	}
+	if err := conn.SetReadBuffer(size); err != nil {
+		return fmt.Errorf("sizing the netlink receive buffer: %w", err)
+	}
+	// Ask for the kernel's own words on errors.
+	_ = conn.SetOption(netlink.ExtendedAcknowledge, true)
+	if err := conn.SetReadDeadline(time.Now().Add(ackTimeout)); err != nil {
+		return err
+	}
+
+	sent, err := conn.SendMessages(batch)
+	if err != nil {
+		return fmt.Errorf("sending the batch: %w", err)
+	}
+	index := make(map[uint32]int, len(sent))
+	pending := 0
+	for i, m := range sent {
+		index[m.Header.Sequence] = i
+		if m.Header.Flags&netlink.Acknowledge != 0 {
+			pending++
+		}
+	}
+
+	// The kernel processes the whole batch, then answers every message
+	// that asked for an acknowledgement, in order: 0 for success, an error
+	// for each message it refused. If any was refused it aborted the
+	// transaction: nothing of the batch is in effect.
+	var first error
+	for pending > 0 {
+		msgs, err := conn.Receive()
+		if err != nil {
+			var oe *netlink.OpError
+			if !errors.As(err, &oe) || oe.Sequence == 0 {
+				return fmt.Errorf("waiting for the kernel's answer: %w", err)
+			}
+			i, ok := index[oe.Sequence]
+			if !ok {
+				continue // not ours
+			}
+			if i == 0 {
+				// The batch header: refused for its generation, and
+				// nothing else is answered.
+				if errors.Is(oe.Err, unix.ERESTART) {
+					return ErrGenerationChanged
+				}
+				return fmt.Errorf("the kernel refused the batch: %w", oe)
+			}
+			if first == nil {
+				first = describeFailure(ops[i-1], i, len(ops), oe)
+			}
+			pending--
+			continue
+		}
+		for _, m := range msgs {
+			if _, ok := index[m.Header.Sequence]; ok && m.Header.Type == netlink.Error {
+				pending--
+			}
+		}
+	}
+	if first != nil {
+		return first
+	}
+	return nil
+}
+
+// RefusedError is the kernel refusing one operation of a batch; the whole
+// transaction was aborted.
+type RefusedError struct {
+	Index, Count int    // which operation (1-based) of how many
+	Op           string // what it was
+	Err          error  // what the kernel said (an errno)
+	Detail       string // the kernel's extended message, if any
+	// Modules the operation needs, named when the kernel did not know
+	// something in it: the likely cause is one of them missing.
+	Modules []string
+}
+
+func (e *RefusedError) Error() string {
+	why := e.Err.Error()
+	if e.Detail != "" {
+		why += " (" + e.Detail + ")"
+	}
+	msg := fmt.Sprintf("the kernel refused operation %d of %d, %s: %s; the transaction was aborted, nothing was changed",
+		e.Index, e.Count, e.Op, why)
+	if len(e.Modules) > 0 {
+		msg += fmt.Sprintf("; this kernel may lack a feature the operation needs: check that the modules %s are available (modprobe)",
+			strings.Join(e.Modules, ", "))
+	}
+	return msg
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+func describeFailure(o op, i, n int, oe *netlink.OpError) error {
+	e := &RefusedError{Index: i, Count: n, Op: o.desc, Err: oe.Err, Detail: oe.Message}
+	if errors.Is(oe.Err, unix.ENOENT) || errors.Is(oe.Err, unix.EOPNOTSUPP) {
+		e.Modules = o.modules
+	}
+	return e
+}
+
+// Generation returns the ruleset generation of the Kernel's namespace. It
+// changes with every committed transaction, whoever commits it.
+func (k *Kernel) Generation() (uint32, error) {
+	if k.fake != nil {
+		return 0, nil
+	}
+	conn, err := k.dial()
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			Flags: netlink.Request | netlink.Acknowledge,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reading the ruleset generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("reading the ruleset generation: no generation in the kernel's answer")
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (asm-generic/socket.h, Linux 5.14), not
+// yet named by golang.org/x/sys/unix.
+const soNetnsCookie = 71
+
+// Identity says which kernel ruleset a generation number belongs to. A
+// generation alone is not enough: it restarts at every boot and in every new
+// namespace. The boot ID changes with every boot; the namespace cookie is
+// never reused within a boot.
+type Identity struct {
+	BootID      string `json:"boot_id"`
+	NetnsCookie uint64 `json:"netns_cookie"`
+	Generation  uint32 `json:"generation"`
+}
+
+// Identity returns the identity of the Kernel's ruleset as it is now.
+func (k *Kernel) Identity() (Identity, error) {
+	var id Identity
+	if k.fake != nil {
+		return id, errors.New("no identity for a test dial")
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id, fmt.Errorf("reading the boot id: %w", err)
+	}
+	id.BootID = strings.TrimSpace(string(b))
+	conn, err := k.dial()
+	if err != nil {
+		return id, err
+	}
+	defer conn.Close()
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return id, err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		id.NetnsCookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, soNetnsCookie)
+	}); err != nil {
+		return id, err
+	}
+	if serr != nil {
+		return id, fmt.Errorf("reading the network namespace cookie: %w", serr)
+	}
+	id.Generation, err = k.Generation()
+	return id, err
+}
+
+// NextGeneration is the generation a commit made at generation g leaves
+// behind: the kernel increments it once per transaction, skipping 0.
+func NextGeneration(g uint32) uint32 {
+	if g+1 == 0 {
+		return 1
+	}
+	return g + 1
+}
