@@ -36,7 +36,8 @@ type planJSON struct {
 		Action string `json:"action"`
 		Rules  int    `json:"rules"`
 	} `json:"chains"`
-	Operations int `json:"operations"`
+	Operations int    `json:"operations"`
+	KernelRead string `json:"kernel_read"`
 	Applied    *struct {
 		Messages int `json:"netlink_messages"`
 		Elements int `json:"elements"`

@@ -1,0 +1,141 @@
+package integration
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nftpol/nftpol/compiler"
+	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
+)
+
+// TestRefusedBatchChangesNothing: the kernel refuses the last operation of
+// a batch whose other operations are valid. Nothing of the batch is
+// applied, the error names the refused operation, the state is untouched.
+func TestRefusedBatchChangesNothing(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	ns := newNetns(t, "fault")
+	state := t.TempDir()
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: state}
+	n.apply(t)
+	before := nftStateless(t, ns)
+	stateBefore, err := os.ReadFile(filepath.Join(state, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n.setPolicy(t, contractPolicyGamma) // a real change: elements to add
+	cmd := exec.Command(bin, "--config", n.config, "--netns", ns, "--state-dir", state, "apply")
+	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE=1")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("apply with an injected failure: %v\n%s", err, out)
+	}
+	for _, want := range []string{"refused operation", "delete set nftpol_injected_failure", "nothing was changed"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the error does not say %q:\n%s", want, out)
+		}
+	}
+	if got := nftStateless(t, ns); got != before {
+		t.Errorf("a refused batch changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(state, "state.json")); string(got) != string(stateBefore) {
+		t.Error("a refused batch updated the state")
+	}
+	// Without the fault the same apply goes through.
+	n.apply(t)
+	n.planExit(t, 0)
+}
+
+// TestGenerationGuard: a plan computed before somebody else committed is
+// refused whole by the kernel, and applies once planned again.
+func TestGenerationGuard(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t, "gen")
+	k, err := kernel.Open(kernel.WithNetNS(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject,
+		Accounts: []policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
+	desired, err := compiler.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen, err := k.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, err := k.Read("nftpol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := rules.Diff(current, desired)
+
+	nftLoad(t, ns, foreignTable) // somebody else commits in between
+	if _, err := k.Apply(plan, gen); !errors.Is(err, kernel.ErrGenerationChanged) {
+		t.Fatalf("Apply with a stale generation: %v, want ErrGenerationChanged", err)
+	}
+	if out := nftList(t, ns); strings.Contains(out, "nftpol") {
+		t.Fatalf("a refused batch left something:\n%s", out)
+	}
+	gen2, err := k.Generation()
+	if err != nil || gen2 == gen {
+		t.Fatalf("generation %d -> %d (%v): it must change with every commit", gen, gen2, err)
+	}
+	if _, err := k.Apply(plan, gen2); err != nil {
+		t.Fatalf("Apply with the current generation: %v", err)
+	}
+	got, err := k.Read("nftpol")
+	if err != nil || !rules.Diff(got, desired).Empty() {
+		t.Errorf("after the retry the kernel does not hold the plan (%v)", err)
+	}
+}
+
+// TestUnchangedKernelIsNotReadAgain: right after an apply the state proves
+// the kernel unchanged (same boot, namespace and ruleset generation), so
+// plan and apply skip the full read; any commit by anybody, even to another
+// table, makes them read the kernel again, and drift is still found.
+func TestUnchangedKernelIsNotReadAgain(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	ns := newNetns(t, "fast")
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: t.TempDir()}
+	n.apply(t)
+	read := func(args ...string) string {
+		t.Helper()
+		p, _ := n.runJSON(t, 0, append(args, "-o", "json")...)
+		return p.KernelRead
+	}
+	if got := read("plan"); got != "state" {
+		t.Errorf("plan right after apply read %q, want state", got)
+	}
+	if got := read("plan", "--full-read"); got != "full" {
+		t.Errorf("plan --full-read read %q", got)
+	}
+	n.setPolicy(t, contractPolicyGamma)
+	if got := read("apply"); got != "state" {
+		t.Errorf("apply of a change right after apply read %q, want state", got)
+	}
+	if got := read("plan"); got != "state" {
+		t.Errorf("plan after the second apply read %q, want state (the state follows the commit)", got)
+	}
+	nftLoad(t, ns, foreignTable) // somebody commits, to another table
+	if got := read("plan"); got != "full" {
+		t.Errorf("plan after a foreign commit read %q, want full", got)
+	}
+	// Drift made by hand is found, since the hand edit is a commit.
+	run(t, "ip", "netns", "exec", ns, "nft", "delete", "element", "inet", "nftpol", "tcp_ports", "{ 1003 . 40030-40039 }")
+	n.planExit(t, 2)
+	n.apply(t)
+	n.planExit(t, 0)
+}
