@@ -47,7 +47,12 @@ ip -n "$CLI" addr add 2001:db8::2/64 dev veth1 nodad
 ip -n "$SRV" link set veth0 up
 ip -n "$CLI" link set veth1 up
 
-nftpol() { "$tmp/nftpol" --config examples/nftpol.yaml --netns "$SRV" --state-dir "$tmp/state" "$@"; }
+# A root-owned copy of examples/: nftpol refuses policy files that others
+# could change, and a checkout may belong to the user who ran sudo.
+cp -R examples "$tmp/examples"
+chown -R 0:0 "$tmp/examples"
+chmod -R go-w "$tmp/examples"
+nftpol() { "$tmp/nftpol" --config "$tmp/examples/nftpol.yaml" --netns "$SRV" --state-dir "$tmp/state" "$@"; }
 
 echo
 echo "== nftpol validate"
