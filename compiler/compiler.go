@@ -97,15 +97,20 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	}
 	exempt.Elements = rules.SortElements(exempt.Elements)
 
-	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, ports[proto])
-	}
+	// The per-account sets come last. A large change rebuilds them inside
+	// the transaction (see rules.ReplaceThreshold), and nft lists sets in
+	// creation order: with the rebuilt sets last, the table still lists as
+	// a fresh install of the same policy does, and the violation records in
+	// the dynamic sets survive the rebuild.
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, open[proto])
 	}
 	rs.Sets = append(rs.Sets, exempt)
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
+	}
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, ports[proto])
 	}
 
 	rs.Chains = []*rules.Chain{outputChain(p, protos), inputChain(p, protos)}

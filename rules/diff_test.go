@@ -230,3 +230,44 @@ func TestQuoteSanitizes(t *testing.T) {
 		t.Errorf("Quote = %q", got)
 	}
 }
+
+// TestDiffReplacesSetWhenDeletesAreMany: past ReplaceThreshold deletions a
+// per-account set is rebuilt whole, and the chains with it (they reference
+// the set); below it, element operations.
+func TestDiffReplacesSetWhenDeletesAreMany(t *testing.T) {
+	var all []Element
+	for i := 0; i < 40; i++ {
+		all = append(all, Element{UID: uint32(2000 + i), Lo: uint16(40010 + i), Hi: uint16(40010 + i), Comment: "a"})
+	}
+	cur := sample(all...)
+	few := Diff(cur, sample(all[ReplaceThreshold:]...)) // exactly the threshold removed
+	if few.Sets[0].Action != ActionUpdate || len(few.Sets[0].Delete) != ReplaceThreshold || len(few.Chains) != 0 {
+		t.Errorf("%d deletions: %+v", ReplaceThreshold, few.Sets[0])
+	}
+	many := Diff(cur, sample(all[ReplaceThreshold+1:]...))
+	sc := many.Sets[0]
+	if sc.Action != ActionReplace || len(sc.Add) != 40-ReplaceThreshold-1 || sc.Removed != ReplaceThreshold+1 || len(sc.Delete) != 0 {
+		t.Errorf("%d deletions: %+v", ReplaceThreshold+1, sc)
+	}
+	if len(many.Chains) != 1 || many.Chains[0].Action != ActionReplace {
+		t.Errorf("a replaced set must take its chains along: %+v", many.Chains)
+	}
+	// The open set comes after the rebuilt one in this ruleset: it is
+	// rebuilt too, so nft keeps listing the sets in the desired order.
+	if many.Sets[1].Action != ActionReplace || len(many.Sets[1].Add) != len(many.Desired.Sets[1].Elements) {
+		t.Errorf("the set after the rebuilt one: %+v", many.Sets[1])
+	}
+	// In the other order only the per-account set is rebuilt.
+	cur.Sets[0], cur.Sets[1] = cur.Sets[1], cur.Sets[0]
+	want := sample(all[ReplaceThreshold+1:]...)
+	want.Sets[0], want.Sets[1] = want.Sets[1], want.Sets[0]
+	other := Diff(cur, want)
+	if other.Sets[0].Action != ActionUpdate || other.Sets[1].Action != ActionReplace {
+		t.Errorf("open set first: %+v", other.Sets)
+	}
+	var b strings.Builder
+	_ = many.WriteText(&b)
+	if !strings.Contains(b.String(), "rebuilt with 31 elements (9 to delete") {
+		t.Errorf("plan text:\n%s", b.String())
+	}
+}

@@ -55,6 +55,9 @@ func (p *Plan) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  + set %s (%s)\n", s.Name, plural(len(s.Add), "element", "elements"))
 		case ActionUpdate:
 			fmt.Fprintf(&b, "  ~ set %s: %s to add, %d to delete\n", s.Name, plural(len(s.Add), "element", "elements"), len(s.Delete))
+		case ActionReplace:
+			fmt.Fprintf(&b, "  ~ set %s: rebuilt with %s (%d to delete: cheaper to rebuild than to delete one by one)\n",
+				s.Name, plural(len(s.Add), "element", "elements"), s.Removed)
 		}
 	}
 	for _, c := range p.Chains {
@@ -181,7 +184,7 @@ func (p *Plan) MarshalJSON() ([]byte, error) {
 		j.Accounts = append(j.Accounts, ja)
 	}
 	for _, s := range p.Sets {
-		j.Sets = append(j.Sets, jsonSet{Name: s.Name, Action: s.Action, Add: len(s.Add), Delete: len(s.Delete)})
+		j.Sets = append(j.Sets, jsonSet{Name: s.Name, Action: s.Action, Add: len(s.Add), Delete: len(s.Delete) + s.Removed})
 	}
 	for _, c := range p.Chains {
 		jc := jsonChain{Name: c.Name, Action: c.Action}

@@ -297,12 +297,25 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		b.add("activate table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	}
 
+	// Rules that will be rewritten go first, so no rule holds a set that
+	// is about to be replaced.
+	for _, cc := range p.Chains {
+		if cc.Action == rules.ActionReplace {
+			ch := &nftables.Chain{Name: cc.Name, Table: t}
+			b.add("flush chain "+ch.Name, func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
+		}
+	}
+
 	for _, sc := range p.Sets {
 		ns, err := encodeSet(t, sc.Set)
 		if err != nil {
 			return nil, err
 		}
-		if sc.Action == rules.ActionCreate {
+		if sc.Action == rules.ActionReplace {
+			old := &nftables.Set{Table: t, Name: sc.Name}
+			b.add("delete set "+sc.Name+" (to rebuild it)", func(c *nftables.Conn) error { c.DelSet(old); return nil })
+		}
+		if sc.Action == rules.ActionCreate || sc.Action == rules.ActionReplace {
 			b.add("add set "+ns.Name, func(c *nftables.Conn) error {
 				if err := c.AddSet(ns, nil); err != nil {
 					return fmt.Errorf("set %s: %w", ns.Name, err)
@@ -328,8 +341,6 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 			policy := nftables.ChainPolicyAccept
 			ch.Type, ch.Hooknum, ch.Priority, ch.Policy = nftables.ChainTypeFilter, hook, &prio, &policy
 			b.add("add chain "+ch.Name, func(c *nftables.Conn) error { c.AddChain(ch); return nil })
-		case rules.ActionReplace:
-			b.add("flush chain "+ch.Name, func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
 		}
 		for i, r := range cc.Chain.Rules {
 			exprs, err := encodeRule(r)

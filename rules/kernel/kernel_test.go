@@ -289,3 +289,30 @@ func TestModulesFor(t *testing.T) {
 		t.Errorf("RefusedError: %v", e)
 	}
 }
+
+// TestReplaceBatchOrder: a rebuilt set is deleted only after the rules that
+// use it are flushed, and the rules come back after the new set.
+func TestReplaceBatchOrder(t *testing.T) {
+	cur := bigRuleset(50)
+	cur.Chains = []*rules.Chain{{Name: "output", Hook: rules.HookOutput, Rules: []rules.Rule{
+		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, rules.Verdict{Kind: rules.Accept}}, Comment: rules.OwnerPrefix + "x"},
+	}}}
+	want := bigRuleset(50)
+	want.Chains = cur.Chains
+	want.Set("tcp_ports").Elements = want.Set("tcp_ports").Elements[20:]
+	p := rules.Diff(cur, want)
+	b, err := buildBatch(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, o := range b.ops {
+		order = append(order, strings.Fields(o.desc)[0]+" "+strings.Fields(o.desc)[1])
+	}
+	got := strings.Join(order, ", ")
+	// tcp_open comes after tcp_ports here, so it is rebuilt too.
+	wantOrder := "flush chain, delete set, add set, add 30, delete set, add set, add 100, add rule"
+	if got != wantOrder {
+		t.Errorf("batch order:\n%s\nwant\n%s", got, wantOrder)
+	}
+}
