@@ -68,7 +68,7 @@ func TestRestoreRefusesBadState(t *testing.T) {
 		"empty":     {},
 		"garbage":   []byte("not json at all\n"),
 		// Valid JSON, but an element changed by hand: the digest catches it.
-		"tampered": []byte(strings.Replace(string(stateJSON), `[1001,40010,40019,"alpha"]`, `[1001,40010,40099,"alpha"]`, 1)),
+		"tampered": []byte(strings.Replace(string(stateJSON), `1001\t40010\t40019\talpha\n`, `1001\t40010\t40099\talpha\n`, 1)),
 	}
 	if string(cases["tampered"]) == string(stateJSON) {
 		t.Fatal("the tampering did not apply")

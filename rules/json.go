@@ -2,7 +2,11 @@ package rules
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,8 +29,10 @@ type stateSet struct {
 	Size      uint32 `json:"size,omitempty"`
 	Counter   bool   `json:"counter,omitempty"`
 	Comment   string `json:"comment,omitempty"`
-	// Elements as [uid, lo, hi, comment]: compact at 50,000 accounts.
-	Elements [][4]any `json:"elements"`
+	// Elements, one per line: uid, lo, hi and comment separated by tabs
+	// (comments never hold tabs or newlines: SanitizeComment). One JSON string decodes an
+	// order of magnitude faster than 50,000 JSON arrays.
+	Elements string `json:"elements"`
 }
 
 type stateChain struct {
@@ -67,11 +73,19 @@ func MarshalRuleset(rs *Ruleset) ([]byte, error) {
 	j := stateRuleset{Table: rs.Table, Sets: []stateSet{}, Chains: []stateChain{}}
 	for _, s := range rs.Sets {
 		js := stateSet{Name: s.Name, Key: s.Key.String(), Interval: s.Interval, Dynamic: s.Dynamic,
-			TimeoutMS: s.Timeout.Milliseconds(), Size: s.Size, Counter: s.Counter, Comment: s.Comment,
-			Elements: make([][4]any, 0, len(s.Elements))}
+			TimeoutMS: s.Timeout.Milliseconds(), Size: s.Size, Counter: s.Counter, Comment: s.Comment}
+		var b []byte
 		for _, e := range s.Elements {
-			js.Elements = append(js.Elements, [4]any{e.UID, e.Lo, e.Hi, e.Comment})
+			b = strconv.AppendUint(b, uint64(e.UID), 10)
+			b = append(b, '\t')
+			b = strconv.AppendUint(b, uint64(e.Lo), 10)
+			b = append(b, '\t')
+			b = strconv.AppendUint(b, uint64(e.Hi), 10)
+			b = append(b, '\t')
+			b = append(b, SanitizeComment(e.Comment)...)
+			b = append(b, '\n')
 		}
+		js.Elements = string(b)
 		j.Sets = append(j.Sets, js)
 	}
 	for _, c := range rs.Chains {
@@ -215,14 +229,14 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 		}
 		s := &Set{Name: js.Name, Key: key, Interval: js.Interval, Dynamic: js.Dynamic,
 			Timeout: time.Duration(js.TimeoutMS) * time.Millisecond, Size: js.Size, Counter: js.Counter, Comment: js.Comment}
-		for i, e := range js.Elements {
-			el, err := elementFromJSON(e)
-			if err != nil {
-				return nil, fmt.Errorf("set %s, element %d: %w", js.Name, i, err)
-			}
-			s.Elements = append(s.Elements, el)
+		els, err := parseElements(js.Elements)
+		if err != nil {
+			return nil, fmt.Errorf("set %s: %w", js.Name, err)
 		}
-		s.Elements = SortElements(s.Elements)
+		s.Elements = els
+		if !slices.IsSortedFunc(s.Elements, Element.Compare) {
+			s.Elements = SortElements(s.Elements)
+		}
 		rs.Sets = append(rs.Sets, s)
 	}
 	for _, jc := range j.Chains {
@@ -246,32 +260,32 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 	return rs, nil
 }
 
-func elementFromJSON(e [4]any) (Element, error) {
-	num := func(v any, max float64) (float64, error) {
-		f, ok := v.(float64)
-		if !ok || f < 0 || f > max || f != float64(int64(f)) {
-			return 0, fmt.Errorf("not a number in 0..%.0f: %v", max, v)
+// parseElements reads the lines MarshalRuleset writes.
+func parseElements(text string) ([]Element, error) {
+	out := make([]Element, 0, strings.Count(text, "\n"))
+	for n := 1; text != ""; n++ {
+		line, rest, ok := strings.Cut(text, "\n")
+		if !ok {
+			return nil, fmt.Errorf("element %d: no end of line (truncated?)", n)
 		}
-		return f, nil
+		text = rest
+		f := strings.SplitN(line, "\t", 4)
+		if len(f) != 4 {
+			return nil, fmt.Errorf("element %d: %q is not uid, lo, hi and comment", n, line)
+		}
+		uid, err1 := strconv.ParseUint(f[0], 10, 32)
+		lo, err2 := strconv.ParseUint(f[1], 10, 16)
+		hi, err3 := strconv.ParseUint(f[2], 10, 16)
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return nil, fmt.Errorf("element %d: %w", n, err)
+		}
+		if lo > hi {
+			return nil, fmt.Errorf("element %d: reversed range %d-%d", n, lo, hi)
+		}
+		if SanitizeComment(f[3]) != f[3] {
+			return nil, fmt.Errorf("element %d: comment %q is not one nftpol writes", n, f[3])
+		}
+		out = append(out, Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: f[3]})
 	}
-	uid, err := num(e[0], 1<<32-1)
-	if err != nil {
-		return Element{}, err
-	}
-	lo, err := num(e[1], 65535)
-	if err != nil {
-		return Element{}, err
-	}
-	hi, err := num(e[2], 65535)
-	if err != nil {
-		return Element{}, err
-	}
-	comment, ok := e[3].(string)
-	if !ok {
-		return Element{}, fmt.Errorf("comment is not a string: %v", e[3])
-	}
-	if lo > hi {
-		return Element{}, fmt.Errorf("reversed range %v-%v", lo, hi)
-	}
-	return Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: comment}, nil
+	return out, nil
 }

@@ -35,6 +35,11 @@ func Render(w io.Writer, rs *Ruleset) error {
 // RenderString is Render into a string.
 func RenderString(rs *Ruleset) string {
 	var b strings.Builder
+	n := 4096
+	for _, s := range rs.Sets {
+		n += 64 * len(s.Elements)
+	}
+	b.Grow(n)
 	_ = Render(&b, rs) // a strings.Builder does not fail
 	return b.String()
 }
@@ -70,11 +75,13 @@ func renderSet(w *bufio.Writer, s *Set) {
 	}
 	if len(s.Elements) > 0 {
 		w.WriteString("\t\telements = { ")
+		var buf []byte
 		for i, e := range s.Elements {
 			if i > 0 {
 				w.WriteString(",\n\t\t\t     ")
 			}
-			w.WriteString(s.ElementString(e))
+			buf = s.appendElement(buf[:0], e)
+			w.Write(buf)
 		}
 		w.WriteString(" }\n")
 	}
@@ -82,23 +89,24 @@ func renderSet(w *bufio.Writer, s *Set) {
 }
 
 // ElementString renders one element of s as nft writes it in a set literal.
-func (s *Set) ElementString(e Element) string {
-	var b []byte
+func (s *Set) ElementString(e Element) string { return string(s.appendElement(nil, e)) }
+
+func (s *Set) appendElement(b []byte, e Element) []byte {
 	switch s.Key {
 	case KeyUID:
 		b = strconv.AppendUint(b, uint64(e.UID), 10)
 	case KeyPort:
-		b = append(b, portRange(e.Lo, e.Hi)...)
+		b = appendPortRange(b, e.Lo, e.Hi)
 	case KeyUIDPort:
 		b = strconv.AppendUint(b, uint64(e.UID), 10)
 		b = append(b, " . "...)
-		b = append(b, portRange(e.Lo, e.Hi)...)
+		b = appendPortRange(b, e.Lo, e.Hi)
 	}
 	if e.Comment != "" {
 		b = append(b, " comment "...)
 		b = append(b, Quote(e.Comment)...)
 	}
-	return string(b)
+	return b
 }
 
 func renderChain(w *bufio.Writer, c *Chain) {
@@ -108,6 +116,15 @@ func renderChain(w *bufio.Writer, c *Chain) {
 		fmt.Fprintf(w, "\t\t%s\n", r)
 	}
 	w.WriteString("\t}\n")
+}
+
+func appendPortRange(b []byte, lo, hi uint16) []byte {
+	b = strconv.AppendUint(b, uint64(lo), 10)
+	if lo != hi {
+		b = append(b, '-')
+		b = strconv.AppendUint(b, uint64(hi), 10)
+	}
+	return b
 }
 
 // nftDuration spells d as nft does: 1h, 30m, 1h30m, 45s.

@@ -34,6 +34,9 @@ an error and leaves the kernel untouched.`,
 		}
 		defer lock.release()
 		st, err := loadState(a.stateDir())
+		if err == nil {
+			err = st.verifyRendered()
+		}
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/nftpol/nftpol/compiler"
+	"github.com/nftpol/nftpol/policies"
+)
+
+// BenchmarkLoadState50k reads the state of a 50,000-account apply: what
+// plan and apply pay on their fast path instead of a full kernel read.
+func BenchmarkLoadState50k(b *testing.B) {
+	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject}
+	for i := 0; i < 50000; i++ {
+		port := uint16(10000 + i)
+		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
+			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+	}
+	rs, err := compiler.Compile(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(b.TempDir(), "state")
+	if err := saveState(dir, p, rs, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := loadState(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
