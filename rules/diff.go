@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"cmp"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -314,92 +316,114 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 	return del, add
 }
 
-// accountChanges groups the per-account sets' differences by UID.
-func accountChanges(current, desired *Ruleset) []AccountChange {
-	type side struct {
-		ranges map[Proto][]string
-		name   string
-	}
-	collect := func(rs *Ruleset) map[uint32]*side {
-		m := map[uint32]*side{}
-		if rs == nil {
-			return m
-		}
-		for _, s := range rs.Sets {
-			proto, ok := strings.CutSuffix(s.Name, "_ports")
-			if !ok || s.Key != KeyUIDPort {
-				continue
-			}
-			for _, e := range s.Elements {
-				a := m[e.UID]
-				if a == nil {
-					a = &side{ranges: map[Proto][]string{}}
-					m[e.UID] = a
-				}
-				a.ranges[Proto(proto)] = append(a.ranges[Proto(proto)], portRange(e.Lo, e.Hi))
-				if a.name == "" {
-					a.name = e.Comment
-				}
-			}
-		}
+// portsSets returns the per-account sets of rs by protocol.
+func portsSets(rs *Ruleset) map[Proto][]Element {
+	m := map[Proto][]Element{}
+	if rs == nil {
 		return m
 	}
-	old, cur := collect(current), collect(desired)
-	var uids []uint32
-	for u := range old {
-		uids = append(uids, u)
-	}
-	for u := range cur {
-		if _, ok := old[u]; !ok {
-			uids = append(uids, u)
+	for _, s := range rs.Sets {
+		proto, ok := strings.CutSuffix(s.Name, "_ports")
+		if ok && s.Key == KeyUIDPort && !s.Dynamic {
+			m[Proto(proto)] = s.Elements
 		}
 	}
-	slices.Sort(uids)
+	return m
+}
 
-	var out []AccountChange
-	for _, u := range uids {
-		o, n := old[u], cur[u]
-		ac := AccountChange{UID: u}
-		switch {
-		case o == nil:
-			ac.Action, ac.Name = ActionAdd, n.name
-		case n == nil:
-			ac.Action, ac.Name = ActionRemove, o.name
-		default:
-			ac.Action, ac.Name = ActionChange, n.name
-			if o.name != n.name {
-				ac.OldName = o.name
+// uidGroup returns the elements of es (sorted by UID first) that belong to
+// uid.
+func uidGroup(es []Element, uid uint32) []Element {
+	i, _ := slices.BinarySearchFunc(es, uid, func(e Element, u uint32) int { return cmp.Compare(e.UID, u) })
+	j := i
+	for j < len(es) && es[j].UID == uid {
+		j++
+	}
+	return es[i:j]
+}
+
+// accountChanges groups the per-account sets' differences by UID. It walks
+// the sorted sets side by side and looks closer only at the UIDs whose
+// elements differ, so a plan with nothing to change costs one comparison
+// per element and no allocation: it runs on every plan and apply.
+func accountChanges(current, desired *Ruleset) []AccountChange {
+	old, cur := portsSets(current), portsSets(desired)
+	var protos []Proto
+	for p := range old {
+		protos = append(protos, p)
+	}
+	for p := range cur {
+		if _, ok := old[p]; !ok {
+			protos = append(protos, p)
+		}
+	}
+	slices.Sort(protos)
+
+	changed := map[uint32]bool{}
+	for _, p := range protos {
+		a, b := old[p], cur[p]
+		i, j := 0, 0
+		for i < len(a) || j < len(b) {
+			var uid uint32
+			switch {
+			case j >= len(b) || (i < len(a) && a[i].UID < b[j].UID):
+				uid = a[i].UID
+			default:
+				uid = b[j].UID
+			}
+			i0, j0 := i, j
+			for i < len(a) && a[i].UID == uid {
+				i++
+			}
+			for j < len(b) && b[j].UID == uid {
+				j++
+			}
+			if !slices.Equal(a[i0:i], b[j0:j]) {
+				changed[uid] = true
 			}
 		}
-		var protos []Proto
-		for _, sd := range []*side{o, n} {
-			if sd == nil {
+	}
+	uids := slices.Sorted(maps.Keys(changed))
+
+	out := make([]AccountChange, 0, len(uids))
+	for _, u := range uids {
+		ac := AccountChange{UID: u}
+		var oldName, newName string
+		hadOld, hasNew := false, false
+		for _, p := range protos {
+			og, ng := uidGroup(old[p], u), uidGroup(cur[p], u)
+			if len(og)+len(ng) == 0 {
 				continue
 			}
-			for p := range sd.ranges {
-				if !slices.Contains(protos, p) {
-					protos = append(protos, p)
+			pp := ProtoPorts{Proto: p}
+			for _, e := range og {
+				pp.Old = append(pp.Old, portRange(e.Lo, e.Hi))
+				hadOld = true
+				if oldName == "" {
+					oldName = e.Comment
 				}
 			}
-		}
-		slices.Sort(protos)
-		changed := o == nil || n == nil || o.name != n.name
-		for _, proto := range protos {
-			pp := ProtoPorts{Proto: proto}
-			if o != nil {
-				pp.Old = o.ranges[proto]
-			}
-			if n != nil {
-				pp.New = n.ranges[proto]
-			}
-			if !slices.Equal(pp.Old, pp.New) {
-				changed = true
+			for _, e := range ng {
+				pp.New = append(pp.New, portRange(e.Lo, e.Hi))
+				hasNew = true
+				if newName == "" {
+					newName = e.Comment
+				}
 			}
 			ac.Ports = append(ac.Ports, pp)
 		}
-		if changed {
-			out = append(out, ac)
+		switch {
+		case !hadOld:
+			ac.Action, ac.Name = ActionAdd, newName
+		case !hasNew:
+			ac.Action, ac.Name = ActionRemove, oldName
+		default:
+			ac.Action, ac.Name = ActionChange, newName
+			if oldName != newName {
+				ac.OldName = oldName
+			}
 		}
+		out = append(out, ac)
 	}
 	return out
 }
