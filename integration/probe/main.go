@@ -6,6 +6,7 @@
 //	probe listen  -netns NS -uid U -gid G -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 60s]
 //	probe connect -netns NS [-uid U] -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
 //	probe stream  -netns NS [-uid U] -proto tcp|udp -addr A -port P [-interval 50ms] [-timeout 1s] [-max 60s]
+//	probe burst   -proto tcp -addr A -port P [-n 50] [-concurrency 50] [-timeout 300ms]
 //
 // listen prints "ready" once its socket is bound and echoes what it receives
 // until its standard input closes, it gets SIGTERM, or -timeout passes.
@@ -39,6 +40,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -58,6 +60,8 @@ func main() {
 		err = connect(os.Args[2:])
 	case "stream":
 		err = stream(os.Args[2:])
+	case "burst":
+		err = burst(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q (want listen, connect or stream)", os.Args[1])
 	}
@@ -375,4 +379,57 @@ func stream(args []string) error {
 		fmt.Printf("ok %d\n", n)
 		return nil
 	}
+}
+
+// burst makes -n TCP connections with -concurrency at a time, each a full
+// ping/pong exchange, and prints the counts: "ok N refused N timeout N
+// other N". It does not enter a namespace itself: several goroutines make
+// the connections, and a namespace entered by one thread would not hold for
+// the others, so run it as `ip netns exec NS probe burst ...`.
+func burst(args []string) error {
+	fs := flag.NewFlagSet("burst", flag.ContinueOnError)
+	var e endpoint
+	e.register(fs)
+	n := fs.Int("n", 50, "connections to make")
+	conc := fs.Int("concurrency", 50, "connections at a time")
+	timeout := fs.Duration("timeout", 300*time.Millisecond, "give up on one connection after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if e.netns != "" || e.uid >= 0 {
+		return fmt.Errorf("burst takes no -netns or -uid: run it with ip netns exec")
+	}
+	network, address, err := e.network()
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	counts := map[string]int{}
+	sem := make(chan struct{}, *conc)
+	var wg sync.WaitGroup
+	for i := 0; i < *n; i++ {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			deadline := time.Now().Add(*timeout)
+			d := net.Dialer{Deadline: deadline}
+			word := "ok"
+			c, err := d.Dial(network, address)
+			if err != nil {
+				word = classify(err)
+			} else {
+				word = classify(exchange(c, []byte("ping"), deadline))
+				c.Close()
+			}
+			if word != "ok" && word != "refused" && word != "timeout" {
+				word = "other"
+			}
+			mu.Lock()
+			counts[word]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	fmt.Printf("ok %d refused %d timeout %d other %d\n", counts["ok"], counts["refused"], counts["timeout"], counts["other"])
+	return nil
 }
