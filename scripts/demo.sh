@@ -110,6 +110,9 @@ for c in "${cases[@]}"; do
 	printf '  %-45s %-4s %-6s -> %-22s [%s]\n' "$who" "$proto" "$port" "$verdict" "$mark"
 done
 echo
+echo "== nftpol status (the blocked serving above, counted per uid and port)"
+nftpol status
+echo
 if ((fail)); then
 	echo "demo: some connections did not behave as the policy says" >&2
 	exit 1
