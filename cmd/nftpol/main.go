@@ -6,10 +6,19 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
 func main() {
+	// nftpol's work at 50,000 accounts is a burst of short-lived
+	// allocations (elements encoded, marshalled, sent) on top of a live
+	// policy and ruleset of tens of MiB. Collecting at 50% growth instead
+	// of 100% keeps the peak near the live size (about a third less RSS,
+	// measured) for a few percent more CPU. GOGC, when set, decides.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

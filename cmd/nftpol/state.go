@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -62,9 +63,17 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Ide
 	if err := ensureStateDir(dir); err != nil {
 		return err
 	}
-	text := rules.RenderString(rs)
-	pj, err := json.Marshal(p)
-	if err != nil {
+	// At 50,000 accounts each of these is megabytes: stream what can be
+	// streamed (the rendered text to its file, the policy into its hash)
+	// rather than hold every form at once.
+	ph := sha256.New()
+	if err := json.NewEncoder(ph).Encode(p); err != nil {
+		return err
+	}
+	th := sha256.New()
+	if err := writeAtomicFunc(dir, "ruleset.nft", func(w io.Writer) error {
+		return rules.Render(io.MultiWriter(w, th), rs)
+	}); err != nil {
 		return err
 	}
 	rj, err := rules.MarshalRuleset(rs)
@@ -73,16 +82,12 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Ide
 	}
 	st := stateFile{
 		Format: stateFormat, Version: version, AppliedAt: time.Now().UTC(), Table: rs.Table,
-		PolicyDigest: digest(pj), RulesetDigest: digest([]byte(text)), RecordDigest: digest(rj), Ruleset: rj, Kernel: id,
+		PolicyDigest: hex.EncodeToString(ph.Sum(nil)), RulesetDigest: hex.EncodeToString(th.Sum(nil)),
+		RecordDigest: digest(rj), Ruleset: rj, Kernel: id,
 	}
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := writeAtomic(dir, "ruleset.nft", []byte(text)); err != nil {
-		return err
-	}
-	return writeAtomic(dir, "state.json", append(b, '\n'))
+	return writeAtomicFunc(dir, "state.json", func(w io.Writer) error {
+		return json.NewEncoder(w).Encode(st) // Encode ends with the newline
+	})
 }
 
 // errNoState is returned by loadState when nothing was ever applied.
@@ -139,7 +144,9 @@ func (st *stateFile) verifyRendered() error {
 	return nil
 }
 
-func writeAtomic(dir, name string, data []byte) error {
+// writeAtomicFunc writes dir/name through write: into a temporary file in
+// dir, synced, renamed over name, and the directory synced.
+func writeAtomicFunc(dir, name string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(dir, "."+name+".tmp*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", filepath.Join(dir, name), err)
@@ -150,7 +157,12 @@ func writeAtomic(dir, name string, data []byte) error {
 		f.Close()
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if err := write(bw); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := bw.Flush(); err != nil {
 		f.Close()
 		return fmt.Errorf("writing %s: %w", tmp, err)
 	}

@@ -296,6 +296,49 @@ func elementSize(e nftables.SetElement) int {
 
 func align4(n int) int { return (n + 3) &^ 3 }
 
+// modelElementSize is the encoded size of the kernel elements one model
+// element becomes (elementSize of each of encodeElements' output), computed
+// without encoding it.
+func modelElementSize(s *rules.Set, e rules.Element) int {
+	comment := 0
+	if c := rules.SanitizeComment(e.Comment); c != "" {
+		comment = 4 + align4(2+len(c)+1)
+	}
+	switch {
+	case s.Key == rules.KeyUID:
+		return 4 + 8 + 4 + comment
+	case s.Key == rules.KeyUIDPort:
+		return 4 + 2*(8+8) + comment
+	case s.Interval:
+		n := 4 + 8 + 4 + comment
+		if e.Hi < 0xffff {
+			n += 4 + 8 + 8 + 4
+		}
+		return n
+	default:
+		return 4 + 8 + 4 + comment
+	}
+}
+
+// chunkModel splits es so that the kernel elements of no chunk exceed
+// maxElemsAttr bytes in one list attribute.
+func chunkModel(s *rules.Set, es []rules.Element) [][]rules.Element {
+	var out [][]rules.Element
+	start, size := 0, 0
+	for i, e := range es {
+		n := modelElementSize(s, e)
+		if size+n > maxElemsAttr && i > start {
+			out = append(out, es[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(es) {
+		out = append(out, es[start:])
+	}
+	return out
+}
+
 // chunkElements splits es so that no chunk's list attribute exceeds
 // maxElemsAttr bytes. An interval's start and end elements may land in
 // different chunks: they are still in the same batch, which is what the

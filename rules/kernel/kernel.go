@@ -365,18 +365,20 @@ func (b *batch) elements(verb string, ns *nftables.Set, s *rules.Set, es []rules
 	if len(es) == 0 {
 		return
 	}
-	kes := encodeElements(s, es)
-	b.stats.Elements += len(kes)
-	for _, chunk := range chunkElements(kes) {
+	b.stats.Elements += s.KernelElements(es)
+	// Chunks are cut on the model's elements and encoded only when their
+	// message is built: 100,000 encoded elements held at once for the
+	// whole batch were the largest part of a full apply's memory.
+	for _, chunk := range chunkModel(s, es) {
 		for _, e := range chunk {
-			b.bytes += elementSize(e)
+			b.bytes += modelElementSize(s, e)
 		}
 		desc := fmt.Sprintf("%s %d elements in set %s", verb, len(chunk), ns.Name)
 		if len(chunk) == 1 && len(es) == 1 {
 			desc = fmt.Sprintf("%s element %s in set %s", verb, s.ElementString(es[0]), ns.Name)
 		}
 		b.add(desc, func(c *nftables.Conn) error {
-			if err := call(c, ns, chunk); err != nil {
+			if err := call(c, ns, encodeElements(s, chunk)); err != nil {
 				return fmt.Errorf("set %s: %w", ns.Name, err)
 			}
 			return nil

@@ -311,8 +311,33 @@ func TestReplaceBatchOrder(t *testing.T) {
 	}
 	got := strings.Join(order, ", ")
 	// tcp_open comes after tcp_ports here, so it is rebuilt too.
-	wantOrder := "flush chain, delete set, add set, add 30, delete set, add set, add 100, add rule"
+	wantOrder := "flush chain, delete set, add set, add 30, delete set, add set, add 50, add rule"
 	if got != wantOrder {
 		t.Errorf("batch order:\n%s\nwant\n%s", got, wantOrder)
+	}
+}
+
+// TestModelElementSize: the size computed from a model element equals the
+// size of what it encodes to, for every kind of set and comment length.
+func TestModelElementSize(t *testing.T) {
+	sets := []*rules.Set{
+		{Name: "u", Key: rules.KeyUID},
+		{Name: "up", Key: rules.KeyUIDPort, Interval: true},
+		{Name: "p", Key: rules.KeyPort, Interval: true},
+		{Name: "ph", Key: rules.KeyPort},
+	}
+	for _, s := range sets {
+		for _, e := range []rules.Element{
+			{UID: 1, Lo: 1, Hi: 1}, {UID: 2, Lo: 10, Hi: 65535, Comment: "a"}, {UID: 3, Lo: 5, Hi: 9, Comment: "abcd"},
+			{UID: 4, Lo: 65535, Hi: 65535, Comment: strings.Repeat("x", 200)},
+		} {
+			want := 0
+			for _, ke := range encodeElements(s, []rules.Element{e}) {
+				want += elementSize(ke)
+			}
+			if got := modelElementSize(s, e); got != want {
+				t.Errorf("set %s, element %+v: modelElementSize %d, encoded %d", s.Name, e, got, want)
+			}
+		}
 	}
 }

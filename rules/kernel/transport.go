@@ -100,6 +100,55 @@ func noNetfilter(err error) error {
 	return fmt.Errorf("netlink: %w", err)
 }
 
+// send writes the batch in one sendmsg(2), from one buffer of exactly its
+// size: the netlink package would marshal each message and then the whole
+// batch again, megabytes of copies at 50,000 accounts. It numbers the
+// messages and returns their index by sequence number, and how many of them
+// asked for an acknowledgement.
+func send(conn *netlink.Conn, batch []netlink.Message) (map[uint32]int, int, error) {
+	base := uint32(time.Now().UnixNano())
+	size := 0
+	for _, m := range batch {
+		size += align4(unix.NLMSG_HDRLEN + len(m.Data))
+	}
+	buf := make([]byte, 0, size)
+	index := make(map[uint32]int, len(batch))
+	pending := 0
+	for i, m := range batch {
+		seq := base + uint32(i)
+		index[seq] = i
+		if m.Header.Flags&netlink.Acknowledge != 0 {
+			pending++
+		}
+		l := unix.NLMSG_HDRLEN + len(m.Data)
+		buf = binary.NativeEndian.AppendUint32(buf, uint32(l))
+		buf = binary.NativeEndian.AppendUint16(buf, uint16(m.Header.Type))
+		buf = binary.NativeEndian.AppendUint16(buf, uint16(m.Header.Flags))
+		buf = binary.NativeEndian.AppendUint32(buf, seq)
+		buf = binary.NativeEndian.AppendUint32(buf, 0) // port id: the kernel fills in ours
+		buf = append(buf, m.Data...)
+		for len(buf)%4 != 0 {
+			buf = append(buf, 0)
+		}
+	}
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, 0, err
+	}
+	var serr error
+	err = raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return !errors.Is(serr, unix.EAGAIN)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("sending the batch (%d bytes): %w", size, err)
+	}
+	return index, pending, nil
+}
+
 // commit sends ops as one batch and waits for the kernel's verdict. With a
 // non-zero genID the kernel refuses the whole batch (ErrGenerationChanged)
 // unless the ruleset generation is still genID. bytes is the size of the
@@ -143,17 +192,9 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 		return err
 	}
 
-	sent, err := conn.SendMessages(batch)
+	index, pending, err := send(conn, batch)
 	if err != nil {
-		return fmt.Errorf("sending the batch: %w", err)
-	}
-	index := make(map[uint32]int, len(sent))
-	pending := 0
-	for i, m := range sent {
-		index[m.Header.Sequence] = i
-		if m.Header.Flags&netlink.Acknowledge != 0 {
-			pending++
-		}
+		return err
 	}
 
 	// The kernel processes the whole batch, then answers every message
