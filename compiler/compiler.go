@@ -62,22 +62,39 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
-	union := map[rules.Proto][]policies.PortRange{}
-	for _, a := range p.Accounts {
-		merged := Merge(a.Ports)
-		for _, proto := range protos {
+	// Per account, only appends into slices sized up front: compiling
+	// 50,000 accounts costs a few allocations, not a few per account.
+	var union [2][]policies.PortRange
+	for i, proto := range protos {
+		n := 0
+		for j := range p.Accounts {
+			if p.Accounts[j].HasProtocol(policies.Protocol(proto)) {
+				n += len(p.Accounts[j].Ports)
+			}
+		}
+		ports[proto].Elements = make([]rules.Element, 0, n)
+		union[i] = make([]policies.PortRange, 0, n)
+	}
+	for j := range p.Accounts {
+		a := &p.Accounts[j]
+		merged := a.Ports
+		if !isMerged(merged) {
+			merged = Merge(merged)
+		}
+		comment := elementComment(a.Name)
+		for i, proto := range protos {
 			if !a.HasProtocol(policies.Protocol(proto)) {
 				continue
 			}
 			for _, r := range merged {
 				ports[proto].Elements = append(ports[proto].Elements,
-					rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: rules.SanitizeComment(a.Name)})
+					rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: comment})
 			}
-			union[proto] = append(union[proto], merged...)
+			union[i] = append(union[i], merged...)
 		}
 	}
-	for _, proto := range protos {
-		for _, r := range Merge(union[proto]) {
+	for i, proto := range protos {
+		for _, r := range mergeInPlace(union[i]) {
 			open[proto].Elements = append(open[proto].Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 		}
 		ports[proto].Elements = rules.SortElements(ports[proto].Elements)
@@ -201,7 +218,14 @@ func Merge(rs []policies.PortRange) []policies.PortRange {
 	if len(rs) == 0 {
 		return nil
 	}
-	s := slices.Clone(rs)
+	return mergeInPlace(slices.Clone(rs))
+}
+
+// mergeInPlace is Merge in rs's own space: it returns a prefix of rs.
+func mergeInPlace(s []policies.PortRange) []policies.PortRange {
+	if len(s) == 0 {
+		return s
+	}
 	slices.SortFunc(s, func(a, b policies.PortRange) int {
 		if a.Lo != b.Lo {
 			return int(a.Lo) - int(b.Lo)
@@ -220,4 +244,30 @@ func Merge(rs []policies.PortRange) []policies.PortRange {
 		out = append(out, r)
 	}
 	return out
+}
+
+// isMerged reports whether rs is what Merge would make of it, as the ports of
+// every account policies.Load returns are: then Compile uses them as they
+// are instead of a merged copy.
+func isMerged(rs []policies.PortRange) bool {
+	for i, r := range rs {
+		if r.Lo > r.Hi || i > 0 && uint32(r.Lo) <= uint32(rs[i-1].Hi)+1 {
+			return false
+		}
+	}
+	return true
+}
+
+// elementComment is rules.SanitizeComment(name), without the copy it makes
+// when the name needs no change, as no name policies.Load accepts does.
+func elementComment(name string) string {
+	if len(name) > rules.MaxCommentLen {
+		return rules.SanitizeComment(name)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return rules.SanitizeComment(name)
+		}
+	}
+	return name
 }

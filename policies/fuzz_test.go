@@ -52,6 +52,16 @@ func FuzzLoad(f *testing.F) {
 			}
 		}
 		p, err := Load(file, WithLookup(fakeLookup))
+		// Decoding large YAML files in chunks must not change a thing:
+		// with every file split as finely as it can be, Load says
+		// exactly the same.
+		sp, spErr := loadSplit(file, WithLookup(fakeLookup))
+		if diff := cmp.Diff(p, sp); diff != "" {
+			t.Fatalf("Load and Load with splitting differ (-whole +split):\n%s", diff)
+		}
+		if fmt.Sprint(err) != fmt.Sprint(spErr) {
+			t.Fatalf("Load and Load with splitting differ:\n%v\n---\n%v", err, spErr)
+		}
 		var ve *ValidationError
 		switch {
 		case err == nil:
@@ -200,4 +210,12 @@ func checkProblems(t *testing.T, ve *ValidationError) {
 	if got := strings.Count(ve.Error(), "\n") + 1; got != len(ve.Problems) {
 		t.Errorf("%d problems print as %d lines", len(ve.Problems), got)
 	}
+}
+
+// loadSplit is Load with every YAML file that can be split into chunks
+// (see splitYAML) split into chunks of one account.
+func loadSplit(file string, opts ...Option) (*Policy, error) {
+	defer func(threshold, chunk int) { splitThreshold, chunkBytes = threshold, chunk }(splitThreshold, chunkBytes)
+	splitThreshold, chunkBytes = 0, 0
+	return Load(file, opts...)
 }

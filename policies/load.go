@@ -37,7 +37,8 @@ var (
 	// accepts unquoted.
 	tableName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,31}$`)
 	// Account names end up in nftables comments and log lines, so no
-	// quotes, spaces or control characters.
+	// quotes, spaces or control characters. validAccountName is the same
+	// check without a regexp, for 50,000 accounts.
 	accountName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
 )
 
@@ -64,11 +65,15 @@ var (
 // problem: it is most likely a write cut short, and would take every port
 // it stood for away from its accounts.
 func Load(file string, opts ...Option) (*Policy, error) {
-	l := &loader{lookup: lookupNSS, users: map[string]userResult{}, checkPerms: true, checkedDirs: map[string]bool{}}
+	l := &loader{
+		lookup: lookupNSS, users: map[string]userResult{},
+		checkPerms: true, checkedDirs: map[string]bool{}, permMsgs: map[string]bool{},
+		euid: os.Geteuid(),
+	}
 	for _, o := range opts {
 		o(l)
 	}
-	doc, err := readFile(file)
+	doc, err := readFile(file, true)
 	var bad badFile
 	switch {
 	case errors.As(err, &bad):
@@ -79,17 +84,35 @@ func Load(file string, opts ...Option) (*Policy, error) {
 		return nil, fmt.Errorf("reading policy file: %w", err)
 	}
 	l.checkPath(file, "", file, policyFile)
-	if len(doc) == 0 {
-		// Most likely a write cut short: loading it would close the
-		// whole zone to every account.
-		l.add(file, "", "", "empty: no settings and no accounts; if a policy without accounts is meant, write accounts: []")
-		return nil, &ValidationError{Problems: l.problems}
+	mark := len(l.problems)
+	if doc.split != nil {
+		if l.load(file, doc) {
+			doc = nil
+		} else {
+			// The accounts did not decode a chunk at a time: start
+			// over from the file decoded whole, which reports why.
+			l.problems, l.accounts, l.meta = l.problems[:mark], nil, nil
+			top, err := decode(doc.format, doc.raw)
+			if errors.As(err, &bad) {
+				l.add(file, "", "", bad.msg)
+				return nil, &ValidationError{Problems: l.problems}
+			}
+			doc = &document{top: top}
+		}
 	}
-	p := l.load(file, doc)
+	if doc != nil {
+		if doc.empty() {
+			// Most likely a write cut short: loading it would close
+			// the whole zone to every account.
+			l.add(file, "", "", "empty: no settings and no accounts; if a policy without accounts is meant, write accounts: []")
+			return nil, &ValidationError{Problems: l.problems}
+		}
+		l.load(file, doc)
+	}
 	if len(l.problems) > 0 {
 		return nil, &ValidationError{Problems: l.problems}
 	}
-	return p, nil
+	return l.p, nil
 }
 
 // loader holds the state of one Load call.
@@ -100,41 +123,80 @@ type loader struct {
 	users    map[string]userResult
 	problems []Problem
 	// checkPerms is WithPermissionCheck's setting; checkedDirs holds the
-	// directories whose permissions were checked already.
+	// directories whose permissions were checked already, permMsgs the
+	// permission problems reported already, euid who runs nftpol.
 	checkPerms  bool
 	checkedDirs map[string]bool
+	permMsgs    map[string]bool
+	euid        int
 
 	p *Policy
 	// zoneOK is false when the zone is broken; ports are then not checked
 	// against it, which would only repeat the zone's problem.
-	zoneOK  bool
-	entries []*entry
+	zoneOK bool
+	// accounts in the order they were read, and what else the loader
+	// knows about each, meta[i] about accounts[i].
+	accounts []Account
+	meta     []meta
+	// protocols holds the protocol lists accounts share, by the set of
+	// protocols as a bit mask (see protocolMask); nil until first needed.
+	protocols [1 << 2][]Protocol
+	// Scratch space reused from one account to the next.
+	keys   []string
+	ranges []PortRange
+	// slab is where the ports of accounts are carved from: one allocation
+	// for many accounts instead of one each.
+	slab []PortRange
 }
 
-// entry is an account while it is being loaded.
-type entry struct {
-	Account
-	// label is the Account of the entry's problems: its name, or "" when it
-	// has none, and then prefix ("accounts[2].") says which one it is.
-	label, prefix string
-	// ref names the account in other accounts' problems.
-	ref string
+// meta is what the loader knows about an account beyond the Account.
+type meta struct {
+	// pos is the account's position in its file's accounts list.
+	pos int
 	// uidOK says the UID is known, from uid or from user.
 	uidOK bool
-	// uidField is where the UID came from: "user" when the account names a
-	// user, "uid" otherwise.
-	uidField string
+	// byUser says the UID came from user:, so that problems with it are
+	// reported on that field.
+	byUser bool
+}
+
+// uidField is the field an account's UID came from.
+func (m meta) uidField() string {
+	if m.byUser {
+		return "user"
+	}
+	return "uid"
 }
 
 func (l *loader) add(file, account, field, msg string) {
 	l.problems = append(l.problems, Problem{File: file, Account: account, Field: field, Message: msg})
 }
 
-func (l *loader) addAccount(e *entry, field, msg string) {
-	l.add(e.File, e.label, e.prefix+field, msg)
+// addAccount reports a problem with field of account a at position pos of
+// its file. Problems are labelled with the account's name whenever it has
+// one, even an invalid one: it is what the reader will search the files
+// for. Without a name, the field says which account it is
+// ("accounts[2].ports").
+func (l *loader) addAccount(a *Account, pos int, field, msg string) {
+	if a.Name != "" {
+		l.add(a.File, a.Name, field, msg)
+		return
+	}
+	l.add(a.File, "", "accounts["+strconv.Itoa(pos)+"]."+field, msg)
 }
 
-func (l *loader) load(file string, doc map[string]any) *Policy {
+// ref names an account in other accounts' problems.
+func ref(a *Account, pos int) string {
+	if a.Name != "" {
+		return fmt.Sprintf("account %q", a.Name)
+	}
+	return fmt.Sprintf("accounts[%d]", pos)
+}
+
+// load reads the main file's document into l.p. It returns false when the
+// document is split and a chunk of its accounts did not decode; l is then
+// in no state to go on.
+func (l *loader) load(file string, d *document) bool {
 	l.p = &Policy{
 		File:      file,
 		Table:     defaultTable,
@@ -142,28 +204,32 @@ func (l *loader) load(file string, doc map[string]any) *Policy {
 		MinUID:    defaultMinUID,
 		Loopback:  LoopbackAllow,
 		Action:    Reject,
-		Protocols: slices.Clone(Protocols),
+		Protocols: l.protocolList(protocolMask(Protocols)),
 	}
 	l.zoneOK = true
+	doc := d.top
 	for _, key := range slices.Sorted(maps.Keys(doc)) {
 		if v := doc[key]; v != nil {
 			l.setting(file, key, v)
 		}
 	}
 	// Accounts last: they need the zone, min_uid, exempt and protocols.
-	l.accounts(file, doc["accounts"])
+	if !l.accountsOf(file, d) {
+		return false
+	}
 	if v := doc["include"]; v != nil {
 		l.include(file, v)
 	}
 	l.checkAccounts()
 
-	for _, e := range l.entries {
-		l.p.Accounts = append(l.p.Accounts, e.Account)
+	l.p.Accounts = l.accounts
+	if len(l.accounts) == 0 {
+		l.p.Accounts = nil // as when none was ever added (JSON null)
 	}
 	slices.SortFunc(l.p.Accounts, func(a, b Account) int {
 		return cmp.Or(cmp.Compare(a.UID, b.UID), strings.Compare(a.Name, b.Name))
 	})
-	return l.p
+	return true
 }
 
 // setting parses one key of the main file other than accounts.
@@ -214,7 +280,7 @@ func (l *loader) setting(file, key string, v any) {
 		}
 		p.Action = Action(s)
 	case "protocols":
-		protos, msgs := protocolList(v)
+		protos, msgs := l.protocolsValue(v)
 		for _, msg := range msgs {
 			l.add(file, "", key, msg)
 		}
@@ -260,8 +326,32 @@ func (l *loader) exempt(file string, v any) {
 	l.p.Exempt = slices.Compact(l.p.Exempt)
 }
 
-// accounts parses the accounts list of one file.
-func (l *loader) accounts(file string, v any) {
+// accountsOf parses the accounts list of one file's document. It returns
+// false when the document is split and a chunk did not decode.
+func (l *loader) accountsOf(file string, d *document) bool {
+	if d.split == nil {
+		l.accountList(file, d.top["accounts"])
+		return true
+	}
+	l.grow(d.split.items)
+	pos := 0
+	if !d.split.each(func(items []any) {
+		for _, a := range items {
+			l.account(file, pos, a)
+			pos++
+		}
+	}) {
+		return false
+	}
+	// The file's text is no longer needed (only a failed chunk needs it,
+	// to decode the file whole): let it go before the checks of all
+	// accounts, which need memory of their own.
+	d.split, d.raw = nil, nil
+	return true
+}
+
+// accountList parses the accounts list of one file.
+func (l *loader) accountList(file string, v any) {
 	if v == nil {
 		return
 	}
@@ -270,32 +360,42 @@ func (l *loader) accounts(file string, v any) {
 		l.add(file, "", "accounts", fmt.Sprintf("must be a list of accounts, not %s", describe(v)))
 		return
 	}
+	l.grow(len(list))
 	for i, a := range list {
 		l.account(file, i, a)
 	}
 }
 
-func (l *loader) account(file string, i int, v any) {
-	pos := fmt.Sprintf("accounts[%d]", i)
+// grow makes room for n more accounts: at 50,000 accounts, growing the
+// slices step by step would leave as much garbage as they hold.
+func (l *loader) grow(n int) {
+	l.accounts = slices.Grow(l.accounts, n)
+	l.meta = slices.Grow(l.meta, n)
+}
+
+// account parses the account at position pos of file's accounts list and
+// adds it to l.accounts, even when it has problems: its name and UID still
+// count as taken.
+func (l *loader) account(file string, pos int, v any) {
 	m, ok := asMap(v)
 	if !ok {
-		l.add(file, "", pos, fmt.Sprintf("must be a mapping with name, uid or user, and ports; not %s", describe(v)))
+		l.add(file, "", fmt.Sprintf("accounts[%d]", pos), fmt.Sprintf("must be a mapping with name, uid or user, and ports; not %s", describe(v)))
 		return
 	}
-	e := &entry{
-		Account:  Account{File: file, Protocols: slices.Clone(l.p.Protocols)},
-		prefix:   pos + ".",
-		ref:      pos,
-		uidField: "uid",
-	}
-	// Problems are labelled with the name whenever there is one, even an
-	// invalid one: it is what the reader will search the files for.
+	// All accounts without protocols of their own share the default list.
+	a := Account{File: file, Protocols: l.p.Protocols}
 	if name, _ := m["name"].(string); name != "" {
-		e.Name, e.label, e.prefix, e.ref = name, name, "", fmt.Sprintf("account %q", name)
+		a.Name = name
 	}
-	l.entries = append(l.entries, e)
+	md := meta{pos: pos}
 
-	for _, key := range slices.Sorted(maps.Keys(m)) {
+	keys := l.keys[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	l.keys = keys
+	for _, key := range keys {
 		v := m[key]
 		if v == nil {
 			continue
@@ -305,111 +405,145 @@ func (l *loader) account(file string, i int, v any) {
 			s, msg := str(v)
 			switch {
 			case msg != "":
-				l.addAccount(e, key, msg)
-			case !accountName.MatchString(s):
-				l.addAccount(e, key, fmt.Sprintf("invalid name %q; use 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", s))
+				l.addAccount(&a, pos, key, msg)
+			case !validAccountName(s):
+				l.addAccount(&a, pos, key, fmt.Sprintf("invalid name %q; use 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit", s))
 			}
 		case "ports":
-			l.ports(e, v)
+			l.ports(&a, pos, v)
 		case "protocols":
-			protos, msgs := protocolList(v)
+			protos, msgs := l.protocolsValue(v)
 			for _, msg := range msgs {
-				l.addAccount(e, key, msg)
+				l.addAccount(&a, pos, key, msg)
 			}
 			if len(protos) > 0 {
-				e.Protocols = protos
+				a.Protocols = protos
 			}
 		case "uid", "user":
 			// Below, where both are known.
 		default:
-			l.addAccount(e, key, "unknown key; valid keys are "+strings.Join(accountKeys, ", "))
+			l.addAccount(&a, pos, key, "unknown key; valid keys are "+strings.Join(accountKeys, ", "))
 		}
 	}
 	if m["name"] == nil {
-		l.addAccount(e, "name", "missing; every account needs a name, used in plans, logs and comments")
+		l.addAccount(&a, pos, "name", "missing; every account needs a name, used in plans, logs and comments")
 	}
 	if m["ports"] == nil {
-		l.addAccount(e, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", formatRange(l.p.Zone)))
+		l.addAccount(&a, pos, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", formatRange(l.p.Zone)))
 	}
-	l.uid(e, m["uid"], m["user"])
+	l.uid(&a, &md, m["uid"], m["user"])
+	l.accounts = append(l.accounts, a)
+	l.meta = append(l.meta, md)
+}
+
+// validAccountName reports whether s matches accountName.
+func validAccountName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '@' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // ports parses an account's ports, checks each against the zone and merges
 // them.
-func (l *loader) ports(e *entry, v any) {
+func (l *loader) ports(a *Account, pos int, v any) {
 	list, ok := v.([]any)
 	if !ok {
-		l.addAccount(e, "ports", fmt.Sprintf("must be a list of ports and ranges, like [40010, \"40020-40029\"], not %s", describe(v)))
+		l.addAccount(a, pos, "ports", fmt.Sprintf("must be a list of ports and ranges, like [40010, \"40020-40029\"], not %s", describe(v)))
 		return
 	}
 	if len(list) == 0 {
-		l.addAccount(e, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", formatRange(l.p.Zone)))
+		l.addAccount(a, pos, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", formatRange(l.p.Zone)))
 		return
 	}
 	zone := l.p.Zone
-	var rs []PortRange
+	rs := l.ranges[:0]
 	for _, el := range list {
 		r, msg := portRange(el)
 		switch {
 		case msg != "":
-			l.addAccount(e, "ports", msg)
+			l.addAccount(a, pos, "ports", msg)
 		case l.zoneOK && r.Lo == r.Hi && !zone.Contains(r.Lo):
-			l.addAccount(e, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, formatRange(zone)))
 		case l.zoneOK && !(zone.Contains(r.Lo) && zone.Contains(r.Hi)):
-			l.addAccount(e, "ports", fmt.Sprintf("range %s is not inside the zone %s", formatRange(r), formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("range %s is not inside the zone %s", formatRange(r), formatRange(zone)))
 		default:
 			rs = append(rs, r)
 		}
 	}
-	e.Ports = mergeRanges(rs)
+	l.ranges = rs
+	a.Ports = l.keep(mergeInPlace(rs))
+}
+
+// keep copies an account's merged ports out of the scratch space into l.slab,
+// capped so that an append by a caller cannot reach the next account's.
+func (l *loader) keep(rs []PortRange) []PortRange {
+	if len(rs) == 0 {
+		return nil
+	}
+	if len(l.slab) < len(rs) {
+		l.slab = make([]PortRange, max(len(rs), 1024))
+	}
+	out := l.slab[:len(rs):len(rs)]
+	copy(out, rs)
+	l.slab = l.slab[len(rs):]
+	return out
 }
 
 // uid resolves an account's UID from uid, user or both, and checks it
 // against min_uid and exempt.
-func (l *loader) uid(e *entry, uidV, userV any) {
+func (l *loader) uid(a *Account, md *meta, uidV, userV any) {
 	var fromUID uint32
 	uidOK := false
 	if uidV != nil {
 		var msg string
 		fromUID, msg = uidValue(uidV)
 		if msg != "" {
-			l.addAccount(e, "uid", msg)
+			l.addAccount(a, md.pos, "uid", msg)
 		}
 		uidOK = msg == ""
 	}
 	switch name, msg := str(userV); {
 	case userV == nil && uidV == nil:
-		l.addAccount(e, "uid", "missing; give uid: (a number) or user: (a user name)")
+		l.addAccount(a, md.pos, "uid", "missing; give uid: (a number) or user: (a user name)")
 		return
 	case userV == nil:
-		e.UID, e.uidOK = fromUID, uidOK
+		a.UID, md.uidOK = fromUID, uidOK
 	case msg != "":
-		l.addAccount(e, "user", msg)
+		l.addAccount(a, md.pos, "user", msg)
 		return
 	case name == "":
-		l.addAccount(e, "user", "empty; give a user name, or uid: instead")
+		l.addAccount(a, md.pos, "user", "empty; give a user name, or uid: instead")
 		return
 	default:
-		e.User, e.uidField = name, "user"
+		a.User, md.byUser = name, true
 		uid, err := l.resolve(name)
 		switch {
 		case err != nil:
-			l.addAccount(e, "user", lookupMessage(name, err))
+			l.addAccount(a, md.pos, "user", lookupMessage(name, err))
 			return
 		case uidV != nil && uidOK && fromUID != uid:
-			l.addAccount(e, "uid", fmt.Sprintf("uid %d does not match user %q, whose uid is %d; give one of them or make them agree", fromUID, name, uid))
+			l.addAccount(a, md.pos, "uid", fmt.Sprintf("uid %d does not match user %q, whose uid is %d; give one of them or make them agree", fromUID, name, uid))
 			return
 		}
-		e.UID, e.uidOK = uid, true
+		a.UID, md.uidOK = uid, true
 	}
-	if !e.uidOK {
+	if !md.uidOK {
 		return
 	}
-	if e.UID < l.p.MinUID {
-		l.addAccount(e, e.uidField, fmt.Sprintf("%s is below min_uid %d, so nftpol would not enforce it; use a uid of at least %d", who(&e.Account), l.p.MinUID, l.p.MinUID))
+	if a.UID < l.p.MinUID {
+		l.addAccount(a, md.pos, md.uidField(), fmt.Sprintf("%s is below min_uid %d, so nftpol would not enforce it; use a uid of at least %d", who(a), l.p.MinUID, l.p.MinUID))
 	}
-	if slices.Contains(l.p.Exempt, e.UID) {
-		l.addAccount(e, e.uidField, fmt.Sprintf("%s is exempt; remove it from exempt or remove the account", who(&e.Account)))
+	if _, exempt := slices.BinarySearch(l.p.Exempt, a.UID); exempt {
+		l.addAccount(a, md.pos, md.uidField(), fmt.Sprintf("%s is exempt; remove it from exempt or remove the account", who(a)))
 	}
 }
 
@@ -456,37 +590,51 @@ func (l *loader) include(file string, v any) {
 		l.add(file, "", "include", "cannot read directory: "+printable(err.Error()))
 		return
 	}
-	// "include: ." next to the main file must not read the main file again
-	// as an include file.
-	mainInfo, _ := os.Stat(file)
+	// Only names and types are kept: 50,000 fs.DirEntry values would stay
+	// in memory for the whole directory otherwise.
+	var files []includeEntry
 	for _, de := range entries {
 		name := de.Name()
 		if strings.HasPrefix(name, ".") || de.IsDir() || format(name) == "" {
 			continue
 		}
-		path := filepath.Join(dir, name)
-		fi, err := os.Stat(path)
-		switch {
-		case err != nil:
-			l.add(path, "", "", "cannot read: "+printable(err.Error()))
-			continue
+		files = append(files, includeEntry{name, de.Type()&fs.ModeSymlink != 0})
+	}
+	entries = nil
+	// "include: ." next to the main file must not read the main file again
+	// as an include file.
+	mainInfo, _ := os.Stat(file)
+	in := l.newIncludeReader(dir)
+	l.grow(len(files)) // typically one account per file
+	// Files are read and decoded in parallel, a window of them ahead of
+	// the one being checked; everything that reports a problem or adds an
+	// account happens here, in name order.
+	ordered(len(files), 64, func(i int) *includeRead {
+		return in.read(files[i], mainInfo)
+	}, func(_ int, r *includeRead) bool {
+		switch fi := r.fi; {
+		case r.statErr != nil:
+			l.add(r.path, "", "", "cannot read: "+printable(r.statErr.Error()))
+			return true
 		case mainInfo != nil && os.SameFile(fi, mainInfo):
-			continue
+			return true
 		case fi.IsDir():
 			// A symbolic link to a directory: skipped like a directory.
-			continue
+			return true
 		case !fi.Mode().IsRegular():
 			// Reading a FIFO would block nftpol for good.
-			l.add(path, "", "", fmt.Sprintf("not a regular file (%s); an include file holds accounts:", fi.Mode().Type()))
-			continue
+			l.add(r.path, "", "", fmt.Sprintf("not a regular file (%s); an include file holds accounts:", fi.Mode().Type()))
+			return true
 		}
-		l.checkPath(path, "", path, policyFile)
-		l.includeFile(path)
-	}
+		l.checkStat(r.path, "", r.path, policyFile, r.fi, r.abs, r.absErr, r.real)
+		l.includeFile(r.path, r.doc, r.err)
+		return true
+	})
 }
 
-func (l *loader) includeFile(path string) {
-	doc, err := readFile(path)
+// includeFile adds what one include file says, from its document d or the
+// error reading it.
+func (l *loader) includeFile(path string, d *document, err error) {
 	var bad badFile
 	switch {
 	case errors.As(err, &bad):
@@ -496,13 +644,31 @@ func (l *loader) includeFile(path string) {
 		l.add(path, "", "", "cannot read: "+printable(err.Error()))
 		return
 	}
-	if len(doc) == 0 {
+	if d.empty() {
 		// Most likely a write cut short: its accounts would lose their
 		// ports.
 		l.add(path, "", "", "empty: no accounts; if none are meant, write accounts: [] or remove the file")
 		return
 	}
-	for _, key := range slices.Sorted(maps.Keys(doc)) {
+	problems, accounts := len(l.problems), len(l.accounts)
+	if l.includeDoc(path, d) {
+		return
+	}
+	// A chunk of a split file did not decode: forget what the others
+	// added, and decode the file whole.
+	l.problems, l.accounts, l.meta = l.problems[:problems], l.accounts[:accounts], l.meta[:accounts]
+	top, err := decode(d.format, d.raw)
+	if errors.As(err, &bad) {
+		l.add(path, "", "", bad.msg)
+		return
+	}
+	l.includeDoc(path, &document{top: top})
+}
+
+// includeDoc checks the keys of an include file and adds its accounts. It
+// returns false when d is split and a chunk did not decode.
+func (l *loader) includeDoc(path string, d *document) bool {
+	for _, key := range slices.Sorted(maps.Keys(d.top)) {
 		switch {
 		case key == "accounts":
 		case slices.Contains(mainKeys, key):
@@ -511,7 +677,7 @@ func (l *loader) includeFile(path string) {
 			l.add(path, "", key, "unknown key; an include file holds only accounts:")
 		}
 	}
-	l.accounts(path, doc["accounts"])
+	return l.accountsOf(path, d)
 }
 
 // asMap returns v as a mapping with string keys. YAML gives a mapping with

@@ -57,24 +57,50 @@ func (l *loader) checkPath(file, field, path string, kind pathKind) {
 		// Reading the file reports this better, with its own message.
 		return
 	}
+	abs, absErr := filepath.Abs(path)
+	l.checkStat(file, field, path, kind, fi, abs, absErr, realPath(abs, absErr))
+}
+
+// realPath returns where abs leads once symbolic links are resolved, "" when
+// that cannot be found out.
+func realPath(abs string, absErr error) string {
+	if absErr != nil {
+		return ""
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return ""
+	}
+	return real
+}
+
+// checkStat is checkPath for a path whose FileInfo, absolute path (or the
+// error making it) and resolved path (see realPath) are known already: the
+// include directory's files are looked at in parallel, their problems
+// reported here in order.
+func (l *loader) checkStat(file, field, path string, kind pathKind, fi fs.FileInfo, abs string, absErr error, real string) {
+	if !l.checkPerms {
+		return
+	}
 	what := "file"
 	if kind == includeDir {
 		what = "directory"
 	}
-	if msg := insecure(what, path, fi, false); msg != "" {
+	if msg := l.insecure(what, path, fi, false); msg != "" {
 		l.addPerm(file, field, msg)
 	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		l.addPerm(file, field, fmt.Sprintf("cannot check the permissions of %s: %s", showPath(path), printable(err.Error())))
+	if absErr != nil {
+		l.addPerm(file, field, fmt.Sprintf("cannot check the permissions of %s: %s", showPath(path), printable(absErr.Error())))
 		return
 	}
 	dirs := []string{filepath.Dir(abs)}
-	if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
+	if real != "" && real != abs {
 		dirs = append(dirs, filepath.Dir(real))
 	}
 	for _, dir := range dirs {
-		for {
+		// A directory checked already had every directory above it
+		// checked too: 50,000 files of one directory cost one walk.
+		for !l.checkedDirs[dir] {
 			l.checkDir(file, field, dir)
 			parent := filepath.Dir(dir)
 			if parent == dir {
@@ -88,16 +114,13 @@ func (l *loader) checkPath(file, field, path string, kind pathKind) {
 // checkDir checks one directory above a policy file or the include
 // directory, once per Load.
 func (l *loader) checkDir(file, field, dir string) {
-	if l.checkedDirs[dir] {
-		return
-	}
 	l.checkedDirs[dir] = true
 	fi, err := os.Stat(dir)
 	if err != nil {
 		l.addPerm(file, field, fmt.Sprintf("cannot check the permissions of directory %s: %s", showPath(dir), printable(err.Error())))
 		return
 	}
-	if msg := insecure("directory", dir, fi, true); msg != "" {
+	if msg := l.insecure("directory", dir, fi, true); msg != "" {
 		l.addPerm(file, field, msg)
 	}
 }
@@ -105,14 +128,14 @@ func (l *loader) checkDir(file, field, dir string) {
 // insecure returns what is wrong with the owner or the mode of path, ""
 // when nothing is. A sticky directory may be writable by others when
 // stickyOK.
-func insecure(what, path string, fi fs.FileInfo, stickyOK bool) string {
+func (l *loader) insecure(what, path string, fi fs.FileInfo, stickyOK bool) string {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fmt.Sprintf("cannot check the owner of %s %s", what, showPath(path))
 	}
-	if !trustedOwner(st.Uid) {
+	if !l.trustedOwner(st.Uid) {
 		trusted := "root"
-		if euid := os.Geteuid(); euid != 0 {
+		if euid := l.euid; euid != 0 {
 			trusted = fmt.Sprintf("root or uid %d (who runs nftpol)", euid)
 		}
 		return fmt.Sprintf("%s %s is owned by uid %d, not %s, so that user could change the firewall; run chown root %s",
@@ -137,15 +160,14 @@ func insecure(what, path string, fi fs.FileInfo, stickyOK bool) string {
 // root's files, and the files of the user nftpol runs as, who could rewrite
 // them anyway. Run as root, as nftpol must be to change the kernel, that is
 // root alone.
-func trustedOwner(uid uint32) bool {
-	return uid == 0 || int64(uid) == int64(os.Geteuid())
+func (l *loader) trustedOwner(uid uint32) bool {
+	return uid == 0 || int64(uid) == int64(l.euid)
 }
 
 func (l *loader) addPerm(file, field, msg string) {
-	for _, p := range l.problems {
-		if p.Err == ErrInsecurePermissions && p.Message == msg {
-			return // one directory above two files
-		}
+	if l.permMsgs[msg] {
+		return // one directory above two files
 	}
+	l.permMsgs[msg] = true
 	l.problems = append(l.problems, Problem{File: file, Field: field, Message: msg, Err: ErrInsecurePermissions})
 }

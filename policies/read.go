@@ -5,15 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/spf13/viper"
+	"github.com/pelletier/go-toml/v2"
+	"go.yaml.in/yaml/v3"
 )
 
-// formats maps the file extensions Load accepts to viper's format names.
-// Viper knows more (ini, env, properties, ...), but a policy in those would
-// be read without any structure to check, so they are refused.
+// formats maps the file extensions Load accepts to their formats. Other
+// configuration formats (ini, env, properties, ...) would be read without any
+// structure to check, so they are refused.
 var formats = map[string]string{
 	".yaml": "yaml",
 	".yml":  "yaml",
@@ -39,81 +41,117 @@ func parseError(err error) badFile {
 	return badFile{"cannot parse: " + printable(oneLine(err.Error()))}
 }
 
-// readFile reads one policy file with a fresh viper and returns what it
-// holds exactly as written. An error is a badFile when the file could be
-// read but not decoded; any other error comes from reading the file.
-//
-// Viper's own view of the file cannot be used for checking it: after
-// decoding, viper lower-cases every key in place (so "Table" and "table"
-// collide silently), and AllSettings splits keys at dots and drops keys
-// whose value is null or an empty mapping, so a stray "bogus: {}" would
-// vanish instead of being reported. readFile therefore gives viper a decoder
-// registry that keeps a private copy of each decoded document.
-func readFile(path string) (map[string]any, error) {
+// document is one decoded policy file: its top-level mapping exactly as
+// written.
+type document struct {
+	top map[string]any
+	// split, when not nil, holds the accounts list of a large file, which
+	// top then maps to nil (see split.go).
+	split *splitList
+	// format and raw are the file's format and text, kept while split
+	// is, to decode the file whole should a chunk of it not decode alone.
+	format string
+	raw    []byte
+}
+
+// empty reports whether the file held nothing at all.
+func (d *document) empty() bool { return len(d.top) == 0 }
+
+// readFile reads one policy file and decodes it. An error is a badFile when
+// the file could be read but not decoded; any other error comes from reading
+// the file. With split, a large YAML file may come back split (see
+// splitYAML).
+func readFile(path string, split bool) (*document, error) {
 	f := format(path)
 	if f == "" {
 		return nil, badFile{fmt.Sprintf("unsupported file type %q; use .yaml, .yml, .toml or .json", filepath.Ext(path))}
 	}
-	raw := &rawDecoders{DecoderRegistry: viper.NewCodecRegistry()}
-	v := viper.NewWithOptions(viper.WithDecoderRegistry(raw))
-	v.SetConfigFile(path)
-	v.SetConfigType(f)
-	if err := v.ReadInConfig(); err != nil {
-		var pe viper.ConfigParseError
-		if errors.As(err, &pe) {
-			return nil, parseError(pe.Unwrap())
-		}
-		return nil, err
-	}
-	if raw.doc == nil {
-		// Viper did not decode anything, which it does only when it
-		// failed; never hand back a nil map that reads as an empty file.
-		return nil, parseError(errors.New("nothing decoded"))
-	}
-	return raw.doc, nil
-}
-
-// rawDecoders wraps viper's decoders to keep what they decoded before viper
-// rewrites it.
-type rawDecoders struct {
-	viper.DecoderRegistry
-	doc map[string]any
-}
-
-// Decoder returns viper's decoder for format, wrapped so that the document
-// is decoded twice: once for viper to rewrite and once for r.doc. Decoding
-// twice is simpler than a deep copy and cannot share a nested map.
-func (r *rawDecoders) Decoder(format string) (viper.Decoder, error) {
-	d, err := r.DecoderRegistry.Decoder(format)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return decoderFunc(func(b []byte, v map[string]any) error {
-		doc := map[string]any{}
-		if err := d.Decode(b, doc); err != nil {
-			// encoding/json counts bytes; people count lines.
-			var se *json.SyntaxError
-			if errors.As(err, &se) {
-				return fmt.Errorf("line %d: %w", 1+bytes.Count(b[:se.Offset], []byte("\n")), err)
-			}
-			return err
-		}
-		// YAML and TOML refuse a key given twice; encoding/json keeps the
-		// last one silently, which would let a stray duplicate override
-		// a port list unseen.
-		if format == "json" {
-			if err := checkJSONKeys(json.NewDecoder(bytes.NewReader(b))); err != nil {
-				return err
-			}
-		}
-		r.doc = doc
-		return d.Decode(b, v)
-	}), nil
+	return decodeDocument(f, b, split)
 }
 
-type decoderFunc func(b []byte, v map[string]any) error
+// decodeDocument decodes the text b of a file of format f. With split, a
+// large YAML file may come back split (see splitYAML).
+func decodeDocument(f string, b []byte, split bool) (*document, error) {
+	if split && len(b) >= splitThreshold {
+		var d *document
+		switch f {
+		case "yaml":
+			d = splitYAML(b)
+		case "toml":
+			d = splitTOML(b)
+		default:
+			d = splitJSON(b)
+		}
+		if d != nil {
+			return d, nil
+		}
+	}
+	top, err := decode(f, b)
+	if err != nil {
+		return nil, err
+	}
+	return &document{top: top}, nil
+}
 
-func (f decoderFunc) Decode(b []byte, v map[string]any) error { return f(b, v) }
+// decode decodes a whole file of format f.
+//
+// nftpol used to read policy files through viper; it now calls the same
+// libraries the way viper's codecs do (the decode* functions below), which
+// gives the same values and the same error messages. Viper's own view of a
+// file could not be used for checking it anyway: it lower-cases every key in
+// place (so "Table" and "table" collide silently), splits keys at dots and
+// drops keys whose value is null or an empty mapping, so a stray "bogus: {}"
+// would vanish instead of being reported. Going through viper only added a
+// second decode of every file and a rewritten copy of its tree, which at
+// 50,000 accounts cost most of the time and memory of a load.
+//
+// YAML in the plain form policy files are usually written in is decoded by
+// plainMapping, to the same values, without yaml.v3's cost per document.
+func decode(f string, b []byte) (map[string]any, error) {
+	doc := map[string]any{}
+	var err error
+	switch f {
+	case "yaml":
+		if m, ok := plainMapping(b); ok {
+			return m, nil
+		}
+		err = decodeYAML(b, doc)
+	case "toml":
+		err = decodeTOML(b, doc)
+	default:
+		err = decodeJSON(b, doc)
+	}
+	if err != nil {
+		return nil, parseError(err)
+	}
+	return doc, nil
+}
+
+// decodeYAML, decodeTOML and decodeJSON decode into v as viper's codecs do,
+// down to passing the map by value: a document that decodes to null leaves
+// v empty.
+func decodeYAML(b []byte, v map[string]any) error { return yaml.Unmarshal(b, &v) }
+
+func decodeTOML(b []byte, v map[string]any) error { return toml.Unmarshal(b, &v) }
+
+func decodeJSON(b []byte, v map[string]any) error {
+	if err := json.Unmarshal(b, &v); err != nil {
+		// encoding/json counts bytes; people count lines.
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return fmt.Errorf("line %d: %w", 1+bytes.Count(b[:se.Offset], []byte("\n")), err)
+		}
+		return err
+	}
+	// YAML and TOML refuse a key given twice; encoding/json keeps the
+	// last one silently, which would let a stray duplicate override a
+	// port list unseen.
+	return checkJSONKeys(json.NewDecoder(bytes.NewReader(b)))
+}
 
 // checkJSONKeys walks one JSON value and fails on an object that names a key
 // twice. The input has already been decoded once, so syntax errors are not

@@ -91,7 +91,9 @@ type Account struct {
 	User string
 	// Ports, sorted, merged where adjacent or overlapping.
 	Ports []PortRange
-	// Protocols the ports apply to, in the order of Protocols.
+	// Protocols the ports apply to, in the order of Protocols. Accounts
+	// with the same protocols share one slice (and with Policy.Protocols):
+	// read it, never change it in place.
 	Protocols []Protocol
 	// File is the file that defined the account (for messages).
 	File string

@@ -1,0 +1,28 @@
+package policies
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+// TestValidAccountName checks validAccountName, which the loader uses for
+// 50,000 names, against the accountName regexp it stands for.
+func TestValidAccountName(t *testing.T) {
+	names := []string{"", "a", "7", "site12", "-a", ".a", "_a", "@a", "a-", "a.b_c@d-e", "a b", "a\n", "é", "a\x00",
+		strings.Repeat("x", 63), strings.Repeat("x", 64), strings.Repeat("x", 65)}
+	rng := rand.New(rand.NewPCG(3, 4))
+	const alphabet = "aZ09._@-/ \n\x00\xc3\xa9\"'"
+	for range 200000 {
+		b := make([]byte, rng.IntN(70))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		names = append(names, string(b))
+	}
+	for _, name := range names {
+		if got, want := validAccountName(name), accountName.MatchString(name); got != want {
+			t.Fatalf("validAccountName(%q) = %v, regexp says %v", name, got, want)
+		}
+	}
+}
