@@ -34,3 +34,26 @@ func BenchmarkLoadState50k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSaveState50k writes the state of a 50,000-account apply: what
+// every apply pays after its commit.
+func BenchmarkSaveState50k(b *testing.B) {
+	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject}
+	for i := 0; i < 50000; i++ {
+		port := uint16(10000 + i)
+		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
+			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+	}
+	rs, err := compiler.Compile(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(b.TempDir(), "state")
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := saveState(dir, p, rs, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
