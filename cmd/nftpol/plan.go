@@ -91,7 +91,7 @@ func (a *app) readKernel(k *kernel.Kernel, table string, allowState bool) (snaps
 	}
 	snap.id = id
 	if allowState && !a.v.GetBool("full-read") {
-		if st, err := loadState(a.stateDir()); err == nil && st.Kernel != nil && *st.Kernel == id && st.Table == table {
+		if st, err := a.recordedState(); err == nil && st.Kernel != nil && *st.Kernel == id && st.Table == table {
 			snap.current, snap.fromState = st.ruleset, true
 			return snap, nil
 		}
@@ -135,7 +135,7 @@ func (a *app) makePlan(k *kernel.Kernel, current, desired *rules.Ruleset, adopt 
 // state directory, or "" when there is none or it cannot be read (then
 // there is nothing to retire that nftpol knows of; say so on stderr).
 func (a *app) previousTable() string {
-	st, err := loadState(a.stateDir())
+	st, err := a.recordedState()
 	if errors.Is(err, errNoState) {
 		return ""
 	}
