@@ -71,6 +71,21 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -timeout $(FUZZTIMEOUT) ./$$pkg; \
 	done
 
+# Benchmarks against nft on the real kernel; needs root (nft, ip). In
+# network namespaces it creates and deletes: N = 1,000, 10,000 and 50,000
+# accounts, 5 runs each, nftpol and nft side by side, plus per-packet cost.
+# The table goes to stdout and BENCHMARKS.md (machine and date included).
+# BENCH_QUICK=1: N = 1,000 and 10,000, 3 runs, into bin/BENCHMARKS-quick.md.
+# BENCH_FLAGS adds flags (nftpol-bench -h). The Go benchmarks (no root:
+# load, compile, diff, encode) run first and go into the report too.
+BENCH_OUT ?= $(if $(BENCH_QUICK),bin/BENCHMARKS-quick.md,BENCHMARKS.md)
+.PHONY: bench
+bench: build
+	$(GO) build -o bin/nftpol-bench ./bench/cmd/nftpol-bench
+	$(GO) test -run '^$$' -bench . -benchmem $(if $(BENCH_QUICK),-benchtime 3x) ./... >bin/gobench.txt 2>&1; \
+		status=$$?; cat bin/gobench.txt; [ $$status = 0 ] || echo "go test -bench failed (exit $$status); the report says so"
+	./bin/nftpol-bench -nftpol bin/nftpol -gobench bin/gobench.txt -out $(BENCH_OUT) $(if $(BENCH_QUICK),-quick) $(BENCH_FLAGS)
+
 install: build
 	install -D -m 0755 bin/nftpol $(DESTDIR)$(SBINDIR)/nftpol
 	for u in packaging/systemd/*; do \
