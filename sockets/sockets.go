@@ -18,11 +18,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/mdlayher/netlink"
+	"github.com/nftpol/nftpol/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,18 +82,9 @@ type lister struct {
 // namespace needs CAP_SYS_ADMIN.
 func WithNetNS(name string) Option {
 	return func(l *lister) error {
-		path := name
-		if !strings.Contains(name, "/") {
-			path = filepath.Join("/run/netns", name)
-		}
-		f, err := os.Open(path)
+		f, err := netns.Open(name)
 		if err != nil {
-			return fmt.Errorf("opening network namespace %s: %w", name, err)
-		}
-		var st unix.Statfs_t
-		if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || (st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC) {
-			f.Close()
-			return fmt.Errorf("%s is not a network namespace; give a name from `ip netns list` or a path like /proc/PID/ns/net", path)
+			return err
 		}
 		l.ns = f
 		return nil

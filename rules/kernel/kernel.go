@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -19,6 +17,7 @@ import (
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpol/nftpol/netns"
 	"github.com/nftpol/nftpol/rules"
 )
 
@@ -41,18 +40,9 @@ type Option func(*Kernel) error
 // its own namespace. A name containing a slash is taken as a path.
 func WithNetNS(name string) Option {
 	return func(k *Kernel) error {
-		path := name
-		if !strings.Contains(name, "/") {
-			path = filepath.Join("/run/netns", name)
-		}
-		f, err := os.Open(path)
+		f, err := netns.Open(name)
 		if err != nil {
-			return fmt.Errorf("opening network namespace %s: %w", name, err)
-		}
-		var st unix.Statfs_t
-		if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || (st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC) {
-			f.Close()
-			return fmt.Errorf("%s is not a network namespace", path)
+			return err
 		}
 		k.ns = f
 		k.opts = append(k.opts, nftables.WithNetNSFd(int(f.Fd())))
