@@ -320,39 +320,20 @@ func modelElementSize(s *rules.Set, e rules.Element) int {
 	}
 }
 
-// chunkModel splits es so that the kernel elements of no chunk exceed
-// maxElemsAttr bytes in one list attribute.
-func chunkModel(s *rules.Set, es []rules.Element) [][]rules.Element {
-	var out [][]rules.Element
-	start, size := 0, 0
+// chunk splits es so that the sizes of no chunk's items add up to more than
+// maxElemsAttr bytes, the payload of one element list attribute. An
+// interval's start and end elements may land in different chunks: they are
+// still in the same batch, which is what the kernel needs.
+func chunk[E any](es []E, size func(E) int) [][]E {
+	var out [][]E
+	start, total := 0, 0
 	for i, e := range es {
-		n := modelElementSize(s, e)
-		if size+n > maxElemsAttr && i > start {
+		n := size(e)
+		if total+n > maxElemsAttr && i > start {
 			out = append(out, es[start:i])
-			start, size = i, 0
+			start, total = i, 0
 		}
-		size += n
-	}
-	if start < len(es) {
-		out = append(out, es[start:])
-	}
-	return out
-}
-
-// chunkElements splits es so that no chunk's list attribute exceeds
-// maxElemsAttr bytes. An interval's start and end elements may land in
-// different chunks: they are still in the same batch, which is what the
-// kernel needs.
-func chunkElements(es []nftables.SetElement) [][]nftables.SetElement {
-	var out [][]nftables.SetElement
-	start, size := 0, 0
-	for i, e := range es {
-		n := elementSize(e)
-		if size+n > maxElemsAttr && i > start {
-			out = append(out, es[start:i])
-			start, size = i, 0
-		}
-		size += n
+		total += n
 	}
 	if start < len(es) {
 		out = append(out, es[start:])

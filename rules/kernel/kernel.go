@@ -359,9 +359,10 @@ func (b *batch) elements(verb string, ns *nftables.Set, s *rules.Set, es []rules
 	// Chunks are cut on the model's elements and encoded only when their
 	// message is built: 100,000 encoded elements held at once for the
 	// whole batch were the largest part of a full apply's memory.
-	for _, chunk := range chunkModel(s, es) {
+	size := func(e rules.Element) int { return modelElementSize(s, e) }
+	for _, chunk := range chunk(es, size) {
 		for _, e := range chunk {
-			b.bytes += modelElementSize(s, e)
+			b.bytes += size(e)
 		}
 		desc := fmt.Sprintf("%s %d elements in set %s", verb, len(chunk), ns.Name)
 		if len(chunk) == 1 && len(es) == 1 {

@@ -130,11 +130,11 @@ func TestChunkElementsBoundary(t *testing.T) {
 	for i := range es {
 		es[i] = e
 	}
-	chunks := chunkElements(es)
+	chunks := chunk(es, elementSize)
 	if len(chunks) != 2 || len(chunks[0]) != per || len(chunks[1]) != 1 {
 		t.Errorf("chunks of %d elements: got %d chunks", len(es), len(chunks))
 	}
-	if got := chunkElements(es[:per]); len(got) != 1 {
+	if got := chunk(es[:per], elementSize); len(got) != 1 {
 		t.Errorf("%d elements that fit: got %d chunks", per, len(got))
 	}
 }
