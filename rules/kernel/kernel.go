@@ -96,36 +96,31 @@ func (k *Kernel) Close() error {
 // such table. Rules nftpol did not write decode to rules.Unknown statements;
 // use Ruleset.Owned to tell whether the table is nftpol's at all.
 func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
+	// One socket for the dumps nftpol decodes itself, one (lasting) for
+	// those google/nftables decodes.
+	raw, err := k.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	flags, found, err := findTable(raw, table)
+	if err != nil || !found {
+		return nil, err
+	}
+	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet, Flags: flags}
+	rs := &rules.Ruleset{Table: table, Dormant: flags&unix.NFT_TABLE_F_DORMANT != 0}
+
 	c, err := nftables.New(append(k.opts, nftables.AsLasting())...)
 	if err != nil {
 		return nil, noNetfilter(err)
 	}
 	defer c.CloseLasting()
 
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("listing inet tables: %w", noNetfilter(err))
-	}
-	var t *nftables.Table
-	for _, x := range tables {
-		if x.Name == table {
-			t = x
-		}
-	}
-	if t == nil {
-		return nil, nil
-	}
-	flags, err := k.getTableFlags(table)
-	if err != nil {
-		return nil, err
-	}
-	rs := &rules.Ruleset{Table: table, Dormant: flags&unix.NFT_TABLE_F_DORMANT != 0}
-
 	sets, err := c.GetSets(t)
 	if err != nil {
 		return nil, fmt.Errorf("listing sets of table inet %s: %w", table, err)
 	}
-	extras, err := k.getSetExtras(table)
+	extras, err := getSetExtras(raw, table)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +149,7 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing chains: %w", err)
 	}
-	krules, err := k.getRules(table)
+	krules, err := getRules(raw, table)
 	if err != nil {
 		return nil, err
 	}

@@ -34,17 +34,9 @@ type opaque struct {
 }
 
 // dump sends a dump request for table inet <table> (attribute tableAttr
-// holds the table name) and returns the payloads after the nfgenmsg header.
-func (k *Kernel) dump(msgType uint16, tableAttr uint16, table string) ([][]byte, error) {
-	var cfg netlink.Config
-	if k.ns != nil {
-		cfg.NetNS = int(k.ns.Fd())
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &cfg)
-	if err != nil {
-		return nil, fmt.Errorf("netlink: %w", err)
-	}
-	defer conn.Close()
+// holds the table name) on conn and returns the payloads after the nfgenmsg
+// header.
+func dump(conn *netlink.Conn, msgType uint16, tableAttr uint16, table string) ([][]byte, error) {
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: tableAttr, Data: append([]byte(table), 0)}})
 	if err != nil {
 		return nil, err
@@ -68,22 +60,22 @@ func (k *Kernel) dump(msgType uint16, tableAttr uint16, table string) ([][]byte,
 	return out, nil
 }
 
-// getTableFlags returns the flags of table inet <table>. google/nftables
-// v0.3.0 decodes NFTA_TABLE_FLAGS in host byte order instead of network
-// byte order, so a dormant table would read as not dormant.
-func (k *Kernel) getTableFlags(table string) (uint32, error) {
-	msgs, err := k.dump(unix.NFT_MSG_GETTABLE, unix.NFTA_TABLE_NAME, table)
+// findTable looks for table inet <table> and returns its flags. It reads
+// the table dump itself: google/nftables v0.3.0 decodes NFTA_TABLE_FLAGS in
+// host byte order instead of network byte order, so a dormant table would
+// read as not dormant.
+func findTable(conn *netlink.Conn, table string) (flags uint32, found bool, err error) {
+	msgs, err := dump(conn, unix.NFT_MSG_GETTABLE, unix.NFTA_TABLE_NAME, table)
 	if err != nil {
-		return 0, fmt.Errorf("dumping tables: %w", err)
+		return 0, false, fmt.Errorf("listing inet tables: %w", noNetfilter(err))
 	}
 	for _, m := range msgs {
 		ad, err := netlink.NewAttributeDecoder(m)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		ad.ByteOrder = binary.BigEndian
 		var name string
-		var flags uint32
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_TABLE_NAME:
@@ -93,18 +85,18 @@ func (k *Kernel) getTableFlags(table string) (uint32, error) {
 			}
 		}
 		if err := ad.Err(); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if name == table {
-			return flags, nil
+			return flags, true, nil
 		}
 	}
-	return 0, fmt.Errorf("table inet %s vanished while being read", table)
+	return 0, false, nil
 }
 
 // getRules dumps the rules of every chain of table inet <table>.
-func (k *Kernel) getRules(table string) ([]kernelRule, error) {
-	msgs, err := k.dump(unix.NFT_MSG_GETRULE, unix.NFTA_RULE_TABLE, table)
+func getRules(conn *netlink.Conn, table string) ([]kernelRule, error) {
+	msgs, err := dump(conn, unix.NFT_MSG_GETRULE, unix.NFTA_RULE_TABLE, table)
 	if err != nil {
 		return nil, fmt.Errorf("dumping rules of table inet %s: %w", table, err)
 	}
@@ -135,8 +127,8 @@ type setExtras struct {
 
 // getSetExtras returns the comment and counter flag of every set of table
 // inet <table>.
-func (k *Kernel) getSetExtras(table string) (map[string]setExtras, error) {
-	msgs, err := k.dump(unix.NFT_MSG_GETSET, unix.NFTA_SET_TABLE, table)
+func getSetExtras(conn *netlink.Conn, table string) (map[string]setExtras, error) {
+	msgs, err := dump(conn, unix.NFT_MSG_GETSET, unix.NFTA_SET_TABLE, table)
 	if err != nil {
 		return nil, fmt.Errorf("dumping sets of table inet %s: %w", table, err)
 	}

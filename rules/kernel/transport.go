@@ -286,6 +286,10 @@ func (k *Kernel) Generation() (uint32, error) {
 		return 0, err
 	}
 	defer conn.Close()
+	return generation(conn)
+}
+
+func generation(conn *netlink.Conn) (uint32, error) {
 	msgs, err := conn.Execute(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
@@ -357,7 +361,7 @@ func (k *Kernel) Identity() (Identity, error) {
 	if serr != nil {
 		return id, fmt.Errorf("reading the network namespace cookie: %w", serr)
 	}
-	id.Generation, err = k.Generation()
+	id.Generation, err = generation(conn)
 	return id, err
 }
 
