@@ -1,14 +1,12 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nftpol/nftpol/rules"
-	"github.com/nftpol/nftpol/rules/kernel"
 )
 
 // The removal guard: an apply that would remove more than half of the
@@ -38,53 +36,20 @@ func (a *app) applyCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		lock, err := a.lock(cmd.Context(), "apply")
+		k, end, err := a.session(cmd.Context(), "apply")
 		if err != nil {
 			return err
 		}
-		defer lock.release()
-		k, err := a.openKernel()
+		defer end()
+		plan, st, source, after, err := a.converge(k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
+			plan, err := a.makePlan(k, current, desired, *adopt)
+			if err == nil && !*allowRemovals {
+				err = removalGuard(plan, current)
+			}
+			return plan, err
+		})
 		if err != nil {
 			return err
-		}
-		defer k.Close()
-		// The lock keeps other nftpol processes out; the ruleset
-		// generation catches everybody else (nft, other tools) who
-		// commits between our read and our write: the kernel then
-		// refuses the batch whole, and we read and plan again.
-		var plan *rules.Plan
-		var st kernel.Stats
-		var after kernel.Identity
-		var source string
-		for attempt := 1; ; attempt++ {
-			snap, err := a.readKernel(k, desired.Table, attempt == 1)
-			if err != nil {
-				return err
-			}
-			plan, err = a.makePlan(k, snap.current, desired, *adopt)
-			if err != nil {
-				return err
-			}
-			if !*allowRemovals {
-				if err := removalGuard(plan, snap.current); err != nil {
-					return err
-				}
-			}
-			st, err = k.Apply(plan, snap.id.Generation)
-			if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
-				fmt.Fprintf(a.stderr, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			// The commit moved the generation by exactly one: the
-			// kernel refuses the batch at any other generation.
-			after, source = snap.id, snap.source()
-			if !plan.Empty() {
-				after.Generation = kernel.NextGeneration(after.Generation)
-			}
-			break
 		}
 		if err := a.printPlan(plan, *out, planExtras{Applied: &st, KernelRead: source}); err != nil {
 			return err

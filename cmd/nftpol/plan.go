@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,16 +41,11 @@ func (a *app) planCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		lock, err := a.lock(cmd.Context(), "plan")
+		k, end, err := a.session(cmd.Context(), "plan")
 		if err != nil {
 			return err
 		}
-		defer lock.release()
-		k, err := a.openKernel()
-		if err != nil {
-			return err
-		}
-		defer k.Close()
+		defer end()
 		snap, err := a.readKernel(k, desired.Table, true)
 		if err != nil {
 			return err
@@ -107,17 +103,9 @@ func (a *app) readKernel(k *kernel.Kernel, table string, allowState bool) (snaps
 // same transaction, if it is still there and nftpol's: a rename must not
 // leave the old rules enforcing beside the new ones.
 func (a *app) makePlan(k *kernel.Kernel, current, desired *rules.Ruleset, adopt bool) (*rules.Plan, error) {
-	var plan *rules.Plan
-	switch {
-	case current != nil && !current.Owned() && !adopt:
-		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over "+
-			"(rename the table in the policy, or run apply --adopt to replace it)", desired.Table)
-	case current != nil && !current.Owned():
-		plan = rules.Diff(nil, desired)
-		plan.TableAction = rules.TableReplace
-		plan.Accounts = rules.Diff(current, desired).Accounts
-	default:
-		plan = rules.Diff(current, desired)
+	plan, err := ownedPlan(current, desired, adopt, "rename the table in the policy, or run apply --adopt to replace it")
+	if err != nil {
+		return nil, err
 	}
 	if prev := a.previousTable(); prev != "" && prev != desired.Table {
 		old, err := k.Read(prev)
@@ -129,6 +117,73 @@ func (a *app) makePlan(k *kernel.Kernel, current, desired *rules.Ruleset, adopt 
 		}
 	}
 	return plan, nil
+}
+
+// ownedPlan diffs current against desired when current is nftpol's (or
+// absent). A same-named table nftpol did not create is refused, saying what
+// to do (hint), unless adopt is set: then it is replaced whole, in one
+// transaction.
+func ownedPlan(current, desired *rules.Ruleset, adopt bool, hint string) (*rules.Plan, error) {
+	switch {
+	case current == nil || current.Owned():
+		return rules.Diff(current, desired), nil
+	case !adopt:
+		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (%s)", desired.Table, hint)
+	}
+	plan := rules.Diff(nil, desired)
+	plan.TableAction = rules.TableReplace
+	plan.Accounts = rules.Diff(current, desired).Accounts
+	return plan, nil
+}
+
+// session takes the state directory's lock for command and opens the
+// kernel; end releases both.
+func (a *app) session(ctx context.Context, command string) (k *kernel.Kernel, end func(), err error) {
+	lock, err := a.lock(ctx, command)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err = a.openKernel()
+	if err != nil {
+		lock.release()
+		return nil, nil, err
+	}
+	return k, func() { k.Close(); lock.release() }, nil
+}
+
+// converge reads table from the kernel, plans with makePlan and commits the
+// plan at the ruleset generation it read. The lock keeps other nftpol
+// processes out; the generation catches everybody else (nft, other tools)
+// who commits between our read and our write: the kernel then refuses the
+// batch whole, and converge reads (fully) and plans again. It returns the
+// plan, what the commit sent, where the kernel's content came from, and the
+// kernel's identity right after the commit (one generation later, unless
+// nothing was sent).
+func (a *app) converge(k *kernel.Kernel, table string, allowState bool,
+	makePlan func(current *rules.Ruleset) (*rules.Plan, error)) (*rules.Plan, kernel.Stats, string, kernel.Identity, error) {
+	for attempt := 1; ; attempt++ {
+		snap, err := a.readKernel(k, table, allowState && attempt == 1)
+		if err != nil {
+			return nil, kernel.Stats{}, "", kernel.Identity{}, err
+		}
+		plan, err := makePlan(snap.current)
+		if err != nil {
+			return nil, kernel.Stats{}, "", kernel.Identity{}, err
+		}
+		st, err := k.Apply(plan, snap.id.Generation)
+		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
+			fmt.Fprintf(a.stderr, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
+			continue
+		}
+		if err != nil {
+			return nil, kernel.Stats{}, "", kernel.Identity{}, err
+		}
+		after := snap.id
+		if !plan.Empty() {
+			after.Generation = kernel.NextGeneration(after.Generation)
+		}
+		return plan, st, snap.source(), after, nil
+	}
 }
 
 // previousTable returns the table name of the last apply recorded in the

@@ -17,20 +17,15 @@ func (a *app) removeCommand() *cobra.Command {
 	}
 	purge := cmd.Flags().Bool("purge", false, "also delete the recorded state, so restore has nothing to install")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		lock, err := a.lock(cmd.Context(), "remove")
+		k, end, err := a.session(cmd.Context(), "remove")
 		if err != nil {
 			return err
 		}
-		defer lock.release()
+		defer end()
 		table, err := a.tableName()
 		if err != nil {
 			return err
 		}
-		k, err := a.openKernel()
-		if err != nil {
-			return err
-		}
-		defer k.Close()
 		current, err := k.Read(table)
 		if err != nil {
 			return err
@@ -63,7 +58,7 @@ func (a *app) removeCommand() *cobra.Command {
 // else the one the policy names. Commands that only look at or remove the
 // table must work without a readable policy when there is state.
 func (a *app) tableName() (string, error) {
-	st, err := loadState(a.stateDir())
+	st, err := a.recordedState()
 	if err == nil {
 		return st.Table, nil
 	}

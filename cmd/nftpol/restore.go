@@ -1,13 +1,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nftpol/nftpol/rules"
-	"github.com/nftpol/nftpol/rules/kernel"
 )
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -28,52 +26,26 @@ an error and leaves the kernel untouched.`,
 		if err := checkOutput(*out); err != nil {
 			return err
 		}
-		lock, err := a.lock(cmd.Context(), "restore")
+		k, end, err := a.session(cmd.Context(), "restore")
 		if err != nil {
 			return err
 		}
-		defer lock.release()
-		st, err := loadState(a.stateDir())
+		defer end()
+		st, err := a.recordedState()
 		if err == nil {
 			err = st.verifyRendered()
 		}
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		k, err := a.openKernel()
+		desired := st.ruleset
+		// Always a full read: at boot the state cannot vouch for a kernel
+		// it has never seen.
+		plan, stats, _, _, err := a.converge(k, desired.Table, false, func(current *rules.Ruleset) (*rules.Plan, error) {
+			return ownedPlan(current, desired, *adopt, "restore --adopt replaces it")
+		})
 		if err != nil {
 			return err
-		}
-		defer k.Close()
-		desired := st.ruleset
-		var plan *rules.Plan
-		var stats kernel.Stats
-		for attempt := 1; ; attempt++ {
-			gen, err := k.Generation()
-			if err != nil {
-				return err
-			}
-			current, err := k.Read(desired.Table)
-			if err != nil {
-				return err
-			}
-			switch {
-			case current != nil && !current.Owned() && !*adopt:
-				return fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (restore --adopt replaces it)", desired.Table)
-			case current != nil && !current.Owned():
-				plan = rules.Diff(nil, desired)
-				plan.TableAction = rules.TableReplace
-			default:
-				plan = rules.Diff(current, desired)
-			}
-			stats, err = k.Apply(plan, gen)
-			if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			break
 		}
 		if err := a.printPlan(plan, *out, planExtras{Applied: &stats, KernelRead: "full"}); err != nil {
 			return err

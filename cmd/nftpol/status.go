@@ -94,7 +94,7 @@ func (a *app) status(top int) (*statusReport, error) {
 		return nil, err
 	}
 	r := &statusReport{Table: table, Elements: map[string]int{}, Drift: []string{}, Top: []violator{}}
-	st, serr := loadState(a.stateDir())
+	st, serr := a.recordedState()
 	switch {
 	case serr == nil:
 		r.LastApply = &lastApply{Time: st.AppliedAt, Version: st.Version, PolicyDigest: st.PolicyDigest, RulesetDigest: st.RulesetDigest}
