@@ -7,11 +7,11 @@ import (
 
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/rules"
 )
 
-// BenchmarkLoadState50k reads the state of a 50,000-account apply: what
-// plan and apply pay on their fast path instead of a full kernel read.
-func BenchmarkLoadState50k(b *testing.B) {
+// policy50k is 50,000 accounts of one port each, TCP and UDP, compiled.
+func policy50k(b *testing.B) (*policies.Policy, *rules.Ruleset) {
 	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
 		Loopback: policies.LoopbackAllow, Action: policies.Reject}
 	for i := 0; i < 50000; i++ {
@@ -23,6 +23,13 @@ func BenchmarkLoadState50k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return p, rs
+}
+
+// BenchmarkLoadState50k reads the state of a 50,000-account apply: what
+// plan and apply pay on their fast path instead of a full kernel read.
+func BenchmarkLoadState50k(b *testing.B) {
+	p, rs := policy50k(b)
 	dir := filepath.Join(b.TempDir(), "state")
 	if err := saveState(dir, p, rs, nil); err != nil {
 		b.Fatal(err)
@@ -38,17 +45,7 @@ func BenchmarkLoadState50k(b *testing.B) {
 // BenchmarkSaveState50k writes the state of a 50,000-account apply: what
 // every apply pays after its commit.
 func BenchmarkSaveState50k(b *testing.B) {
-	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
-		Loopback: policies.LoopbackAllow, Action: policies.Reject}
-	for i := 0; i < 50000; i++ {
-		port := uint16(10000 + i)
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
-			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
-	}
-	rs, err := compiler.Compile(p)
-	if err != nil {
-		b.Fatal(err)
-	}
+	p, rs := policy50k(b)
 	dir := filepath.Join(b.TempDir(), "state")
 	b.ReportAllocs()
 	for b.Loop() {
