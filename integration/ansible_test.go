@@ -327,7 +327,7 @@ func TestAnsibleRole(t *testing.T) {
 	// 3. Check mode after a change (beta goes, gamma comes): reported,
 	// planned against the new variables, and nothing written.
 	before := nftList(t, tp.Server)
-	state := readFile(t, a.path("state", "state.json"))
+	state := readFile(t, a.path("state", "state"))
 	r = a.run(t, true, varsB)
 	r.expect(t, "check mode after a change", 0, -1, planTask, "changed")
 	for _, want := range []string{"- beta (uid 1002)", "+ gamma (uid 1003)"} {
@@ -338,8 +338,8 @@ func TestAnsibleRole(t *testing.T) {
 	if after := nftList(t, tp.Server); after != before {
 		t.Errorf("check mode changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if got := readFile(t, a.path("state", "state.json")); got != state {
-		t.Errorf("check mode changed state.json")
+	if got := readFile(t, a.path("state", "state")); got != state {
+		t.Errorf("check mode changed the state")
 	}
 	if _, err := os.Stat(filepath.Join(include, "beta.yaml")); err != nil {
 		t.Errorf("check mode removed beta.yaml: %v", err)

@@ -268,8 +268,8 @@ func TestApplyOwnership(t *testing.T) {
 			t.Fatalf("nftpol %s changed the hand-made table:\nbefore:\n%s\nafter:\n%s", strings.Join(args, " "), before, got)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(stateDir, "state.json")); !os.IsNotExist(err) {
-		t.Errorf("a refused apply recorded state (stat state.json: %v)", err)
+	if _, err := os.Stat(filepath.Join(stateDir, "state")); !os.IsNotExist(err) {
+		t.Errorf("a refused apply recorded state (stat: %v)", err)
 	}
 
 	stdout, stderr, code := n.run(t, "apply", "--adopt")
@@ -384,7 +384,7 @@ func TestApplyState(t *testing.T) {
 		t.Fatalf("nftpol export exited %d\n%s", code, stderr)
 	}
 
-	for _, name := range []string{"state.json", "ruleset.nft"} {
+	for _, name := range []string{"state", "ruleset.nft"} {
 		fi, err := os.Stat(filepath.Join(stateDir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -400,19 +400,24 @@ func TestApplyState(t *testing.T) {
 	if string(ruleset) != export {
 		t.Errorf("ruleset.nft differs from nftpol export:\nruleset.nft:\n%s\nexport:\n%s", ruleset, export)
 	}
-	b, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
+	b, err := os.ReadFile(filepath.Join(stateDir, "state"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The state's second line is its header, in JSON.
+	lines := strings.SplitN(string(b), "\n", 3)
+	if len(lines) < 3 || lines[0] != "nftpol state 2" {
+		t.Fatalf("the state does not start with its format line and header:\n%.300s", b)
 	}
 	var st struct {
 		Digest *string `json:"ruleset_sha256"`
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		t.Fatalf("state.json is not JSON: %v\n%s", err, b)
+	if err := json.Unmarshal([]byte(lines[1]), &st); err != nil {
+		t.Fatalf("the state's header is not JSON: %v\n%s", err, lines[1])
 	}
 	sum := sha256.Sum256(ruleset)
 	if st.Digest == nil || *st.Digest != hex.EncodeToString(sum[:]) {
-		t.Errorf("state.json ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, b)
+		t.Errorf("the state's ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, lines[1])
 	}
 }
 

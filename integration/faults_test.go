@@ -25,7 +25,7 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: state}
 	n.apply(t)
 	before := nftStateless(t, ns)
-	stateBefore, err := os.ReadFile(filepath.Join(state, "state.json"))
+	stateBefore, err := os.ReadFile(filepath.Join(state, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 	if got := nftStateless(t, ns); got != before {
 		t.Errorf("a refused batch changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
-	if got, _ := os.ReadFile(filepath.Join(state, "state.json")); string(got) != string(stateBefore) {
+	if got, _ := os.ReadFile(filepath.Join(state, "state")); string(got) != string(stateBefore) {
 		t.Error("a refused batch updated the state")
 	}
 	// Without the fault the same apply goes through.

@@ -58,19 +58,19 @@ func TestRestoreRefusesBadState(t *testing.T) {
 	good := filepath.Join(t.TempDir(), "state")
 	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: newNetns(t, "bad-a"), stateDir: good}
 	n.apply(t)
-	stateJSON, err := os.ReadFile(filepath.Join(good, "state.json"))
+	stateText, err := os.ReadFile(filepath.Join(good, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cases := map[string][]byte{
 		"missing":   nil,
-		"truncated": stateJSON[:len(stateJSON)/2],
+		"truncated": stateText[:len(stateText)/2],
 		"empty":     {},
-		"garbage":   []byte("not json at all\n"),
-		// Valid JSON, but an element changed by hand: the digest catches it.
-		"tampered": []byte(strings.Replace(string(stateJSON), `1001\t40010\t40019\talpha\n`, `1001\t40010\t40099\talpha\n`, 1)),
+		"garbage":   []byte("not a state at all\n"),
+		// Well formed, but an element changed by hand: the digest catches it.
+		"tampered": []byte(strings.Replace(string(stateText), "1001\t40010\t40019\talpha\n", "1001\t40010\t40099\talpha\n", 1)),
 	}
-	if string(cases["tampered"]) == string(stateJSON) {
+	if string(cases["tampered"]) == string(stateText) {
 		t.Fatal("the tampering did not apply")
 	}
 	for name, content := range cases {
@@ -83,7 +83,7 @@ func TestRestoreRefusesBadState(t *testing.T) {
 				t.Fatal(err)
 			}
 			if content != nil {
-				if err := os.WriteFile(filepath.Join(dir, "state.json"), content, 0o600); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, "state"), content, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -294,7 +294,7 @@ func TestRemoveTouchesOnlyItsTable(t *testing.T) {
 	if tables := run(t, "ip", "netns", "exec", ns, "nft", "list", "tables"); strings.Contains(tables, "nftpol") {
 		t.Errorf("table still there:\n%s", tables)
 	}
-	if _, err := os.Stat(filepath.Join(state, "state.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(state, "state")); err != nil {
 		t.Errorf("remove without --purge lost the state: %v", err)
 	}
 	// The state still restores it.
@@ -304,7 +304,7 @@ func TestRemoveTouchesOnlyItsTable(t *testing.T) {
 	if _, stderr, code := n.run(t, "remove", "--purge"); code != 0 {
 		t.Fatalf("remove --purge: %d %s", code, stderr)
 	}
-	if _, err := os.Stat(filepath.Join(state, "state.json")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(state, "state")); !os.IsNotExist(err) {
 		t.Errorf("--purge kept the state: %v", err)
 	}
 	// A same-named table nftpol did not create is refused.

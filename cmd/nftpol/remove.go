@@ -42,7 +42,7 @@ func (a *app) removeCommand() *cobra.Command {
 			fmt.Fprintf(a.stdout, "Deleted table inet %s (%d accounts were installed).\n", table, len(installedAccounts(current)))
 		}
 		if *purge {
-			for _, name := range []string{"state.json", "ruleset.nft"} {
+			for _, name := range []string{stateName, stateNameV1, "ruleset.nft"} {
 				if err := os.Remove(filepath.Join(a.stateDir(), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("purging state: %w", err)
 				}

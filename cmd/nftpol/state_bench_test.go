@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -12,13 +11,7 @@ import (
 
 // policy50k is 50,000 accounts of one port each, TCP and UDP, compiled.
 func policy50k(b *testing.B) (*policies.Policy, *rules.Ruleset) {
-	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
-		Loopback: policies.LoopbackAllow, Action: policies.Reject}
-	for i := 0; i < 50000; i++ {
-		port := uint16(10000 + i)
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
-			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
-	}
+	p := manyAccounts(50000)
 	rs, err := compiler.Compile(p)
 	if err != nil {
 		b.Fatal(err)

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -42,7 +44,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if string(text) != rules.RenderString(rs) {
 		t.Error("ruleset.nft differs from the export")
 	}
-	for _, f := range []string{"", "state.json", "ruleset.nft"} {
+	for _, f := range []string{"", stateName, "ruleset.nft"} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)
@@ -58,6 +60,135 @@ func TestStateRoundTrip(t *testing.T) {
 	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*tmp*"))
 	if len(leftovers) > 0 {
 		t.Errorf("temporary files left behind: %v", leftovers)
+	}
+}
+
+// manyAccounts is n accounts of one port each, TCP and UDP.
+func manyAccounts(n int) *policies.Policy {
+	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject}
+	for i := 0; i < n; i++ {
+		port := uint16(10000 + i)
+		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
+			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+	}
+	return p
+}
+
+// TestStateRoundTripLarge: a state whose sets span several write slices
+// reads back element for element, and every damage to the file is refused.
+func TestStateRoundTripLarge(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	p := manyAccounts(9000)
+	rs, err := compiler.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := saveState(dir, p, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.ruleset.Sets) != len(rs.Sets) {
+		t.Fatalf("%d sets read back, want %d", len(st.ruleset.Sets), len(rs.Sets))
+	}
+	for i, s := range rs.Sets {
+		got := st.ruleset.Sets[i]
+		if !got.SameDefinition(s) || !slices.Equal(got.Elements, s.Elements) {
+			t.Errorf("set %s: read back %d elements (definition equal: %v), wrote %d", s.Name, len(got.Elements), got.SameDefinition(s), len(s.Elements))
+		}
+	}
+	if !rules.Diff(st.ruleset, rs).Empty() {
+		t.Error("the ruleset read back differs from the one saved")
+	}
+	if st.PolicyDigest != policyDigest(p) || len(st.PolicyDigest) != 64 {
+		t.Errorf("policy digest %q, want %q", st.PolicyDigest, policyDigest(p))
+	}
+
+	good, err := os.ReadFile(filepath.Join(dir, stateName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(good)
+	element := "\n100042\t10042\t10042\tacct-000042\n"
+	if !strings.Contains(text, element) {
+		t.Fatalf("the state does not hold %q", element)
+	}
+	damaged := map[string]string{
+		"truncated":        text[:len(text)/2],
+		"without trailer":  text[:strings.LastIndex(text[:len(text)-1], "\n")+1],
+		"element changed":  strings.Replace(text, element, "\n100042\t10042\t10043\tacct-000042\n", 1),
+		"element dropped":  strings.Replace(text, element, "\n", 1),
+		"newer format":     strings.Replace(text, "nftpol state 2\n", "nftpol state 3\n", 1),
+		"not a state":      "{\"format\": 2}\n",
+		"empty":            "",
+		"no final newline": text[:len(text)-1],
+	}
+	for name, content := range damaged {
+		if content == text {
+			t.Fatalf("%s: the damage did not apply", name)
+		}
+		if err := os.WriteFile(filepath.Join(dir, stateName), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "nftpol apply") {
+			t.Errorf("%s state: loadState = %v, want a corrupt-state error saying what to do", name, err)
+		}
+	}
+}
+
+// TestStateReadsFormat1: the state.json of nftpol before format 2 still
+// restores (an upgrade must not leave a host unprotected at its next boot),
+// its damage is still refused, and the next save replaces it.
+func TestStateReadsFormat1(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	p := manyAccounts(50)
+	rs, err := compiler.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ensureStateDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	rj, err := rules.MarshalRuleset(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := stateFile{Format: 1, Version: "old", Table: rs.Table, RulesetDigest: digest([]byte(rules.RenderString(rs))), RecordDigest: digest(rj), Ruleset: rj}
+	b, err := json.Marshal(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateNameV1), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rules.Diff(st.ruleset, rs).Empty() || st.verifyRendered() != nil || st.Version != "old" {
+		t.Errorf("format 1 read back as a different ruleset (render check: %v)", st.verifyRendered())
+	}
+	tampered := strings.Replace(string(b), `100001\t10001\t10001`, `100001\t10001\t10002`, 1)
+	if tampered == string(b) {
+		t.Fatal("the tampering did not apply")
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateNameV1), []byte(tampered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "record digest") {
+		t.Errorf("tampered format 1: loadState = %v, want a record digest error", err)
+	}
+	if err := saveState(dir, p, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateNameV1)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("saving format 2 left %s behind (stat: %v)", stateNameV1, err)
+	}
+	if st, err := loadState(dir); err != nil || st.Format != stateFormat {
+		t.Errorf("after the save: %v, format %v", err, st)
 	}
 }
 
