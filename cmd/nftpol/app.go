@@ -77,6 +77,7 @@ type app struct {
 func (a *app) recordedState() (*stateFile, error) {
 	if !a.stateRead {
 		a.state, a.stateErr = loadState(a.stateDir())
+		phase("state read")
 		a.stateRead = true
 	}
 	return a.state, a.stateErr
@@ -124,10 +125,12 @@ func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	phase("policy read")
 	rs, err := compiler.Compile(p)
 	if err != nil {
 		return nil, nil, err
 	}
+	phase("compiled")
 	return p, rs, nil
 }
 

@@ -57,6 +57,8 @@ func (a *app) applyCommand() *cobra.Command {
 		if *out == "text" && !plan.Empty() {
 			fmt.Fprintf(a.stdout, "Applied: %d kernel operations in %d netlink messages, one transaction.\n", plan.Operations(), st.Messages)
 		}
+		phase("committed")
+		defer phase("state saved")
 		if err := saveState(a.stateDir(), p, desired, &after); err != nil {
 			return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 				"restore would install the previous ruleset until an apply succeeds", a.stateDir(), err)
