@@ -404,20 +404,22 @@ func TestApplyState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The state's second line is its header, in JSON.
-	lines := strings.SplitN(string(b), "\n", 3)
-	if len(lines) < 3 || lines[0] != "nftpol state 2" {
-		t.Fatalf("the state does not start with its format line and header:\n%.300s", b)
+	// The state starts with its format line and ends with its header, in
+	// JSON, and the digest.
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) < 3 || lines[0] != "nftpol state 2" || !strings.HasPrefix(lines[len(lines)-1], "sha256 ") {
+		t.Fatalf("the state does not have its format line, header and digest:\n%s", b)
 	}
+	head := lines[len(lines)-2]
 	var st struct {
 		Digest *string `json:"ruleset_sha256"`
 	}
-	if err := json.Unmarshal([]byte(lines[1]), &st); err != nil {
-		t.Fatalf("the state's header is not JSON: %v\n%s", err, lines[1])
+	if err := json.Unmarshal([]byte(head), &st); err != nil {
+		t.Fatalf("the state's header is not JSON: %v\n%s", err, head)
 	}
 	sum := sha256.Sum256(ruleset)
 	if st.Digest == nil || *st.Digest != hex.EncodeToString(sum[:]) {
-		t.Errorf("the state's ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, lines[1])
+		t.Errorf("the state's ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, head)
 	}
 }
 

@@ -32,6 +32,7 @@ func (a *app) applyCommand() *cobra.Command {
 		if err := checkOutput(*out); err != nil {
 			return err
 		}
+		a.prefetchState()
 		p, desired, err := a.load()
 		if err != nil {
 			return err
@@ -41,6 +42,9 @@ func (a *app) applyCommand() *cobra.Command {
 			return err
 		}
 		defer end()
+		// The state of desired is written while the kernel works.
+		pending := prepareState(a.stateDir(), desired)
+		defer pending.discard()
 		plan, st, source, after, err := a.converge(k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
 			plan, err := a.makePlan(k, current, desired, *adopt)
 			if err == nil && !*allowRemovals {
@@ -59,7 +63,7 @@ func (a *app) applyCommand() *cobra.Command {
 		}
 		phase("committed")
 		defer phase("state saved")
-		if err := saveState(a.stateDir(), p, desired, &after); err != nil {
+		if err := pending.commit(p, &after); err != nil {
 			return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 				"restore would install the previous ruleset until an apply succeeds", a.stateDir(), err)
 		}

@@ -37,6 +37,7 @@ func (a *app) planCommand() *cobra.Command {
 		if err := checkOutput(*out); err != nil {
 			return err
 		}
+		a.prefetchState()
 		_, desired, err := a.load()
 		if err != nil {
 			return err

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/viper"
+
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
@@ -237,4 +239,55 @@ func TestRemovalGuardUnit(t *testing.T) {
 			t.Errorf("%d installed, %d kept: err = %v, want refused=%v", c.installed, c.kept, err, c.refused)
 		}
 	}
+}
+
+// TestPrefetchedStateIsCheckedUnderTheLock: a state read before the lock is
+// used only while the file is still the one read; replaced (by another
+// apply) or newly written, the current one is read again.
+func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	p1, p2 := manyAccounts(3), manyAccounts(5)
+	rs1, _ := compiler.Compile(p1)
+	rs2, _ := compiler.Compile(p2)
+	newApp := func() *app {
+		a := &app{v: viper.New()}
+		a.v.Set("state-dir", dir)
+		return a
+	}
+	accounts := func(a *app) int {
+		st, err := a.recordedState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(installedAccounts(st.ruleset))
+	}
+
+	// Nothing there when prefetched, written before the lock.
+	a := newApp()
+	a.prefetchState()
+	if err := saveState(dir, p1, rs1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := accounts(a); n != 3 {
+		t.Errorf("state written after an empty prefetch: %d accounts read, want 3", n)
+	}
+
+	// Unchanged: the prefetched state is used.
+	a = newApp()
+	a.prefetchState()
+	if n := accounts(a); n != 3 {
+		t.Errorf("unchanged state: %d accounts, want 3", n)
+	}
+
+	// Replaced between the prefetch and the lock.
+	a = newApp()
+	a.prefetchState()
+	a.prefetched <- <-a.prefetched // the prefetch has read the old state
+	if err := saveState(dir, p2, rs2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := accounts(a); n != 5 {
+		t.Errorf("state replaced after the prefetch: %d accounts read, want 5", n)
+	}
+	a.dropPrefetch()
 }
