@@ -33,8 +33,9 @@ type sizeResult struct {
 
 	change, changeFull, changeHand cell // one-account change
 	handCheck                      string
-	loadCheck                      string // nft's load of the export, read by nftpol
-	handChange                     string // the nft text of the change
+	loadCheck                      string      // nft's load of the export, read by nftpol
+	handChange                     string      // the nft text of the change
+	phases                         *phaseTimes // the one-account apply's NFTPOL_TIMINGS phases
 
 	sets []setResult
 
@@ -321,7 +322,10 @@ func (r *sizeRun) oneAccount() error {
 			fmtDur(res.change.last()), res.change.samples[len(res.change.samples)-1].msgs, res.change.samples[len(res.change.samples)-1].read,
 			fmtDur(res.changeFull.last()), fmtDur(res.changeHand.last()))
 	}
-	return nil
+	// Not in the cells above: the same apply, with its phases printed.
+	var err error
+	res.phases, err = r.applyPhases()
+	return err
 }
 
 // checkTable asks nftpol whether netns holds exactly the table nftpol makes

@@ -47,13 +47,16 @@ type command struct {
 	// timed: a measurement. It starts only once the machine is quiet
 	// (see waitQuiet).
 	timed bool
+	// env adds NAME=value entries to the bench's own environment.
+	env []string
 }
 
 // result is what a finished command left.
 type result struct {
 	sample
-	out  []byte
-	code int
+	out    []byte
+	stderr []byte
+	code   int
 }
 
 // run runs c to its end, bounded by the bench's per-process timeout, and
@@ -75,6 +78,10 @@ func (b *bench) run(c command) (result, error) {
 		cmd.Stdout = &out
 	}
 	cmd.Stderr = &errb
+	if len(c.env) > 0 {
+		// The exec helper passes its environment on to the command.
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	if c.stdin != nil {
 		cmd.Stdin = bytes.NewReader(c.stdin)
 	}
@@ -99,6 +106,7 @@ func (b *bench) run(c command) (result, error) {
 	werr := cmd.Wait()
 	var r result
 	r.out = out.Bytes()
+	r.stderr = errb.Bytes()
 	var ej execReport
 	data, rerr := io.ReadAll(rep)
 	if ctx.Err() != nil && b.ctx.Err() == nil {

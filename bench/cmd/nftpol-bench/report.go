@@ -22,14 +22,20 @@ func (c *cell) walls() []time.Duration {
 }
 
 func (c *cell) median() time.Duration {
-	ws := c.walls()
-	if len(ws) == 0 {
+	return medianDur(c.walls())
+}
+
+// medianDur is the median of ds, 0 for none.
+func medianDur(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
 		return 0
 	}
-	if len(ws)%2 == 1 {
-		return ws[len(ws)/2]
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	if len(ds)%2 == 1 {
+		return ds[len(ds)/2]
 	}
-	return (ws[len(ws)/2-1] + ws[len(ws)/2]) / 2
+	return (ds[len(ds)/2-1] + ds[len(ds)/2]) / 2
 }
 
 // cpuMedian is the median CPU time (user + system) of the runs.
@@ -266,10 +272,12 @@ func writeSize(w io.Writer, r *sizeResult) {
 	mdTable(w, head, rows)
 	if r.handChange != "" {
 		fmt.Fprintf(w, "The one-account change (the last account, one port widened to 11), as given to `nft -f`:\n\n```\n%s```\n\n", r.handChange)
+		writeHandCommit(w, r)
 	}
 	if r.handCheck != "" {
 		fmt.Fprintf(w, "nft's table after that change (applied to a table nftpol installed): %s.\n\n", r.handCheck)
 	}
+	writePhases(w, r.phases)
 	if r.loadCheck != "" {
 		fmt.Fprintf(w, "nft's table after `nft -f` of the export: %s.\n\n", r.loadCheck)
 	}
