@@ -90,13 +90,18 @@ func installedAccounts(rs *rules.Ruleset) map[uint32]bool {
 }
 
 func removalGuard(plan *rules.Plan, current *rules.Ruleset) error {
-	installed := len(installedAccounts(current))
 	var removed []string
 	for _, ac := range plan.Accounts {
 		if ac.Action == rules.ActionRemove {
 			removed = append(removed, fmt.Sprintf("%s (uid %d)", displayName(ac.Name), ac.UID))
 		}
 	}
+	if len(removed) <= guardMinAccounts/2 {
+		return nil // cannot be more than half of more than guardMinAccounts
+	}
+	// Counting the installed accounts costs a map of every UID: only
+	// when it can matter.
+	installed := len(installedAccounts(current))
 	if installed <= guardMinAccounts || 2*len(removed) <= installed {
 		return nil
 	}

@@ -167,10 +167,12 @@ func (a *app) converge(k *kernel.Kernel, table string, allowState bool,
 		if err != nil {
 			return nil, kernel.Stats{}, "", kernel.Identity{}, err
 		}
+		phase("kernel read (" + snap.source() + ")")
 		plan, err := makePlan(snap.current)
 		if err != nil {
 			return nil, kernel.Stats{}, "", kernel.Identity{}, err
 		}
+		phase("planned")
 		st, err := k.Apply(plan, snap.id.Generation)
 		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
 			fmt.Fprintf(a.stderr, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
