@@ -147,3 +147,15 @@ func BenchmarkUnmarshalRuleset50k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDiff50kInstall plans a 50,000-account table into an empty
+// kernel: what a first apply (and a boot without state) pays.
+func BenchmarkDiff50kInstall(b *testing.B) {
+	rs := benchRuleset(benchAccounts, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := Diff(nil, rs); p.Empty() {
+			b.Fatal("empty plan")
+		}
+	}
+}

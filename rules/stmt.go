@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -215,10 +216,11 @@ func (s Verdict) String() string {
 }
 
 func portRange(lo, hi uint16) string {
-	if lo == hi {
-		return fmt.Sprint(lo)
+	b := strconv.AppendUint(make([]byte, 0, 11), uint64(lo), 10)
+	if lo != hi {
+		b = strconv.AppendUint(append(b, '-'), uint64(hi), 10)
 	}
-	return fmt.Sprintf("%d-%d", lo, hi)
+	return string(b)
 }
 
 func stmtEqual(a, b Stmt) bool {
