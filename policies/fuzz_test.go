@@ -62,6 +62,15 @@ func FuzzLoad(f *testing.F) {
 		if fmt.Sprint(err) != fmt.Sprint(spErr) {
 			t.Fatalf("Load and Load with splitting differ:\n%v\n---\n%v", err, spErr)
 		}
+		// Nor must decoding accounts as plainAccounts, split or not.
+		gp, gErr := loadGeneric(Load, file, WithLookup(fakeLookup))
+		gsp, gspErr := loadGeneric(loadSplit, file, WithLookup(fakeLookup))
+		if diff := cmp.Diff(gp, p) + cmp.Diff(gsp, sp); diff != "" {
+			t.Fatalf("Load with and without typed accounts differ (-generic +typed):\n%s", diff)
+		}
+		if fmt.Sprint(gErr, gspErr) != fmt.Sprint(err, spErr) {
+			t.Fatalf("Load with and without typed accounts differ:\n%v\n%v\n---\n%v\n%v", gErr, gspErr, err, spErr)
+		}
 		var ve *ValidationError
 		switch {
 		case err == nil:

@@ -377,6 +377,12 @@ func (l *loader) grow(n int) {
 // adds it to l.accounts, even when it has problems: its name and UID still
 // count as taken.
 func (l *loader) account(file string, pos int, v any) {
+	if pa, ok := v.(*plainAccount); ok {
+		if l.plainAccount(file, pos, pa) {
+			return
+		}
+		v = pa.generic()
+	}
 	m, ok := asMap(v)
 	if !ok {
 		l.add(file, "", fmt.Sprintf("accounts[%d]", pos), fmt.Sprintf("must be a mapping with name, uid or user, and ports; not %s", describe(v)))
@@ -437,7 +443,7 @@ func (l *loader) account(file string, pos int, v any) {
 }
 
 // validAccountName reports whether s matches accountName.
-func validAccountName(s string) bool {
+func validAccountName[T string | []byte](s T) bool {
 	if len(s) == 0 || len(s) > 64 {
 		return false
 	}
@@ -511,12 +517,17 @@ func (l *loader) uid(a *Account, md *meta, uidV, userV any) {
 		}
 		uidOK = msg == ""
 	}
-	switch name, msg := str(userV); {
-	case userV == nil && uidV == nil:
-		l.addAccount(a, md.pos, "uid", "missing; give uid: (a number) or user: (a user name)")
-		return
-	case userV == nil:
+	if userV == nil {
+		if uidV == nil {
+			l.addAccount(a, md.pos, "uid", "missing; give uid: (a number) or user: (a user name)")
+			return
+		}
 		a.UID, md.uidOK = fromUID, uidOK
+		l.checkUID(a, md)
+		return
+	}
+	// Only now: str makes a message for a value that is not a string.
+	switch name, msg := str(userV); {
 	case msg != "":
 		l.addAccount(a, md.pos, "user", msg)
 		return
@@ -536,6 +547,12 @@ func (l *loader) uid(a *Account, md *meta, uidV, userV any) {
 		}
 		a.UID, md.uidOK = uid, true
 	}
+	l.checkUID(a, md)
+}
+
+// checkUID checks the UID of account a, when known, against min_uid and
+// exempt.
+func (l *loader) checkUID(a *Account, md *meta) {
 	if !md.uidOK {
 		return
 	}
@@ -635,12 +652,13 @@ func (l *loader) include(file string, v any) {
 // includeFile adds what one include file says, from its document d or the
 // error reading it.
 func (l *loader) includeFile(path string, d *document, err error) {
-	var bad badFile
-	switch {
-	case errors.As(err, &bad):
-		l.add(path, "", "", bad.msg)
-		return
-	case err != nil:
+	if err != nil {
+		// Only here: bad escapes, so each file would allocate one.
+		var bad badFile
+		if errors.As(err, &bad) {
+			l.add(path, "", "", bad.msg)
+			return
+		}
 		l.add(path, "", "", "cannot read: "+printable(err.Error()))
 		return
 	}
@@ -658,6 +676,7 @@ func (l *loader) includeFile(path string, d *document, err error) {
 	// added, and decode the file whole.
 	l.problems, l.accounts, l.meta = l.problems[:problems], l.accounts[:accounts], l.meta[:accounts]
 	top, err := decode(d.format, d.raw)
+	var bad badFile
 	if errors.As(err, &bad) {
 		l.add(path, "", "", bad.msg)
 		return
@@ -668,7 +687,15 @@ func (l *loader) includeFile(path string, d *document, err error) {
 // includeDoc checks the keys of an include file and adds its accounts. It
 // returns false when d is split and a chunk did not decode.
 func (l *loader) includeDoc(path string, d *document) bool {
-	for _, key := range slices.Sorted(maps.Keys(d.top)) {
+	// The keys sorted in scratch space: 50,000 include files would
+	// otherwise make 150,000 pieces of garbage.
+	keys := l.keys[:0]
+	for key := range d.top {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	l.keys = keys
+	for _, key := range keys {
 		switch {
 		case key == "accounts":
 		case slices.Contains(mainKeys, key):

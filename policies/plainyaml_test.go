@@ -97,10 +97,15 @@ var plainSeeds = []string{
 
 // FuzzPlainYAML checks the plain-YAML fast path against yaml.v3: whatever
 // plainMapping or plainList decodes must be exactly what yaml.Unmarshal
-// decodes into a map or a list (same types, same values).
+// decodes into a map or a list (same types, same values). With accounts
+// decoded as plainAccounts, they must take the same documents, to the same
+// values (checkTyped).
 func FuzzPlainYAML(f *testing.F) {
 	for _, s := range plainSeeds {
 		f.Add([]byte(s))
+	}
+	for _, s := range plainAccountSeeds {
+		f.Add([]byte("accounts:\n  - " + s + "\n"))
 	}
 	for _, name := range []string{"../examples/nftpol.yaml", "../examples/policies.d/site13.yaml"} {
 		if b, err := os.ReadFile(name); err == nil {
@@ -108,6 +113,7 @@ func FuzzPlainYAML(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		checkTyped(t, b)
 		if got, ok := plainMapping(b); ok {
 			want := map[string]any{}
 			if err := yaml.Unmarshal(b, &want); err != nil {

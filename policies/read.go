@@ -110,15 +110,19 @@ func decodeDocument(f string, b []byte, split bool) (*document, error) {
 // 50,000 accounts cost most of the time and memory of a load.
 //
 // YAML in the plain form policy files are usually written in is decoded by
-// plainMapping, to the same values, without yaml.v3's cost per document.
+// plainPolicy, to the same values, without yaml.v3's cost per document, and
+// accounts as plainAccounts, which stand for the same values.
 func decode(f string, b []byte) (map[string]any, error) {
+	if f == "yaml" {
+		// Before doc is made: most files need no other map.
+		if m, ok := plainPolicy(b); ok {
+			return m, nil
+		}
+	}
 	doc := map[string]any{}
 	var err error
 	switch f {
 	case "yaml":
-		if m, ok := plainMapping(b); ok {
-			return m, nil
-		}
 		err = decodeYAML(b, doc)
 	case "toml":
 		err = decodeTOML(b, doc)

@@ -68,14 +68,15 @@ type splitList struct {
 	counts []int
 	// items is the number of items in all chunks.
 	items int
-	// decode decodes one chunk to its items, or reports !ok.
-	decode func(chunk []byte) ([]any, bool)
+	// decode decodes one chunk to its items, of which there should be
+	// n, or reports !ok.
+	decode func(chunk []byte, n int) ([]any, bool)
 }
 
 // chunk cuts b[starts[0]:end] into chunks of about chunkBytes, each starting
 // at one of starts (the offsets where items start), and returns them as a
 // splitList decoded by decode.
-func chunk(b []byte, starts []int, end int, decode func([]byte) ([]any, bool)) *splitList {
+func chunk(b []byte, starts []int, end int, decode func([]byte, int) ([]any, bool)) *splitList {
 	sp := &splitList{items: len(starts), decode: decode}
 	for i := 0; i < len(starts); {
 		j := i + 1
@@ -109,12 +110,15 @@ func splitYAML(b []byte) *document {
 		after         // after the list
 	)
 	state := before
-	line := 0        // 1-based number of the current line
-	keyLine := 0     // line of the accounts key
-	headEnd := 0     // offset just after the accounts key's line
-	tail := len(b)   // offset of the first line after the list
-	k := 0           // indentation of the items
-	var starts []int // offsets of the lines that start an item
+	line := 0      // 1-based number of the current line
+	keyLine := 0   // line of the accounts key
+	headEnd := 0   // offset just after the accounts key's line
+	tail := len(b) // offset of the first line after the list
+	k := 0         // indentation of the items
+	// Offsets of the lines that start an item; each holds a "- ", so
+	// their count is the room to make at once (at 50,000 items, growing
+	// the slice step by step would make twice its size in garbage).
+	starts := make([]int, 0, bytes.Count(b, []byte("- ")))
 	for off := 0; off < len(b); {
 		end := bytes.IndexByte(b[off:], '\n')
 		next := len(b)
@@ -192,9 +196,9 @@ func splitYAML(b []byte) *document {
 	return &document{top: top, split: chunk(b, starts, tail, decodeYAMLChunk), format: "yaml", raw: b}
 }
 
-// decodeYAMLChunk decodes a chunk of a YAML accounts list.
-func decodeYAMLChunk(chunk []byte) ([]any, bool) {
-	if items, ok := plainList(chunk); ok {
+// decodeYAMLChunk decodes a chunk of a YAML accounts list of n items.
+func decodeYAMLChunk(chunk []byte, n int) ([]any, bool) {
+	if items, ok := plainAccountList(chunk, n); ok {
 		return items, true
 	}
 	var items []any
@@ -243,7 +247,7 @@ func (sp *splitList) each(fn func(items []any)) bool {
 	ok := true
 	// A few chunks ahead keep both cores busy; more would only hold memory.
 	ordered(len(sp.chunks), 4, func(i int) []any {
-		items, ok := sp.decode(sp.chunks[i])
+		items, ok := sp.decode(sp.chunks[i], sp.counts[i])
 		if !ok || len(items) != sp.counts[i] {
 			return nil
 		}

@@ -77,7 +77,7 @@ func jsonItems(b []byte, i int) (starts []int, end int) {
 // decodeJSONChunk decodes a chunk of a JSON accounts list: its items and the
 // commas between them (and after the last, but for the last chunk), made a
 // list again.
-func decodeJSONChunk(chunk []byte) ([]any, bool) {
+func decodeJSONChunk(chunk []byte, _ int) ([]any, bool) {
 	chunk = bytes.TrimSuffix(bytes.TrimRight(chunk, " \t\r\n"), []byte(","))
 	list := make([]byte, 0, len(chunk)+2)
 	list = append(append(append(list, '['), chunk...), ']')

@@ -68,7 +68,7 @@ func isAccountsTable(line []byte) bool {
 }
 
 // decodeTOMLChunk decodes a chunk of "[[accounts]]" tables.
-func decodeTOMLChunk(chunk []byte) ([]any, bool) {
+func decodeTOMLChunk(chunk []byte, _ int) ([]any, bool) {
 	doc := map[string]any{}
 	if decodeTOML(chunk, doc) != nil || len(doc) != 1 {
 		return nil, false
