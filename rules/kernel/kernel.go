@@ -308,8 +308,8 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 				return nil
 			})
 		}
-		b.elements("delete", ns, sc.Set, sc.Delete, (*nftables.Conn).SetDeleteElements)
-		b.elements("add", ns, sc.Set, sc.Add, (*nftables.Conn).SetAddElements)
+		b.elements(false, ns, sc.Set, sc.Delete)
+		b.elements(true, ns, sc.Set, sc.Add)
 	}
 
 	for _, cc := range p.Chains {
@@ -346,7 +346,11 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 
 // elements adds the element operations for es, split into messages that
 // keep each element list attribute below 64 KiB.
-func (b *batch) elements(verb string, ns *nftables.Set, s *rules.Set, es []rules.Element, call func(*nftables.Conn, *nftables.Set, []nftables.SetElement) error) {
+func (b *batch) elements(add bool, ns *nftables.Set, s *rules.Set, es []rules.Element) {
+	verb := "delete"
+	if add {
+		verb = "add"
+	}
 	if len(es) == 0 {
 		return
 	}
@@ -363,12 +367,9 @@ func (b *batch) elements(verb string, ns *nftables.Set, s *rules.Set, es []rules
 		if len(chunk) == 1 && len(es) == 1 {
 			desc = fmt.Sprintf("%s element %s in set %s", verb, s.ElementString(es[0]), ns.Name)
 		}
-		b.add(desc, func(c *nftables.Conn) error {
-			if err := call(c, ns, encodeElements(s, chunk)); err != nil {
-				return fmt.Errorf("set %s: %w", ns.Name, err)
-			}
-			return nil
-		})
+		b.ops = append(b.ops, op{desc: desc, raw: &rawMsg{typ: elemMsgType(add), flags: elemMsgFlags,
+			data: func(buf []byte) []byte { return appendElemMsg(buf, ns, s, chunk) }}})
+		b.stats.Messages++
 	}
 }
 

@@ -39,17 +39,36 @@ const ackTimeout = 2 * time.Minute
 type op struct {
 	desc string
 	call func(*nftables.Conn) error
+	// raw, when set instead of call, encodes the message itself.
+	raw *rawMsg
 	// modules the operation needs beyond nf_tables itself, named when the
 	// kernel refuses it as unknown (ENOENT, EOPNOTSUPP).
 	modules []string
 }
 
+// rawMsg is a message nftpol encodes itself (element lists, see
+// appendElemMsg): its payload is appended straight into the send buffer.
+type rawMsg struct {
+	typ   netlink.HeaderType
+	flags netlink.HeaderFlags
+	data  func([]byte) []byte
+}
+
+// batchEdge is a batch's begin or end message, as google/nftables makes them.
+func batchEdge(typ uint16) netlink.Message {
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
+	}
+}
+
 // encode runs ops on a Conn whose dial captures what it would send, and
-// returns the batch: begin, one message per op, end.
-func encode(ops []op) ([]netlink.Message, error) {
-	var batch []netlink.Message
+// returns the batch: begin, one message per op, end. A raw op's message has
+// no Data: its rawMsg appends it when the batch is sent (fill).
+func encode(ops []op) (batch []netlink.Message, fill []*rawMsg, err error) {
+	var captured []netlink.Message
 	c, err := nftables.New(nftables.WithTestDial(func(req []netlink.Message) ([]netlink.Message, error) {
-		batch = append(batch, req...)
+		captured = append(captured, req...)
 		acks := make([]netlink.Message, 0, len(req))
 		for _, m := range req {
 			if m.Header.Flags&netlink.Acknowledge != 0 {
@@ -59,24 +78,55 @@ func encode(ops []op) ([]netlink.Message, error) {
 		return acks, nil
 	}))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	batch = []netlink.Message{batchEdge(unix.NFNL_MSG_BATCH_BEGIN)}
+	fill = []*rawMsg{nil}
+	// Runs of ops between raw ones are encoded by google/nftables, each
+	// run flushed into a batch of its own whose begin and end are dropped.
+	pending := 0
+	flush := func() error {
+		if pending == 0 {
+			return nil
+		}
+		captured = captured[:0]
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("encoding the batch: %w", err)
+		}
+		if len(captured) != pending+2 {
+			return fmt.Errorf("encoding the batch: %d messages for %d operations", len(captured)-2, pending)
+		}
+		for _, m := range captured[1 : len(captured)-1] {
+			batch = append(batch, m)
+			fill = append(fill, nil)
+		}
+		pending = 0
+		return nil
 	}
 	for _, o := range ops {
-		if err := o.call(c); err != nil {
-			return nil, fmt.Errorf("%s: %w", o.desc, err)
+		if o.raw != nil {
+			if err := flush(); err != nil {
+				return nil, nil, err
+			}
+			batch = append(batch, netlink.Message{Header: netlink.Header{Type: o.raw.typ, Flags: o.raw.flags}})
+			fill = append(fill, o.raw)
+			continue
 		}
+		if err := o.call(c); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", o.desc, err)
+		}
+		pending++
 	}
-	if err := c.Flush(); err != nil {
-		return nil, fmt.Errorf("encoding the batch: %w", err)
+	if err := flush(); err != nil {
+		return nil, nil, err
 	}
-	if len(batch) != len(ops)+2 {
-		return nil, fmt.Errorf("encoding the batch: %d messages for %d operations", len(batch), len(ops))
-	}
+	batch = append(batch, batchEdge(unix.NFNL_MSG_BATCH_END))
+	fill = append(fill, nil)
 	// Fresh headers: the real connection numbers them.
 	for i := range batch {
 		batch[i].Header.Sequence, batch[i].Header.PID, batch[i].Header.Length = 0, 0, 0
 	}
-	return batch, nil
+	return batch, fill, nil
 }
 
 // dial opens a netfilter netlink socket in the Kernel's namespace.
@@ -100,14 +150,14 @@ func noNetfilter(err error) error {
 	return fmt.Errorf("netlink: %w", err)
 }
 
-// send writes the batch in one sendmsg(2), from one buffer of exactly its
-// size: the netlink package would marshal each message and then the whole
-// batch again, megabytes of copies at 50,000 accounts. It numbers the
-// messages and returns their index by sequence number, and how many of them
-// asked for an acknowledgement.
-func send(conn *netlink.Conn, batch []netlink.Message) (map[uint32]int, int, error) {
-	base := uint32(time.Now().UnixNano())
-	size := 0
+// marshalBatch writes the batch into one buffer, raw messages encoded in
+// place: the netlink package would marshal each message and then the whole
+// batch again, megabytes of copies at 50,000 accounts. rawBytes is the
+// expected size of the raw messages' payloads (for the buffer's capacity).
+// It numbers the messages from base and returns their index by sequence
+// number, and how many of them asked for an acknowledgement.
+func marshalBatch(batch []netlink.Message, fill []*rawMsg, rawBytes int, base uint32) ([]byte, map[uint32]int, int) {
+	size := rawBytes
 	for _, m := range batch {
 		size += align4(unix.NLMSG_HDRLEN + len(m.Data))
 	}
@@ -120,17 +170,26 @@ func send(conn *netlink.Conn, batch []netlink.Message) (map[uint32]int, int, err
 		if m.Header.Flags&netlink.Acknowledge != 0 {
 			pending++
 		}
-		l := unix.NLMSG_HDRLEN + len(m.Data)
-		buf = binary.NativeEndian.AppendUint32(buf, uint32(l))
+		start := len(buf)
+		buf = binary.NativeEndian.AppendUint32(buf, 0) // length, below
 		buf = binary.NativeEndian.AppendUint16(buf, uint16(m.Header.Type))
 		buf = binary.NativeEndian.AppendUint16(buf, uint16(m.Header.Flags))
 		buf = binary.NativeEndian.AppendUint32(buf, seq)
 		buf = binary.NativeEndian.AppendUint32(buf, 0) // port id: the kernel fills in ours
-		buf = append(buf, m.Data...)
-		for len(buf)%4 != 0 {
-			buf = append(buf, 0)
+		if fill[i] != nil {
+			buf = fill[i].data(buf)
+		} else {
+			buf = append(buf, m.Data...)
 		}
+		binary.NativeEndian.PutUint32(buf[start:], uint32(len(buf)-start))
+		buf = pad4(buf)
 	}
+	return buf, index, pending
+}
+
+// send writes the batch in one sendmsg(2) (see marshalBatch).
+func send(conn *netlink.Conn, batch []netlink.Message, fill []*rawMsg, rawBytes int) (map[uint32]int, int, error) {
+	buf, index, pending := marshalBatch(batch, fill, rawBytes, uint32(time.Now().UnixNano()))
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return nil, 0, err
@@ -144,7 +203,7 @@ func send(conn *netlink.Conn, batch []netlink.Message) (map[uint32]int, int, err
 		err = serr
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("sending the batch (%d bytes): %w", size, err)
+		return nil, 0, fmt.Errorf("sending the batch (%d bytes): %w", len(buf), err)
 	}
 	return index, pending, nil
 }
@@ -154,11 +213,16 @@ func send(conn *netlink.Conn, batch []netlink.Message) (map[uint32]int, int, err
 // unless the ruleset generation is still genID. bytes is the size of the
 // batch, for the socket buffers.
 func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
-	batch, err := encode(ops)
+	batch, fill, err := encode(ops)
 	if err != nil {
 		return err
 	}
 	if k.fake != nil {
+		for i, f := range fill {
+			if f != nil {
+				batch[i].Data = f.data(nil)
+			}
+		}
 		_, err := k.fake(batch)
 		return err
 	}
@@ -192,7 +256,7 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 		return err
 	}
 
-	index, pending, err := send(conn, batch)
+	index, pending, err := send(conn, batch, fill, bytes+64*len(ops))
 	if err != nil {
 		return err
 	}
