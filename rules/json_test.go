@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,37 @@ func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
 		}
 		if _, err := UnmarshalRuleset([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestElementLines: every element reads back as written, and every line
+// AppendElementLines could not have written is refused.
+func TestElementLines(t *testing.T) {
+	es := []Element{{UID: 0, Lo: 0, Hi: 0}, {UID: 4294967295, Lo: 65535, Hi: 65535, Comment: "max"},
+		{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha beta"}, {UID: 7, Lo: 1, Hi: 2, Comment: strings.Repeat("c", MaxCommentLen)}}
+	text := string(AppendElementLines(nil, es))
+	got, err := ParseElementLines(text)
+	if err != nil || !slices.Equal(got, es) {
+		t.Fatalf("round trip: %v, %+v\nwant %+v", err, got, es)
+	}
+	for _, bad := range []string{
+		"4294967296\t1\t1\tx\n", // uid too large
+		"1\t65536\t65536\tx\n",  // port too large
+		"01\t1\t1\tx\n",         // leading zero
+		"-1\t1\t1\tx\n",         // sign
+		"+1\t1\t1\tx\n",
+		"1\t2\t1\tx\n", // reversed
+		"1\t1\t1\tx",   // no newline
+		"1\t1\n",       // short
+		"1 1 1 x\n",    // spaces
+		"\t1\t1\tx\n",  // empty number
+		"1\t1\t1\ta\tb\n",
+		"1\t1\t1\t" + strings.Repeat("c", MaxCommentLen+1) + "\n",
+		"1\t1\t1\tq\"uote\n",
+	} {
+		if es, err := ParseElementLines(bad); err == nil {
+			t.Errorf("%q: accepted as %+v", bad, es)
 		}
 	}
 }
