@@ -245,39 +245,47 @@ func decodeSet(s *nftables.Set) *rules.Set {
 	return rs
 }
 
+// kelem is a set element as the kernel lists it: its key (and key end, for
+// a concatenated interval), whether it ends an interval, and its comment.
+type kelem struct {
+	key, keyEnd []byte
+	end         bool
+	comment     string
+}
+
 // decodeElements maps kernel elements back to model elements, sorted. It
 // reports an error for an element it cannot read, rather than guessing.
-func decodeElements(s *rules.Set, es []nftables.SetElement) ([]rules.Element, error) {
+func decodeElements(s *rules.Set, es []kelem) ([]rules.Element, error) {
 	var out []rules.Element
 	switch {
 	case s.Key == rules.KeyUID:
 		for _, e := range es {
-			if len(e.Key) != 4 {
-				return nil, fmt.Errorf("set %s: uid element of %d bytes", s.Name, len(e.Key))
+			if len(e.key) != 4 {
+				return nil, fmt.Errorf("set %s: uid element of %d bytes", s.Name, len(e.key))
 			}
-			out = append(out, rules.Element{UID: binaryutil.NativeEndian.Uint32(e.Key), Comment: e.Comment})
+			out = append(out, rules.Element{UID: binaryutil.NativeEndian.Uint32(e.key), Comment: e.comment})
 		}
 	case s.Key == rules.KeyUIDPort:
 		for _, e := range es {
-			if len(e.Key) != 8 || len(e.KeyEnd) != 8 {
+			if len(e.key) != 8 || len(e.keyEnd) != 8 {
 				return nil, fmt.Errorf("set %s: uid . inet_service element without a proper key and key end", s.Name)
 			}
 			out = append(out, rules.Element{
-				UID:     binary.BigEndian.Uint32(e.Key),
-				Lo:      binary.BigEndian.Uint16(e.Key[4:]),
-				Hi:      binary.BigEndian.Uint16(e.KeyEnd[4:]),
-				Comment: e.Comment,
+				UID:     binary.BigEndian.Uint32(e.key),
+				Lo:      binary.BigEndian.Uint16(e.key[4:]),
+				Hi:      binary.BigEndian.Uint16(e.keyEnd[4:]),
+				Comment: e.comment,
 			})
 		}
 	case s.Key == rules.KeyPort && s.Interval:
 		return decodeIntervals(s, es)
 	case s.Key == rules.KeyPort:
 		for _, e := range es {
-			if len(e.Key) != 2 {
-				return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.Key))
+			if len(e.key) != 2 {
+				return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.key))
 			}
-			p := binary.BigEndian.Uint16(e.Key)
-			out = append(out, rules.Element{Lo: p, Hi: p, Comment: e.Comment})
+			p := binary.BigEndian.Uint16(e.key)
+			out = append(out, rules.Element{Lo: p, Hi: p, Comment: e.comment})
 		}
 	default:
 		return nil, nil
@@ -288,7 +296,7 @@ func decodeElements(s *rules.Set, es []nftables.SetElement) ([]rules.Element, er
 // decodeIntervals pairs the start and end elements of an rbtree interval
 // set. nft also writes an end element at 0 before the first interval; it
 // closes nothing and is skipped.
-func decodeIntervals(s *rules.Set, es []nftables.SetElement) ([]rules.Element, error) {
+func decodeIntervals(s *rules.Set, es []kelem) ([]rules.Element, error) {
 	type point struct {
 		port    uint32
 		end     bool
@@ -296,10 +304,10 @@ func decodeIntervals(s *rules.Set, es []nftables.SetElement) ([]rules.Element, e
 	}
 	pts := make([]point, 0, len(es))
 	for _, e := range es {
-		if len(e.Key) != 2 {
-			return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.Key))
+		if len(e.key) != 2 {
+			return nil, fmt.Errorf("set %s: port element of %d bytes", s.Name, len(e.key))
 		}
-		pts = append(pts, point{uint32(binary.BigEndian.Uint16(e.Key)), e.IntervalEnd, e.Comment})
+		pts = append(pts, point{uint32(binary.BigEndian.Uint16(e.key)), e.end, e.comment})
 	}
 	// At the same port an end sorts before a start: [a,b] followed by
 	// [b+1,c] shares the point b+1.

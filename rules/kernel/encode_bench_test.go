@@ -115,7 +115,7 @@ func BenchmarkEncodeBatchOneAccount50k(b *testing.B) {
 // set from its kernel form: the element half of reading the table back.
 func BenchmarkDecodeElements50k(b *testing.B) {
 	s := benchTable(benchAccounts, false).Set(rules.PortsSet(rules.TCP))
-	kes := encodeElements(s, s.Elements)
+	kes := kelems(encodeElements(s, s.Elements))
 	b.ReportAllocs()
 	for b.Loop() {
 		es, err := decodeElements(s, kes)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -222,4 +223,40 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// kelems is es as the kernel lists them.
+func kelems(es []nftables.SetElement) []kelem {
+	out := make([]kelem, 0, len(es))
+	for _, e := range es {
+		out = append(out, kelem{key: e.Key, keyEnd: e.KeyEnd, end: e.IntervalEnd, comment: e.Comment})
+	}
+	return out
+}
+
+// TestParseElemList: the element list nftpol sends reads back, through the
+// parser of the kernel's dumps (same attributes), as the same elements, for
+// every kind of set.
+func TestParseElemList(t *testing.T) {
+	table := &nftables.Table{Name: "nftpol", Family: nftables.TableFamilyINet}
+	for _, s := range []*rules.Set{
+		{Name: "exempt", Key: rules.KeyUID, Elements: []rules.Element{{UID: 33}, {UID: 1000, Comment: "www"}}},
+		{Name: "tcp_ports", Key: rules.KeyUIDPort, Interval: true, Elements: []rules.Element{
+			{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha"}, {UID: 1002, Lo: 1, Hi: 65535}}},
+		{Name: "tcp_open", Key: rules.KeyPort, Interval: true, Elements: []rules.Element{{Lo: 40010, Hi: 40019}, {Lo: 50000, Hi: 65535}}},
+		{Name: "ports", Key: rules.KeyPort, Elements: []rules.Element{{Lo: 22, Hi: 22}, {Lo: 443, Hi: 443, Comment: "https"}}},
+	} {
+		msg := appendElemMsg(nil, &nftables.Set{Table: table, Name: s.Name}, s, s.Elements)
+		kes, err := parseElemList(msg[4:], nil)
+		if err != nil {
+			t.Fatalf("set %s: %v", s.Name, err)
+		}
+		got, err := decodeElements(s, kes)
+		if err != nil || !slices.Equal(got, s.Elements) {
+			t.Errorf("set %s: read back %+v (%v), want %+v", s.Name, got, err, s.Elements)
+		}
+		if _, err := parseElemList(msg[4:len(msg)-3], nil); err == nil {
+			t.Errorf("set %s: a truncated message parsed", s.Name)
+		}
+	}
 }

@@ -135,9 +135,9 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 			rs.Sets = append(rs.Sets, ms)
 			continue
 		}
-		es, err := c.GetSetElements(s)
+		es, err := getElements(raw, table, s.Name)
 		if err != nil {
-			return nil, fmt.Errorf("reading elements of set %s: %w", s.Name, err)
+			return nil, err
 		}
 		if ms.Elements, err = decodeElements(ms, es); err != nil {
 			return nil, err

@@ -226,7 +226,7 @@ func TestElementRoundTrip(t *testing.T) {
 		{&rules.Set{Name: "e", Key: rules.KeyUID}, []rules.Element{{UID: 0}, {UID: 33}, {UID: 65534}}},
 	}
 	for _, c := range cases {
-		got, err := decodeElements(c.set, encodeElements(c.set, c.es))
+		got, err := decodeElements(c.set, kelems(encodeElements(c.set, c.es)))
 		if err != nil {
 			t.Fatalf("%s: %v", c.set.Name, err)
 		}
@@ -244,7 +244,7 @@ func TestDecodeIntervalsAsNftWritesThem(t *testing.T) {
 		{Key: be(40020), IntervalEnd: true}, {Key: be(0), IntervalEnd: true}, {Key: be(40010)}, {Key: be(40500)},
 	}
 	s := &rules.Set{Name: "o", Key: rules.KeyPort, Interval: true}
-	got, err := decodeElements(s, es)
+	got, err := decodeElements(s, kelems(es))
 	if err != nil {
 		t.Fatal(err)
 	}
