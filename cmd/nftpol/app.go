@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -97,6 +98,24 @@ func (a *app) recordedState() (*stateFile, error) {
 	return a.state, a.stateErr
 }
 
+// baseMemoryLimit is the soft memory limit (see main) for policies of up to
+// memoryLimitAccounts accounts.
+const (
+	baseMemoryLimit     = 40 << 20
+	memoryLimitAccounts = 50000
+)
+
+// fitMemoryLimit raises the soft memory limit in proportion for a policy of
+// more than memoryLimitAccounts accounts: the live heap grows with the
+// policy, and a limit below it would only make the collector run without
+// end. It leaves a limit set through GOMEMLIMIT alone.
+func fitMemoryLimit(accounts int) {
+	if os.Getenv("GOMEMLIMIT") != "" || accounts <= memoryLimitAccounts {
+		return
+	}
+	debug.SetMemoryLimit(int64(baseMemoryLimit) * int64(accounts) / memoryLimitAccounts)
+}
+
 // prefetchState starts reading the state in the background, for a command
 // that loads the policy before it takes the lock: at 50,000 accounts each
 // takes tens of milliseconds, and on two CPUs they overlap. recordedState
@@ -162,6 +181,7 @@ func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
 		return nil, nil, err
 	}
 	phase("policy read")
+	fitMemoryLimit(len(p.Accounts))
 	rs, err := compiler.Compile(p)
 	if err != nil {
 		return nil, nil, err

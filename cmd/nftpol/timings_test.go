@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -25,5 +27,23 @@ func TestTimings(t *testing.T) {
 	read, compiled := strings.Index(out, " ms  policy read\n"), strings.Index(out, " ms  compiled\n")
 	if read < 0 || compiled < read || !strings.HasPrefix(out, "nftpol: ") {
 		t.Errorf("timings: %q, want \"policy read\" then \"compiled\"", out)
+	}
+}
+
+// TestMemoryLimitFollowsThePolicy: the soft memory limit grows with a
+// policy past memoryLimitAccounts, and is left alone below it.
+func TestMemoryLimitFollowsThePolicy(t *testing.T) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		t.Skip("GOMEMLIMIT is set: nftpol leaves the limit to it")
+	}
+	old := debug.SetMemoryLimit(baseMemoryLimit)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	fitMemoryLimit(memoryLimitAccounts)
+	if got := debug.SetMemoryLimit(-1); got != baseMemoryLimit {
+		t.Errorf("%d accounts: limit %d, want %d", memoryLimitAccounts, got, baseMemoryLimit)
+	}
+	fitMemoryLimit(4 * memoryLimitAccounts)
+	if got := debug.SetMemoryLimit(-1); got != 4*baseMemoryLimit {
+		t.Errorf("%d accounts: limit %d, want %d", 4*memoryLimitAccounts, got, 4*baseMemoryLimit)
 	}
 }
