@@ -111,7 +111,7 @@ func evalStmt(rs *rules.Ruleset, st rules.Stmt, pkt packet) (bool, rules.Verdict
 		if err != nil {
 			return false, 0, err
 		}
-		return slices.ContainsFunc(set.Elements, func(e rules.Element) bool { return e.UID == pkt.uid }), 0, nil
+		return slices.ContainsFunc(set.Elements, func(e rules.Element) bool { return e.UID == pkt.uid }) != s.Not, 0, nil
 	case rules.SkuidSportInSet:
 		// `tcp sport` implies `meta l4proto tcp`.
 		if pkt.proto != s.Proto || !pkt.hasSocket {

@@ -123,6 +123,9 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 		}
 		return stateStmt{Type: "skuid_cmp", Op: op, UID: s.UID}, nil
 	case SkuidInSet:
+		if s.Not {
+			return stateStmt{Type: "skuid_not_in_set", Set: s.Set}, nil
+		}
 		return stateStmt{Type: "skuid_in_set", Set: s.Set}, nil
 	case L4Proto:
 		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
@@ -174,6 +177,8 @@ func stmtFromJSON(j stateStmt) (Stmt, error) {
 		return SkuidCmp{Op: op, UID: j.UID}, nil
 	case "skuid_in_set":
 		return SkuidInSet{Set: j.Set}, nil
+	case "skuid_not_in_set":
+		return SkuidInSet{Set: j.Set, Not: true}, nil
 	case "counter":
 		return Counter{}, nil
 	case "limit":

@@ -72,8 +72,12 @@ type SkuidCmp struct {
 	UID uint32
 }
 
-// SkuidInSet looks the socket's UID up in a set of type uid.
-type SkuidInSet struct{ Set string }
+// SkuidInSet looks the socket's UID up in a set of type uid; with Not it
+// matches a UID the set does not hold ("!= @set").
+type SkuidInSet struct {
+	Set string
+	Not bool
+}
 
 // L4Proto matches the transport protocol.
 type L4Proto struct{ Proto Proto }
@@ -176,8 +180,13 @@ func (s SkuidCmp) String() string {
 	return fmt.Sprintf("meta skuid %s %d", op, s.UID)
 }
 
-func (s SkuidInSet) String() string { return "meta skuid @" + s.Set }
-func (s L4Proto) String() string    { return "meta l4proto " + string(s.Proto) }
+func (s SkuidInSet) String() string {
+	if s.Not {
+		return "meta skuid != @" + s.Set
+	}
+	return "meta skuid @" + s.Set
+}
+func (s L4Proto) String() string { return "meta l4proto " + string(s.Proto) }
 
 func (s SkuidSportInSet) String() string {
 	return fmt.Sprintf("meta skuid . %s sport @%s", s.Proto, s.Set)

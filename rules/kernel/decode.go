@@ -73,8 +73,8 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 				return rules.Loopback{Out: e.Key == expr.MetaKeyOIF}, 2, ""
 			}
 		case e.Key == expr.MetaKeySKUID && e.Register == reg1 && len(es) >= 2:
-			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
-				return rules.SkuidInSet{Set: l.SetName}, 2, ""
+			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.IsDestRegSet {
+				return rules.SkuidInSet{Set: l.SetName, Not: l.Invert}, 2, ""
 			}
 			if proto != "" && len(es) >= 3 && isSport(es[1]) {
 				if d, ok := es[2].(*expr.Dynset); ok && isUpdate(d) {

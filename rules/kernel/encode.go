@@ -83,7 +83,7 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 		case rules.SkuidInSet:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
-				&expr.Lookup{SourceRegister: reg1, SetName: s.Set})
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Set, Invert: s.Not})
 		case rules.L4Proto:
 			dep(s.Proto)
 		case rules.SkuidSportInSet:

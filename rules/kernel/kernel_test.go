@@ -148,6 +148,8 @@ func sampleRules() []rules.Rule {
 		{Stmts: []rules.Stmt{rules.CtStateNotNew{}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidCmp{Op: rules.Lt, UID: 1000}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "exempt"}, acc}},
+		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "tcp_moved"}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_moved_ports"}, acc}},
+		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "tcp_moved", Not: true}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.UDP, Set: "udp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: 1000}, rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}}},
