@@ -101,7 +101,7 @@ func (a *app) recordedState() (*stateFile, error) {
 // baseMemoryLimit is the soft memory limit (see main) for policies of up to
 // memoryLimitAccounts accounts.
 const (
-	baseMemoryLimit     = 40 << 20
+	baseMemoryLimit     = 36 << 20
 	memoryLimitAccounts = 50000
 )
 
