@@ -126,8 +126,20 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
 	}
+	// The moved sets (see rules.Overlay) are empty in a compiled ruleset:
+	// apply fills them from what the kernel holds. The small moved-ports
+	// sets come after the large ones, so rebuilding one of them never
+	// rebuilds a large one.
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Key: rules.KeyUID,
+			Comment: rules.OwnerPrefix + fmt.Sprintf("accounts whose %s ports changed since %s was built", proto, rules.PortsSet(proto))})
+	}
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, ports[proto])
+	}
+	for _, proto := range protos {
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
+			Comment: rules.OwnerPrefix + fmt.Sprintf("ports those accounts may serve %s from now", proto)})
 	}
 
 	rs.Chains = []*rules.Chain{outputChain(p, protos), inputChain(p, protos)}
@@ -148,8 +160,11 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	}
 	rr = append(rr, rule("exempt uids", rules.SkuidInSet{Set: rules.ExemptSet}, accept))
 	for _, proto := range protos {
-		rr = append(rr, rule(fmt.Sprintf("accounts serve %s from their own ports", proto),
-			rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept))
+		rr = append(rr,
+			rule(fmt.Sprintf("accounts serve %s from their own ports (changed since %s was built)", proto, rules.PortsSet(proto)),
+				rules.SkuidInSet{Set: rules.MovedSet(proto)}, rules.SkuidSportInSet{Proto: proto, Set: rules.MovedPortsSet(proto)}, accept),
+			rule(fmt.Sprintf("accounts serve %s from their own ports", proto),
+				rules.SkuidInSet{Set: rules.MovedSet(proto), Not: true}, rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept))
 	}
 	// The violation rules restate two conditions on purpose. `ct direction
 	// reply`: a packet conntrack has no entry for (untracked, invalid)

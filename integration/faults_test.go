@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,6 +53,43 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 	// Without the fault the same apply goes through.
 	n.apply(t)
 	n.planExit(t, 0)
+}
+
+// TestRefusedMoveChangesNothing: a change that moves an account commits in
+// two transactions (rules.PrepareMoves); when the kernel refuses the second,
+// the first is taken back, and the kernel and the state are as before.
+func TestRefusedMoveChangesNothing(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	ns := newNetns(t, "fault-move")
+	state := t.TempDir()
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: state}
+	n.apply(t)
+	before := nftStateless(t, ns)
+	stateBefore, err := os.ReadFile(filepath.Join(state, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	n.setPolicy(t, contractPolicyBetaWider) // beta moves
+	cmd := exec.Command(bin, "--config", n.config, "--netns", ns, "--state-dir", state, "apply")
+	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE=last")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "nftpol_injected_failure") {
+		t.Fatalf("apply with the second transaction refused: %v\n%s", err, out)
+	}
+	if got := nftStateless(t, ns); got != before {
+		t.Errorf("a refused move changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(state, "state")); string(got) != string(stateBefore) {
+		t.Error("a refused move updated the state")
+	}
+	n.apply(t)
+	n.planExit(t, 0)
+	if got := run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", "nftpol", "tcp_moved"); !strings.Contains(got, "1002") {
+		t.Errorf("beta did not move:\n%s", got)
+	}
 }
 
 // TestGenerationGuard: a plan computed before somebody else committed is
@@ -140,26 +178,36 @@ func TestUnchangedKernelIsNotReadAgain(t *testing.T) {
 	n.planExit(t, 0)
 }
 
-// TestLargeRemovalRebuildsSet: removing many accounts rebuilds the
-// per-account sets inside the transaction instead of deleting elements one
-// by one (slow in the kernel); the result is exactly what a fresh apply of
-// the smaller policy gives.
+// TestLargeRemovalRebuildsSet: the kernel deletes from a per-account set
+// slowly (a scan per element), so removing a few accounts moves them
+// (rules.Overlay) and deletes nothing from it, and removing more than
+// rules.MaxMoved rebuilds the per-account sets inside the transaction; the
+// result is then exactly what a fresh apply of the smaller policy gives.
 func TestLargeRemovalRebuildsSet(t *testing.T) {
 	requireRoot(t)
 	bin := buildBinary(t, "cmd/nftpol")
 	ns := newNetns(t, "rebuild")
-	n := nftpolRun{bin: bin, config: writePolicy(t, manyAccounts(40)), netns: ns, stateDir: t.TempDir()}
+	n := nftpolRun{bin: bin, config: writePolicy(t, manyAccounts(300)), netns: ns, stateDir: t.TempDir()}
 	n.apply(t)
-	n.setPolicy(t, manyAccounts(25))
-	p, _ := n.runJSON(t, 0, "apply", "-o", "json", "--allow-removals")
-	replaced := map[string]bool{}
-	for _, s := range p.Sets {
-		if s.Action == "replace" {
-			replaced[s.Name] = true
+	sets := func(p planJSON) map[string]string {
+		m := map[string]string{}
+		for _, s := range p.Sets {
+			m[s.Name] = fmt.Sprintf("%s +%d -%d", s.Action, s.Add, s.Delete)
 		}
+		return m
 	}
-	if !replaced["tcp_ports"] || !replaced["udp_ports"] {
-		t.Errorf("removing 15 accounts did not rebuild the per-account sets: %+v", p.Sets)
+
+	n.setPolicy(t, manyAccounts(285))
+	p, _ := n.runJSON(t, 0, "apply", "-o", "json", "--allow-removals")
+	if got := sets(p); got["tcp_ports"] != "" || got["udp_ports"] != "" || got["tcp_moved"] != "update +15 -0" {
+		t.Errorf("removing 15 accounts: set changes %v, want tcp_moved +15 and nothing in tcp_ports, udp_ports", got)
+	}
+	n.planExit(t, 0)
+
+	n.setPolicy(t, manyAccounts(25))
+	p, _ = n.runJSON(t, 0, "apply", "-o", "json", "--allow-removals")
+	if got := sets(p); !strings.HasPrefix(got["tcp_ports"], "replace") || !strings.HasPrefix(got["udp_ports"], "replace") {
+		t.Errorf("removing 275 accounts did not rebuild the per-account sets: %v", got)
 	}
 	n.planExit(t, 0)
 	fresh := newNetns(t, "rebuild-ref")

@@ -93,11 +93,19 @@ func scaleRun(t *testing.T, bin string, n int, verify bool) int {
 		n, change.Applied.Messages, change.Applied.Elements, changeTime.Round(time.Millisecond))
 	if verify {
 		r.planExit(t, 0)
+		// The last account moved (rules.Overlay): its old element
+		// stays in the per-account set, its new one is in the moved
+		// ports.
+		old := fmt.Sprintf("%d . %d", 100000+n-1, 10000+n-1)
 		last := fmt.Sprintf("%d . %d-%d", 100000+n-1, 10000+n-1, 10000+n-1+10)
-		for _, set := range []string{"tcp_ports", "udp_ports"} {
-			if got := nftSetElements(t, ns, set); len(got) != n || got[last] != fmt.Sprintf("acct-%06d", n-1) {
-				t.Errorf("n=%d: after the change set %s holds %d elements, %s present: %v; want %d, true",
-					n, set, len(got), last, got[last] != "", n)
+		name := fmt.Sprintf("acct-%06d", n-1)
+		for _, p := range []string{"tcp", "udp"} {
+			if got := nftSetElements(t, ns, p+"_ports"); len(got) != n || got[old] != name {
+				t.Errorf("n=%d: after the change set %s_ports holds %d elements, %s present: %v; want %d, true",
+					n, p, len(got), old, got[old] != "", n)
+			}
+			if got := nftSetElements(t, ns, p+"_moved_ports"); len(got) != 1 || got[last] != name {
+				t.Errorf("n=%d: after the change set %s_moved_ports holds %v, want %s only", n, p, got, last)
 			}
 		}
 	}

@@ -3,7 +3,6 @@ package rules
 import (
 	"cmp"
 	"slices"
-	"strings"
 )
 
 // Set names follow a convention so that a plan can speak in accounts: the set
@@ -315,23 +314,6 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 	return del, add
 }
 
-// portsSets returns the per-account sets of rs by protocol.
-func portsSets(rs *Ruleset) map[Proto][]Element {
-	m := map[Proto][]Element{}
-	if rs == nil {
-		return m
-	}
-	for _, s := range rs.Sets {
-		proto, ok := strings.CutSuffix(s.Name, "_ports")
-		if ok && s.Key == KeyUIDPort && !s.Dynamic {
-			m[Proto(proto)] = s.Elements
-		}
-	}
-	return m
-}
-
-// uidGroup returns the elements of es (sorted by UID first) that belong to
-// uid.
 // firstComment is the first non-empty comment of es, "" if none.
 func firstComment(es []Element) string {
 	for _, e := range es {
@@ -342,6 +324,8 @@ func firstComment(es []Element) string {
 	return ""
 }
 
+// uidGroup returns the elements of es (sorted by UID first) that belong to
+// uid.
 func uidGroup(es []Element, uid uint32) []Element {
 	i, _ := slices.BinarySearchFunc(es, uid, func(e Element, u uint32) int { return cmp.Compare(e.UID, u) })
 	j := i
@@ -356,7 +340,7 @@ func uidGroup(es []Element, uid uint32) []Element {
 // elements differ, so a plan with nothing to change costs one comparison
 // per element and no allocation: it runs on every plan and apply.
 func accountChanges(current, desired *Ruleset) []AccountChange {
-	old, cur := portsSets(current), portsSets(desired)
+	old, cur := Accounts(current), Accounts(desired)
 	var protos []Proto
 	for p := range old {
 		protos = append(protos, p)

@@ -198,8 +198,9 @@ func (a *app) lock(ctx context.Context, command string) (*dirLock, error) {
 }
 
 // injectFailureEnv, set to 1, makes every batch end with an operation the
-// kernel refuses. Only for tests of what a refused transaction leaves
-// behind; not a documented setting.
+// kernel refuses; set to "last", only the last transaction of an apply that
+// takes two (see commit). Only for tests of what a refused transaction
+// leaves behind; not a documented setting.
 const injectFailureEnv = "NFTPOL_TEST_INJECT_FAILURE"
 
 func (a *app) openKernel() (*kernel.Kernel, error) {

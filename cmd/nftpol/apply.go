@@ -42,11 +42,32 @@ func (a *app) applyCommand() *cobra.Command {
 			return err
 		}
 		defer end()
-		// The state of desired is written while the kernel works.
-		pending := prepareState(a.stateDir(), desired)
-		defer pending.discard()
+		// What the commit installs is desired laid over the kernel's
+		// table (rules.Overlay), and its state is written while the
+		// kernel works. When the state proves the kernel unchanged
+		// since the last apply (the usual case), the kernel's table is
+		// the recorded one, so the writing starts before the kernel is
+		// even asked.
+		var pending *pendingState
+		var laidOver *rules.Ruleset // the table pending's ruleset was laid over
+		defer func() {
+			if pending != nil {
+				pending.discard()
+			}
+		}()
+		if st, err := a.recordedState(); err == nil && !a.v.GetBool("full-read") {
+			laidOver = st.ruleset
+			pending = prepareState(a.stateDir(), rules.Overlay(laidOver, desired))
+		}
 		plan, st, source, after, err := a.converge(k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
-			plan, err := a.makePlan(k, current, desired, *adopt)
+			if pending == nil || current != laidOver {
+				if pending != nil {
+					pending.discard()
+				}
+				laidOver = current
+				pending = prepareState(a.stateDir(), rules.Overlay(current, desired))
+			}
+			plan, err := a.makePlan(k, current, pending.rs, *adopt)
 			if err == nil && !*allowRemovals {
 				err = removalGuard(plan, current)
 			}
@@ -72,17 +93,11 @@ func (a *app) applyCommand() *cobra.Command {
 	return cmd
 }
 
-// installedAccounts returns the UIDs that have ports in rs.
+// installedAccounts returns the UIDs that are enforced with ports in rs.
 func installedAccounts(rs *rules.Ruleset) map[uint32]bool {
 	uids := map[uint32]bool{}
-	if rs == nil {
-		return uids
-	}
-	for _, s := range rs.Sets {
-		if s.Key != rules.KeyUIDPort || s.Dynamic {
-			continue
-		}
-		for _, e := range s.Elements {
+	for _, es := range rules.Accounts(rs) {
+		for _, e := range es {
 			uids[e.UID] = true
 		}
 	}

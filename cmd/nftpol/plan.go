@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -51,7 +52,7 @@ func (a *app) planCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		plan, err := a.makePlan(k, snap.current, desired, *adopt)
+		plan, err := a.makePlan(k, snap.current, rules.Overlay(snap.current, desired), *adopt)
 		if err != nil {
 			return err
 		}
@@ -173,7 +174,7 @@ func (a *app) converge(k *kernel.Kernel, table string, allowState bool,
 			return nil, kernel.Stats{}, "", kernel.Identity{}, err
 		}
 		phase("planned")
-		st, err := k.Apply(plan, snap.id.Generation)
+		st, after, err := a.commit(k, snap, plan)
 		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
 			fmt.Fprintf(a.stderr, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
 			continue
@@ -181,12 +182,51 @@ func (a *app) converge(k *kernel.Kernel, table string, allowState bool,
 		if err != nil {
 			return nil, kernel.Stats{}, "", kernel.Identity{}, err
 		}
-		after := snap.id
-		if !plan.Empty() {
-			after.Generation = kernel.NextGeneration(after.Generation)
-		}
 		return plan, st, snap.source(), after, nil
 	}
+}
+
+// commit sends plan to the kernel read in snap. A plan that moves accounts
+// (rules.Overlay) goes in two transactions: first the moved accounts' new
+// elements, which change no verdict yet (rules.PrepareMoves says why), then
+// the rest, at the generation the first one made. If the second is refused
+// the first has changed nothing that matters, and the next plan, from a full
+// read, picks up from there. It returns what was sent and the kernel's
+// identity after it.
+func (a *app) commit(k *kernel.Kernel, snap snapshot, plan *rules.Plan) (kernel.Stats, kernel.Identity, error) {
+	after := snap.id
+	var st kernel.Stats
+	pre, rest := rules.PrepareMoves(snap.current, plan)
+	if pre != nil {
+		var err error
+		if st, err = k.Apply(pre, after.Generation); err != nil {
+			return kernel.Stats{}, kernel.Identity{}, err
+		}
+		after.Generation = kernel.NextGeneration(after.Generation)
+	}
+	if rest.Operations() > 0 || rest.TableAction != rules.TableUpdate {
+		if pre != nil && os.Getenv(injectFailureEnv) == "last" {
+			k.InjectFailure(true)
+		}
+		more, err := k.Apply(rest, after.Generation)
+		k.InjectFailure(os.Getenv(injectFailureEnv) == "1")
+		if err != nil && pre != nil && !errors.Is(err, kernel.ErrGenerationChanged) {
+			// Refused: take the first transaction back too, so the
+			// kernel is as it was (the elements were inert anyway).
+			if _, uerr := k.Apply(rules.Undo(pre), after.Generation); uerr != nil {
+				err = fmt.Errorf("%w; and taking back the moved ports sent before it failed too (they change no verdict; the next apply removes them): %v", err, uerr)
+			}
+		}
+		if err != nil {
+			return kernel.Stats{}, kernel.Identity{}, err
+		}
+		if !rest.Empty() {
+			after.Generation = kernel.NextGeneration(after.Generation)
+		}
+		st.Messages += more.Messages
+		st.Elements += more.Elements
+	}
+	return st, after, nil
 }
 
 // previousTable returns the table name of the last apply recorded in the

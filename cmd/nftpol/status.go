@@ -125,10 +125,10 @@ func (a *app) status(top int) (*statusReport, error) {
 		if !s.Dynamic {
 			r.Elements[s.Name] = len(s.Elements)
 		}
-		if s.Key == rules.KeyUIDPort && !s.Dynamic {
-			for _, e := range s.Elements {
-				names[e.UID] = e.Comment
-			}
+	}
+	for _, es := range rules.Accounts(current) {
+		for _, e := range es {
+			names[e.UID] = e.Comment
 		}
 	}
 	r.Accounts = len(installedAccounts(current))

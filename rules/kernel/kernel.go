@@ -60,6 +60,10 @@ func WithTestDial(f nltest.Func) Option {
 	}
 }
 
+// InjectFailure turns the injected failure (WithInjectedFailure) on or off
+// for the batches sent from now on.
+func (k *Kernel) InjectFailure(on bool) { k.failLast = on }
+
 // WithInjectedFailure ends every batch with an operation the kernel must
 // refuse (deleting a set that does not exist), after all the valid ones.
 // It exists for tests of what a refused transaction leaves behind: nothing.
