@@ -340,7 +340,7 @@ func uidGroup(es []Element, uid uint32) []Element {
 // elements differ, so a plan with nothing to change costs one comparison
 // per element and no allocation: it runs on every plan and apply.
 func accountChanges(current, desired *Ruleset) []AccountChange {
-	old, cur := Accounts(current), Accounts(desired)
+	old, cur := accountViews(current), accountViews(desired)
 	var protos []Proto
 	for p := range old {
 		protos = append(protos, p)
@@ -353,10 +353,20 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 	slices.Sort(protos)
 
 	// Each protocol's walk finds its changed UIDs in ascending order; the
-	// union is sorted once (a map of 50,000 UIDs costs more).
+	// union is sorted once (a map of 50,000 UIDs costs more). When the base
+	// is shared (rules.Overlay moved what changed), only the moved UIDs
+	// can differ.
 	var uids []uint32
 	for _, p := range protos {
-		a, b := old[p], cur[p]
+		if cands, ok := movedOnly(old[p], cur[p]); ok {
+			for _, u := range cands {
+				if !slices.Equal(old[p].group(u), cur[p].group(u)) {
+					uids = append(uids, u)
+				}
+			}
+			continue
+		}
+		a, b := old[p].all(), cur[p].all()
 		i, j := 0, 0
 		for i < len(a) || j < len(b) {
 			var uid uint32
@@ -406,7 +416,7 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 		hadOld, hasNew := false, false
 		first := len(ppBlock)
 		for _, p := range protos {
-			og, ng := uidGroup(old[p], u), uidGroup(cur[p], u)
+			og, ng := old[p].group(u), cur[p].group(u)
 			if len(og)+len(ng) == 0 {
 				continue
 			}

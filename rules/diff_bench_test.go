@@ -159,3 +159,30 @@ func BenchmarkDiff50kInstall(b *testing.B) {
 		}
 	}
 }
+
+// withMovedSets adds the moved sets (empty) for TCP and UDP to rs.
+func withMovedSets(rs *Ruleset) *Ruleset {
+	for _, p := range []Proto{TCP, UDP} {
+		rs.Sets = append(rs.Sets,
+			&Set{Name: MovedSet(p), Key: KeyUID, Comment: OwnerPrefix + "moved"},
+			&Set{Name: MovedPortsSet(p), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "moved ports"})
+	}
+	return rs
+}
+
+// BenchmarkOverlayPlan50kOneAccount is what a one-account apply plans at
+// 50,000 accounts: the compiled ruleset laid over the kernel's table (the
+// last account moved), then diffed, both ways (widen, narrow back).
+func BenchmarkOverlayPlan50kOneAccount(b *testing.B) {
+	base, wide := withMovedSets(benchRuleset(benchAccounts, false)), withMovedSets(benchRuleset(benchAccounts, true))
+	moved := Overlay(base, wide)
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := Diff(base, Overlay(base, wide)); len(p.Accounts) != 1 {
+			b.Fatalf("widen: %d accounts", len(p.Accounts))
+		}
+		if p := Diff(moved, Overlay(moved, base)); len(p.Accounts) != 1 {
+			b.Fatalf("narrow: %d accounts", len(p.Accounts))
+		}
+	}
+}

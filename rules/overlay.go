@@ -156,6 +156,20 @@ func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok boo
 // moved sets for a ruleset that has none.
 func Accounts(rs *Ruleset) map[Proto][]Element {
 	m := map[Proto][]Element{}
+	for p, v := range accountViews(rs) {
+		m[p] = v.all()
+	}
+	return m
+}
+
+// accountView is one protocol's per-account sets of a ruleset.
+type accountView struct {
+	base, moved, movedPorts []Element
+}
+
+// accountViews returns the per-account sets of rs by protocol.
+func accountViews(rs *Ruleset) map[Proto]*accountView {
+	m := map[Proto]*accountView{}
 	if rs == nil {
 		return m
 	}
@@ -164,31 +178,88 @@ func Accounts(rs *Ruleset) map[Proto][]Element {
 		if !ok || s.Key != KeyUIDPort || s.Dynamic || strings.HasSuffix(p, "_moved") {
 			continue
 		}
-		m[Proto(p)] = s.Elements
+		m[Proto(p)] = &accountView{base: s.Elements}
 	}
 	for _, p := range overlayProtos(rs) {
-		moved, mp := rs.Set(MovedSet(p)), rs.Set(MovedPortsSet(p))
-		if len(moved.Elements) == 0 && len(mp.Elements) == 0 {
-			continue
+		if v := m[p]; v != nil {
+			v.moved, v.movedPorts = rs.Set(MovedSet(p)).Elements, rs.Set(MovedPortsSet(p)).Elements
 		}
-		base := m[p]
-		out := make([]Element, 0, len(base)+len(mp.Elements))
-		for _, e := range base {
-			if _, found := slices.BinarySearchFunc(moved.Elements, e.UID, func(m Element, u uint32) int { return cmp.Compare(m.UID, u) }); !found {
-				out = append(out, e)
-			}
-		}
-		// A moved-ports element of a UID that is not moved is enforced
-		// by no rule: leave it out.
-		for _, e := range mp.Elements {
-			if _, found := slices.BinarySearchFunc(moved.Elements, e.UID, func(m Element, u uint32) int { return cmp.Compare(m.UID, u) }); found {
-				out = append(out, e)
-			}
-		}
-		slices.SortFunc(out, Element.Compare)
-		m[p] = out
 	}
 	return m
+}
+
+func (v *accountView) isMoved(uid uint32) bool {
+	_, found := slices.BinarySearchFunc(v.moved, uid, func(m Element, u uint32) int { return cmp.Compare(m.UID, u) })
+	return found
+}
+
+// group returns the elements uid is enforced with.
+func (v *accountView) group(uid uint32) []Element {
+	if v == nil {
+		return nil
+	}
+	if v.isMoved(uid) {
+		return uidGroup(v.movedPorts, uid)
+	}
+	return uidGroup(v.base, uid)
+}
+
+// all returns the elements every account is enforced with, sorted.
+func (v *accountView) all() []Element {
+	if v == nil {
+		return nil
+	}
+	if len(v.moved) == 0 && len(v.movedPorts) == 0 {
+		return v.base
+	}
+	// Elements come in UID order, so one cursor over the moved UIDs
+	// (sorted too) answers for the base and one for the moved ports.
+	cursor := func() func(Element) bool {
+		ms := v.moved
+		return func(e Element) bool {
+			for len(ms) > 0 && ms[0].UID < e.UID {
+				ms = ms[1:]
+			}
+			return len(ms) > 0 && ms[0].UID == e.UID
+		}
+	}
+	baseMoved, portsMoved := cursor(), cursor()
+	// Merge the base's elements of UIDs not moved with the moved ports of
+	// moved UIDs (one of a UID that is not moved is enforced by no rule:
+	// left out).
+	base, mps := v.base, v.movedPorts
+	out := make([]Element, 0, len(base)+len(mps))
+	for len(base) > 0 || len(mps) > 0 {
+		if len(mps) == 0 || len(base) > 0 && base[0].Compare(mps[0]) <= 0 {
+			if !baseMoved(base[0]) {
+				out = append(out, base[0])
+			}
+			base = base[1:]
+			continue
+		}
+		if portsMoved(mps[0]) {
+			out = append(out, mps[0])
+		}
+		mps = mps[1:]
+	}
+	return out
+}
+
+// movedOnly returns, when a and b share their base (the same elements, as
+// Overlay leaves it when it adds nothing), the UIDs whose enforcement can
+// differ between them: those in either's moved sets. ok is false when the
+// bases differ and every account has to be compared.
+func movedOnly(a, b *accountView) (uids []uint32, ok bool) {
+	if a == nil || b == nil || len(a.base) != len(b.base) || len(a.base) > 0 && &a.base[0] != &b.base[0] {
+		return nil, false
+	}
+	for _, es := range [][]Element{a.moved, b.moved, a.movedPorts, b.movedPorts} {
+		for _, e := range es {
+			uids = append(uids, e.UID)
+		}
+	}
+	slices.Sort(uids)
+	return slices.Compact(uids), true
 }
 
 // PrepareMoves splits p in two: pre, what has to be in the kernel before p

@@ -170,3 +170,33 @@ func TestPrepareMoves(t *testing.T) {
 		t.Errorf("a plan that moves nothing was split: %+v", pre)
 	}
 }
+
+// TestAccountChangesSharedBase: when the base is shared (only moved UIDs
+// are compared), the plan names the same accounts, the same way, as when
+// every account is compared.
+func TestAccountChangesSharedBase(t *testing.T) {
+	current := overlayTable(nil, map[uint32][2]uint16{3: {35, 35}, 5: {50, 51}}, map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}, 5: {50, 50}})
+	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}, 3: {30, 30}, 5: {50, 51}}, nil, nil)
+	installed := Overlay(current, desired)
+	if &installed.Set(PortsSet(TCP)).Elements[0] != &current.Set(PortsSet(TCP)).Elements[0] {
+		t.Fatal("Overlay copied a base it did not change")
+	}
+	unshared := *installed
+	unshared.Sets = slices.Clone(installed.Sets)
+	for i, s := range unshared.Sets {
+		if s.Name == PortsSet(TCP) {
+			unshared.Sets[i] = withElements(s, slices.Clone(s.Elements))
+		}
+	}
+	fast, full := Diff(current, installed).Accounts, Diff(current, &unshared).Accounts
+	if fmt.Sprintf("%+v", fast) != fmt.Sprintf("%+v", full) {
+		t.Errorf("shared base: %+v\nevery account compared: %+v", fast, full)
+	}
+	var got []string
+	for _, ac := range fast {
+		got = append(got, fmt.Sprintf("%d %s", ac.UID, ac.Action))
+	}
+	if want := []string{"1 change", "3 change"}; !slices.Equal(got, want) {
+		t.Errorf("accounts %v, want %v", got, want)
+	}
+}
