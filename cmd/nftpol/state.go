@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -495,7 +496,7 @@ func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) 
 	if err := f.Chmod(0o600); err != nil {
 		return fail(err)
 	}
-	bw := bufio.NewWriterSize(f, 64<<10)
+	bw := bufio.NewWriterSize(yielding{f}, 64<<10)
 	if err := write(bw); err != nil {
 		return fail(err)
 	}
@@ -506,6 +507,18 @@ func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) 
 		return fail(err)
 	}
 	return f, nil
+}
+
+// yielding lets other goroutines run after each write. The state is written
+// in the background while apply plans and commits; without it the two
+// writing goroutines could hold both CPUs and keep the commit waiting for
+// the scheduler's next preemption, up to 10 ms (seen with strace).
+type yielding struct{ w io.Writer }
+
+func (y yielding) Write(p []byte) (int, error) {
+	n, err := y.w.Write(p)
+	runtime.Gosched()
+	return n, err
 }
 
 // finishTemp syncs and closes the temporary file f and renames it to path.
