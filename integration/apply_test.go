@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -472,62 +471,68 @@ func TestUntrackedTrafficUntouched(t *testing.T) {
 }
 
 // TestApplyState: apply records the policy and the ruleset, readable by root
-// only; the recorded ruleset is what export prints.
+// only, in a file that ends with the sha256 of all of it; export --applied
+// prints the recorded ruleset, which after a first apply is what export
+// prints, and after a move what nft lists.
 func TestApplyState(t *testing.T) {
 	requireRoot(t)
 	bin := buildBinary(t, "cmd/nftpol")
 	stateDir := filepath.Join(t.TempDir(), "state") // nftpol creates it
-	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: newNetns(t, "state"), stateDir: stateDir}
+	ns := newNetns(t, "state")
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: stateDir}
 	n.apply(t)
 	export, stderr, code := n.run(t, "export")
 	if code != 0 {
 		t.Fatalf("nftpol export exited %d\n%s", code, stderr)
 	}
 
-	for _, name := range []string{"state", "ruleset.nft"} {
-		fi, err := os.Stat(filepath.Join(stateDir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if perm := fi.Mode().Perm(); perm != 0o600 {
-			t.Errorf("%s has mode %04o, want 0600", name, perm)
-		}
-	}
-	ruleset, err := os.ReadFile(filepath.Join(stateDir, "ruleset.nft"))
+	fi, err := os.Stat(filepath.Join(stateDir, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(ruleset) != export {
-		t.Errorf("ruleset.nft differs from nftpol export:\nruleset.nft:\n%s\nexport:\n%s", ruleset, export)
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("the state has mode %04o, want 0600", perm)
+	}
+	applied, stderr, code := n.run(t, "export", "--applied")
+	if code != 0 || applied != export {
+		t.Errorf("export --applied (exit %d) differs from export after a first apply:\n%s\nexport:\n%s%s", code, applied, export, stderr)
 	}
 	b, err := os.ReadFile(filepath.Join(stateDir, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The state starts with its format line and ends with its header, in
-	// JSON, and the digest.
-	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	if len(lines) < 3 || lines[0] != "nftpol state 2" || !strings.HasPrefix(lines[len(lines)-1], "sha256 ") {
+	// JSON, and the digest of everything before it.
+	text := string(b)
+	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+	last := lines[len(lines)-1]
+	if len(lines) < 3 || lines[0] != "nftpol state 2" || !strings.HasPrefix(last, "sha256 ") {
 		t.Fatalf("the state does not have its format line, header and digest:\n%s", b)
 	}
-	head := lines[len(lines)-2]
-	var st struct {
-		Digest *string `json:"ruleset_sha256"`
+	var head struct {
+		Version string `json:"version"`
+		Policy  string `json:"policy_sha256"`
 	}
-	if err := json.Unmarshal([]byte(head), &st); err != nil {
-		t.Fatalf("the state's header is not JSON: %v\n%s", err, head)
+	if err := json.Unmarshal([]byte(lines[len(lines)-2]), &head); err != nil || head.Version == "" || len(head.Policy) != 64 {
+		t.Errorf("the state's header: %v, %+v\n%s", err, head, lines[len(lines)-2])
 	}
-	sum := sha256.Sum256(ruleset)
-	if st.Digest == nil || *st.Digest != hex.EncodeToString(sum[:]) {
-		t.Errorf("the state's ruleset_sha256 = %v, want %x (sha256 of ruleset.nft)\n%s", strPtr(st.Digest), sum, head)
+	sum := sha256.Sum256([]byte(text[:len(text)-len(last)-1]))
+	if want := "sha256 " + hex.EncodeToString(sum[:]); last != want {
+		t.Errorf("the state ends with %q, want %q", last, want)
 	}
-}
 
-func strPtr(p *string) string {
-	if p == nil {
-		return "<absent>"
+	// After a move, export --applied is what nft lists (counters aside).
+	n.setPolicy(t, contractPolicyBetaWider)
+	n.apply(t)
+	applied, stderr, code = n.run(t, "export", "--applied")
+	if code != 0 {
+		t.Fatalf("export --applied exited %d\n%s", code, stderr)
 	}
-	return strconv.Quote(*p)
+	ref := newNetns(t, "state-ref")
+	nftLoad(t, ref, applied)
+	if got, want := nftStateless(t, ref), nftStateless(t, ns); got != want {
+		t.Errorf("export --applied loaded by nft:\n%s\ndiffers from the table apply left:\n%s", got, want)
+	}
 }
 
 // nftSetElements reads set inet nftpol NAME in ns with `nft -j` (nft's own

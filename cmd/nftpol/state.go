@@ -55,6 +55,9 @@ const (
 	stateFormatV1 = 1
 	stateMagic    = "nftpol state 2\n"
 	stateTrailer  = "sha256 "
+	// oldRulesetName is the rendered ruleset nftpol before format 2 kept
+	// beside the state.
+	oldRulesetName = "ruleset.nft"
 )
 
 // stateFile is the header of the state; ruleset is decoded from the whole
@@ -67,9 +70,12 @@ type stateFile struct {
 	// PolicyDigest is the sha256 of the resolved policy (policyDigest):
 	// it changes when anything that decides the ruleset changes.
 	PolicyDigest string `json:"policy_sha256"`
-	// RulesetDigest is the sha256 of the ruleset rendered in nft syntax,
-	// the text of ruleset.nft and of `nftpol export`; restore checks it.
-	RulesetDigest string `json:"ruleset_sha256"`
+	// RulesetDigest (format 1 only) is the sha256 of the ruleset rendered
+	// in nft syntax, the text of the ruleset.nft format 1 came with;
+	// restore checks it. Rendering 50,000 accounts for it and for
+	// ruleset.nft cost every apply 12 ms of CPU: format 2 has neither,
+	// and `nftpol export --applied` renders the state on demand.
+	RulesetDigest string `json:"ruleset_sha256,omitempty"`
 	// RecordDigest (format 1 only) is the sha256 of the bytes of Ruleset;
 	// format 2 ends with the digest of the whole file instead.
 	RecordDigest string `json:"record_sha256,omitempty"`
@@ -83,6 +89,7 @@ type stateFile struct {
 
 	ruleset *rules.Ruleset // decoded and checked against the digest
 	path    string
+	sha     string // the digest checked: of the file (format 2), of the record (format 1)
 }
 
 func digest(b []byte) string {
@@ -136,10 +143,10 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Ide
 }
 
 // pendingState is the state of a ruleset being written while the kernel
-// commits it: everything that depends on the ruleset alone (ruleset.nft, the
-// elements, most of the digest) is written and synced in the background, and
-// commit adds what only the outcome decides (the time, the kernel's identity)
-// and renames the files into place. At 50,000 accounts that takes the state's
+// commits it: everything that depends on the ruleset alone (the elements,
+// most of the digest) is written and synced in the background, and commit
+// adds what only the outcome decides (the time, the kernel's identity) and
+// renames the file into place. At 50,000 accounts that takes the state's
 // tens of milliseconds off the end of every apply: they run while the
 // process waits for the kernel.
 type pendingState struct {
@@ -147,10 +154,8 @@ type pendingState struct {
 	rs      *rules.Ruleset
 	done    chan struct{}
 	err     error
-	nft     *os.File  // ruleset.nft, complete and synced
 	body    *os.File  // the state up to its header, synced
 	hash    hash.Hash // of body's content so far
-	digest  string    // sha256 of ruleset.nft
 	stopped bool
 }
 
@@ -169,19 +174,6 @@ func (ps *pendingState) write() error {
 	if err := ensureStateDir(ps.dir); err != nil {
 		return err
 	}
-	// ruleset.nft and the state are written side by side: each is a few
-	// MB at 50,000 accounts, and the process has two CPUs while it waits
-	// for the kernel.
-	var nftErr error
-	rendered := make(chan struct{})
-	go func() {
-		defer close(rendered)
-		th := sha256.New()
-		ps.nft, nftErr = writeTemp(ps.dir, "ruleset.nft", func(w io.Writer) error {
-			return rules.Render(io.MultiWriter(w, th), ps.rs)
-		})
-		ps.digest = hex.EncodeToString(th.Sum(nil))
-	}()
 	var err error
 	ps.body, err = writeTemp(ps.dir, stateName, func(w io.Writer) error {
 		hw := io.MultiWriter(w, ps.hash)
@@ -206,13 +198,12 @@ func (ps *pendingState) write() error {
 		_, err := hw.Write(b)
 		return err
 	})
-	<-rendered
-	return errors.Join(nftErr, err)
+	return err
 }
 
 // commit finishes the state for policy p, applied with the kernel now at
-// identity id: it writes the header and the digest, syncs, and renames both
-// files into place, then syncs the directory.
+// identity id: it writes the header and the digest, syncs, renames the file
+// into place, and syncs the directory.
 func (ps *pendingState) commit(p *policies.Policy, id *kernel.Identity) error {
 	<-ps.done
 	defer ps.discard()
@@ -225,7 +216,7 @@ func (ps *pendingState) commit(p *policies.Policy, id *kernel.Identity) error {
 	}
 	head, err := json.Marshal(stateFile{
 		Format: stateFormat, Version: version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
-		PolicyDigest: policyDigest(p), RulesetDigest: ps.digest, Ruleset: def, Kernel: id,
+		PolicyDigest: policyDigest(p), Ruleset: def, Kernel: id,
 	})
 	if err != nil {
 		return err
@@ -236,18 +227,16 @@ func (ps *pendingState) commit(p *policies.Policy, id *kernel.Identity) error {
 	if _, err := ps.body.Write(tail); err != nil {
 		return fmt.Errorf("writing %s: %w", ps.body.Name(), err)
 	}
-	for _, f := range []struct {
-		file *os.File
-		name string
-	}{{ps.body, stateName}, {ps.nft, "ruleset.nft"}} {
-		if err := finishTemp(f.file, filepath.Join(ps.dir, f.name)); err != nil {
+	if err := finishTemp(ps.body, filepath.Join(ps.dir, stateName)); err != nil {
+		return err
+	}
+	// What nftpol before state format 2 wrote is superseded: state.json
+	// would be read should this file ever go missing, and ruleset.nft
+	// would show an old ruleset (`nftpol export --applied` shows this one).
+	for _, old := range []string{stateNameV1, oldRulesetName} {
+		if err := os.Remove(filepath.Join(ps.dir, old)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-	}
-	// The format 1 file is superseded; left behind it would be read
-	// should this file ever go missing.
-	if err := os.Remove(filepath.Join(ps.dir, stateNameV1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
 	}
 	return syncDir(ps.dir)
 }
@@ -260,11 +249,9 @@ func (ps *pendingState) discard() {
 		return
 	}
 	ps.stopped = true
-	for _, f := range []*os.File{ps.nft, ps.body} {
-		if f != nil {
-			f.Close()
-			os.Remove(f.Name()) // no-op once renamed
-		}
+	if ps.body != nil {
+		ps.body.Close()
+		os.Remove(ps.body.Name()) // no-op once renamed
 	}
 }
 
@@ -401,6 +388,7 @@ func decodeState(b []byte) (*stateFile, error) {
 	if got := digest(b[:cut]); got != sum {
 		return nil, fmt.Errorf("digest %s, recorded %s", got, sum)
 	}
+
 	// The header is the line before the digest; the elements come first.
 	body := string(b[len(stateMagic):cut])
 	h := strings.LastIndexByte(body[:max(len(body)-1, 0)], '\n') + 1
@@ -446,7 +434,7 @@ func decodeState(b []byte) (*stateFile, error) {
 		}
 		text = rest[end:]
 	}
-	st.ruleset = rs
+	st.ruleset, st.sha = rs, sum
 	return &st, nil
 }
 
@@ -462,6 +450,7 @@ func decodeStateV1(b []byte) (*stateFile, error) {
 	if got := digest(st.Ruleset); got != st.RecordDigest {
 		return nil, fmt.Errorf("record digest %s, recorded %s", got, st.RecordDigest)
 	}
+	st.sha = st.RecordDigest
 	rs, err := rules.UnmarshalRuleset(st.Ruleset)
 	if err != nil {
 		return nil, err
@@ -470,10 +459,13 @@ func decodeStateV1(b []byte) (*stateFile, error) {
 	return &st, nil
 }
 
-// verifyRendered checks that the recorded ruleset renders to the text the
-// apply recorded: the whole chain from the record to what nft would list.
-// restore calls it before it installs anything.
+// verifyRendered checks, for a format 1 state, that the recorded ruleset
+// renders to the text the apply recorded. Format 2 has its digest over the
+// whole file instead.
 func (st *stateFile) verifyRendered() error {
+	if st.Format != stateFormatV1 {
+		return nil
+	}
 	if got := digest([]byte(rules.RenderString(st.ruleset))); got != st.RulesetDigest {
 		return fmt.Errorf("state %s is corrupt (ruleset digest %s, recorded %s): the kernel was not touched; "+
 			"run `nftpol apply` to record the policy again", st.path, got, st.RulesetDigest)

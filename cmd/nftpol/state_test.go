@@ -32,6 +32,13 @@ func testRuleset(t *testing.T) (*policies.Policy, *rules.Ruleset) {
 func TestStateRoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	p, rs := testRuleset(t)
+	// What nftpol before format 2 left beside the state goes.
+	if err := ensureStateDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, oldRulesetName), []byte("table inet old {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := saveState(dir, p, rs, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -42,11 +49,13 @@ func TestStateRoundTrip(t *testing.T) {
 	if got, want := rules.RenderString(st.ruleset), rules.RenderString(rs); got != want {
 		t.Errorf("state round trip:\n%s\nwant\n%s", got, want)
 	}
-	text, _ := os.ReadFile(filepath.Join(dir, "ruleset.nft"))
-	if string(text) != rules.RenderString(rs) {
-		t.Error("ruleset.nft differs from the export")
+	if _, err := os.Stat(filepath.Join(dir, oldRulesetName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old %s is still there (stat: %v)", oldRulesetName, err)
 	}
-	for _, f := range []string{"", stateName, "ruleset.nft"} {
+	if len(st.sha) != 64 {
+		t.Errorf("state digest %q", st.sha)
+	}
+	for _, f := range []string{"", stateName} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {
 			t.Fatal(err)

@@ -35,10 +35,12 @@ type statusReport struct {
 }
 
 type lastApply struct {
-	Time          time.Time `json:"time"`
-	Version       string    `json:"version"`
-	PolicyDigest  string    `json:"policy_sha256"`
-	RulesetDigest string    `json:"ruleset_sha256"`
+	Time         time.Time `json:"time"`
+	Version      string    `json:"version"`
+	PolicyDigest string    `json:"policy_sha256"`
+	// StateDigest is the sha256 the state file ends with (format 1: of
+	// its ruleset record).
+	StateDigest string `json:"state_sha256"`
 }
 
 type violator struct {
@@ -97,7 +99,7 @@ func (a *app) status(top int) (*statusReport, error) {
 	st, serr := a.recordedState()
 	switch {
 	case serr == nil:
-		r.LastApply = &lastApply{Time: st.AppliedAt, Version: st.Version, PolicyDigest: st.PolicyDigest, RulesetDigest: st.RulesetDigest}
+		r.LastApply = &lastApply{Time: st.AppliedAt, Version: st.Version, PolicyDigest: st.PolicyDigest, StateDigest: st.sha}
 	case !errors.Is(serr, errNoState):
 		r.StateErr = serr.Error()
 	}
@@ -246,8 +248,8 @@ func (r *statusReport) writeText(w io.Writer) error {
 		fmt.Fprintf(tw, "Accounts:\t%d installed (%d set elements)\n", r.Accounts, total)
 	}
 	if r.LastApply != nil {
-		fmt.Fprintf(tw, "Last apply:\t%s by nftpol %s, ruleset sha256 %.12s, policy sha256 %.12s\n",
-			r.LastApply.Time.Format("2006-01-02 15:04:05 MST"), r.LastApply.Version, r.LastApply.RulesetDigest, r.LastApply.PolicyDigest)
+		fmt.Fprintf(tw, "Last apply:\t%s by nftpol %s, state sha256 %.12s, policy sha256 %.12s\n",
+			r.LastApply.Time.Format("2006-01-02 15:04:05 MST"), r.LastApply.Version, r.LastApply.StateDigest, r.LastApply.PolicyDigest)
 	}
 	if r.Installed {
 		if len(r.Top) == 0 {

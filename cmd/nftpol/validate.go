@@ -35,16 +35,29 @@ func (a *app) validateCommand() *cobra.Command {
 }
 
 func (a *app) exportCommand() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Print the compiled ruleset in nft syntax (loadable with nft -f)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, rs, err := a.load()
+		Long: `Print the ruleset the policy compiles to, in nft syntax: what a first apply
+installs. With --applied, print the ruleset the last apply recorded in the state
+directory instead (no policy read): what the kernel holds since, accounts moved by
+later applies included.`,
+		Args: cobra.NoArgs,
+	}
+	applied := cmd.Flags().Bool("applied", false, "print the ruleset the last apply recorded instead of the policy's")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *applied {
+			st, err := a.recordedState()
 			if err != nil {
 				return err
 			}
-			return rules.Render(a.stdout, rs)
-		},
+			return rules.Render(a.stdout, st.ruleset)
+		}
+		_, rs, err := a.load()
+		if err != nil {
+			return err
+		}
+		return rules.Render(a.stdout, rs)
 	}
+	return cmd
 }
