@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
+	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 
@@ -30,6 +31,8 @@ type Kernel struct {
 	// failLast appends an operation the kernel must refuse to every batch
 	// (WithInjectedFailure).
 	failLast bool
+	// commitConn is the socket commits are sent on, open until Close.
+	commitConn *netlink.Conn
 }
 
 // Option configures a Kernel.
@@ -88,12 +91,16 @@ func Open(opts ...Option) (*Kernel, error) {
 
 // Close releases the Kernel's resources.
 func (k *Kernel) Close() error {
-	if k.ns != nil {
-		err := k.ns.Close()
-		k.ns = nil
-		return err
+	var errs []error
+	if k.commitConn != nil {
+		errs = append(errs, k.commitConn.Close())
+		k.commitConn = nil
 	}
-	return nil
+	if k.ns != nil {
+		errs = append(errs, k.ns.Close())
+		k.ns = nil
+	}
+	return errors.Join(errs...)
 }
 
 // Read returns the content of table inet <table>, or nil when there is no

@@ -234,11 +234,19 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 		batch[0].Data = append(batch[0].Data[:4:4], attr...)
 	}
 
-	conn, err := k.dial()
-	if err != nil {
-		return err
+	// One socket serves every commit of this Kernel and is closed with it
+	// (Close). Closing a netfilter socket right after a commit that freed
+	// something makes the kernel wait for that commit's cleanup, an RCU
+	// grace period (nft_rcv_nl_event flushes the transaction destroy
+	// work): about 10 ms at the end of every commit, measured. Closed at
+	// the end of the command, after the state is saved, the wait has
+	// mostly passed.
+	if k.commitConn == nil {
+		if k.commitConn, err = k.dial(); err != nil {
+			return err
+		}
 	}
-	defer conn.Close()
+	conn := k.commitConn
 	// The whole batch goes out in one sendmsg(2), so the send buffer must
 	// hold it; the receive buffer must hold the kernel's error replies,
 	// which echo the failing message. As root the netlink package uses
