@@ -57,7 +57,7 @@ func (a *app) applyCommand() *cobra.Command {
 		}()
 		if st, err := a.recordedState(); err == nil && !a.v.GetBool("full-read") {
 			laidOver = st.ruleset
-			pending = prepareState(a.stateDir(), rules.Overlay(laidOver, desired))
+			pending = prepareState(a.stateDir(), p, rules.Overlay(laidOver, desired), st)
 		}
 		plan, st, source, after, err := a.converge(k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
 			if pending == nil || current != laidOver {
@@ -65,7 +65,7 @@ func (a *app) applyCommand() *cobra.Command {
 					pending.discard()
 				}
 				laidOver = current
-				pending = prepareState(a.stateDir(), rules.Overlay(current, desired))
+				pending = prepareState(a.stateDir(), p, rules.Overlay(current, desired), nil)
 			}
 			plan, err := a.makePlan(k, current, pending.rs, *adopt)
 			if err == nil && !*allowRemovals {
@@ -84,7 +84,7 @@ func (a *app) applyCommand() *cobra.Command {
 		}
 		phase("committed")
 		defer phase("state saved")
-		if err := pending.commit(p, &after); err != nil {
+		if err := pending.commit(&after); err != nil {
 			return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 				"restore would install the previous ruleset until an apply succeeds", a.stateDir(), err)
 		}

@@ -88,8 +88,12 @@ type stateFile struct {
 	Kernel *kernel.Identity `json:"kernel,omitempty"`
 
 	ruleset *rules.Ruleset // decoded and checked against the digest
-	path    string
-	sha     string // the digest checked: of the file (format 2), of the record (format 1)
+	// text holds, per set, its element lines as read (format 2), when
+	// they are in order: what prepareState writes again for a set whose
+	// elements it still has.
+	text map[string]string
+	path string
+	sha  string // the digest checked: of the file (format 2), of the record (format 1)
 }
 
 func digest(b []byte) string {
@@ -139,7 +143,7 @@ func policyDigest(p *policies.Policy) string {
 // in dir, synced, renamed over the old one, and the directory is synced, so
 // a crash leaves the old or the new file, never a torn one.
 func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Identity) error {
-	return prepareState(dir, rs).commit(p, id)
+	return prepareState(dir, p, rs, nil).commit(id)
 }
 
 // pendingState is the state of a ruleset being written while the kernel
@@ -151,18 +155,25 @@ func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Ide
 // process waits for the kernel.
 type pendingState struct {
 	dir     string
+	p       *policies.Policy
 	rs      *rules.Ruleset
+	from    *stateFile // the recorded state rs was laid over, or nil
 	done    chan struct{}
 	err     error
-	body    *os.File  // the state up to its header, synced
+	body    *os.File  // the state up to its header
 	hash    hash.Hash // of body's content so far
+	policy  string    // policyDigest(p)
+	def     []byte    // rs without elements, as JSON
 	stopped bool
 }
 
-// prepareState starts writing the state of rs into temporary files in dir.
-// Call commit once the kernel holds rs, or discard if it does not.
-func prepareState(dir string, rs *rules.Ruleset) *pendingState {
-	ps := &pendingState{dir: dir, rs: rs, done: make(chan struct{}), hash: sha256.New()}
+// prepareState starts writing the state of rs, applied for policy p, into a
+// temporary file in dir. from, when not nil, is the recorded state rs was
+// laid over (rules.Overlay): the text of the sets rs shares with it is
+// written as it was read instead of being formatted again. Call commit once
+// the kernel holds rs, or discard if it does not.
+func prepareState(dir string, p *policies.Policy, rs *rules.Ruleset, from *stateFile) *pendingState {
+	ps := &pendingState{dir: dir, p: p, rs: rs, from: from, done: make(chan struct{}), hash: sha256.New()}
 	go func() {
 		defer close(ps.done)
 		ps.err = ps.write()
@@ -175,6 +186,10 @@ func (ps *pendingState) write() error {
 		return err
 	}
 	var err error
+	ps.policy = policyDigest(ps.p)
+	if ps.def, err = rules.MarshalDefinition(ps.rs); err != nil {
+		return err
+	}
 	ps.body, err = writeTemp(ps.dir, stateName, func(w io.Writer) error {
 		hw := io.MultiWriter(w, ps.hash)
 		b := []byte(stateMagic)
@@ -183,6 +198,16 @@ func (ps *pendingState) write() error {
 				continue
 			}
 			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
+			if text, ok := ps.from.elementText(s); ok {
+				if _, err := hw.Write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+				if _, err := io.WriteString(hw, text); err != nil {
+					return err
+				}
+				continue
+			}
 			// Write in slices of a few thousand elements: one buffer
 			// of the whole set would be megabytes more RSS.
 			for es := s.Elements; len(es) > 0; {
@@ -201,22 +226,17 @@ func (ps *pendingState) write() error {
 	return err
 }
 
-// commit finishes the state for policy p, applied with the kernel now at
-// identity id: it writes the header and the digest, syncs, renames the file
+// commit finishes the state, applied with the kernel now at identity id: it writes the header and the digest, syncs, renames the file
 // into place, and syncs the directory.
-func (ps *pendingState) commit(p *policies.Policy, id *kernel.Identity) error {
+func (ps *pendingState) commit(id *kernel.Identity) error {
 	<-ps.done
 	defer ps.discard()
 	if ps.err != nil {
 		return ps.err
 	}
-	def, err := rules.MarshalDefinition(ps.rs)
-	if err != nil {
-		return err
-	}
 	head, err := json.Marshal(stateFile{
 		Format: stateFormat, Version: version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
-		PolicyDigest: policyDigest(p), Ruleset: def, Kernel: id,
+		PolicyDigest: ps.policy, Ruleset: ps.def, Kernel: id,
 	})
 	if err != nil {
 		return err
@@ -431,6 +451,11 @@ func decodeState(b []byte) (*stateFile, error) {
 		}
 		if !slices.IsSortedFunc(rs.Sets[i].Elements, rules.Element.Compare) {
 			rs.Sets[i].Elements = rules.SortElements(rs.Sets[i].Elements)
+		} else {
+			if st.text == nil {
+				st.text = map[string]string{}
+			}
+			st.text[name] = rest[:end]
 		}
 		text = rest[end:]
 	}
@@ -459,6 +484,23 @@ func decodeStateV1(b []byte) (*stateFile, error) {
 	return &st, nil
 }
 
+// elementText returns the element lines st was read with for set s, when s
+// still holds exactly the elements read (the same slice: rules.Overlay
+// keeps a set it does not change) and they were written in order; "", false
+// otherwise. The lines are what rules.AppendElementLines writes for them:
+// the parser takes nothing else, and the digest proved them unchanged.
+func (st *stateFile) elementText(s *rules.Set) (string, bool) {
+	if st == nil || st.text == nil || st.ruleset == nil {
+		return "", false
+	}
+	rec := st.ruleset.Set(s.Name)
+	text, ok := st.text[s.Name]
+	if !ok || rec == nil || len(rec.Elements) != len(s.Elements) || len(s.Elements) == 0 || &rec.Elements[0] != &s.Elements[0] {
+		return "", false
+	}
+	return text, true
+}
+
 // verifyRendered checks, for a format 1 state, that the recorded ruleset
 // renders to the text the apply recorded. Format 2 has its digest over the
 // whole file instead.
@@ -473,8 +515,8 @@ func (st *stateFile) verifyRendered() error {
 	return nil
 }
 
-// writeTemp writes a temporary file in dir for name through write, synced
-// and left open: finishTemp puts it into place.
+// writeTemp writes a temporary file in dir for name through write and
+// leaves it open: finishTemp syncs it and puts it into place.
 func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) {
 	f, err := os.CreateTemp(dir, "."+name+".tmp*")
 	if err != nil {
@@ -495,9 +537,8 @@ func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) 
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
+	// Not synced here: finishTemp syncs once, data and the header with it
+	// (two syncs cost two journal commits, measured ~2 ms more).
 	return f, nil
 }
 

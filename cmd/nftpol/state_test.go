@@ -300,3 +300,56 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 	}
 	a.dropPrefetch()
 }
+
+// TestStateReusesUnchangedSets: a set the new ruleset shares with the
+// recorded state is written from the text read, byte for byte what
+// formatting it again gives; a changed set is formatted.
+func TestStateReusesUnchangedSets(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	p := manyAccounts(3000)
+	rs, err := compiler.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := saveState(dir, p, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Laid over the recorded state: tcp_ports shared, tcp_open changed.
+	changed := rules.Overlay(st.ruleset, st.ruleset)
+	for i, s := range changed.Sets {
+		if s.Name == rules.OpenSet(rules.TCP) {
+			c := *s
+			c.Elements = []rules.Element{{Lo: 10000, Hi: 20000}}
+			changed.Sets[i] = &c
+		}
+	}
+	if _, ok := st.elementText(changed.Set(rules.PortsSet(rules.TCP))); !ok {
+		t.Fatal("the shared tcp_ports is not reused")
+	}
+	if _, ok := st.elementText(changed.Set(rules.OpenSet(rules.TCP))); ok {
+		t.Fatal("the changed tcp_open is reused")
+	}
+	body := func(from *stateFile) string {
+		if err := prepareState(dir, p, changed, from).commit(nil); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, stateName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.TrimSuffix(string(b), "\n")
+		text = text[:strings.LastIndex(text, "\n")]   // the digest
+		return text[:strings.LastIndex(text, "\n")+1] // the header
+	}
+	if reused, formatted := body(st), body(nil); reused != formatted {
+		t.Errorf("the state written from the text read differs from the one formatted (%d and %d bytes)", len(reused), len(formatted))
+	}
+	got, err := loadState(dir)
+	if err != nil || !rules.Diff(got.ruleset, changed).Empty() {
+		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.Diff(got.ruleset, changed).Empty())
+	}
+}
