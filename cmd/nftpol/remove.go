@@ -42,10 +42,13 @@ func (a *app) removeCommand() *cobra.Command {
 			fmt.Fprintf(a.stdout, "Deleted table inet %s (%d accounts were installed).\n", table, len(installedAccounts(current)))
 		}
 		if *purge {
-			for _, name := range []string{stateName, stateNameV1, "ruleset.nft"} {
+			for _, name := range []string{stateName, stateNameV1, oldRulesetName} {
 				if err := os.Remove(filepath.Join(a.stateDir(), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("purging state: %w", err)
 				}
+			}
+			if err := removeStaleSections(a.stateDir(), nil); err != nil {
+				return fmt.Errorf("purging state: %w", err)
 			}
 			fmt.Fprintf(a.stdout, "Purged the state in %s.\n", a.stateDir())
 		}

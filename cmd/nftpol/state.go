@@ -91,7 +91,7 @@ type stateFile struct {
 	// text holds, per set, its element lines as read (format 2), when
 	// they are in order: what prepareState writes again for a set whose
 	// elements it still has.
-	text map[string]string
+	text map[string]section
 	path string
 	sha  string // the digest checked: of the file (format 2), of the record (format 1)
 }
@@ -165,6 +165,8 @@ type pendingState struct {
 	policy  string    // policyDigest(p)
 	def     []byte    // rs without elements, as JSON
 	stopped bool
+	// sections are the digests of the section files the state refers to.
+	sections []string
 }
 
 // prepareState starts writing the state of rs, applied for policy p, into a
@@ -197,13 +199,22 @@ func (ps *pendingState) write() error {
 			if len(s.Elements) == 0 {
 				continue
 			}
+			if len(s.Elements) >= sectionElements {
+				sum, err := ps.section(s)
+				if err != nil {
+					return err
+				}
+				b = fmt.Appendf(b, "elements %s %d %s\n", s.Name, len(s.Elements), sum)
+				ps.sections = append(ps.sections, sum)
+				continue
+			}
 			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
-			if text, ok := ps.from.elementText(s); ok {
+			if text, ok := ps.from.elementText(s); ok && text.sum == "" {
 				if _, err := hw.Write(b); err != nil {
 					return err
 				}
 				b = b[:0]
-				if _, err := io.WriteString(hw, text); err != nil {
+				if _, err := io.WriteString(hw, text.lines); err != nil {
 					return err
 				}
 				continue
@@ -224,6 +235,98 @@ func (ps *pendingState) write() error {
 		return err
 	})
 	return err
+}
+
+// A set of sectionElements elements or more (the per-account sets of a large
+// policy) is kept in a file of its own, elements.<sha256>, named by the
+// sha256 of its content and referred to by it from the state. A set that
+// did not change since the last apply is then not written again: a
+// one-account apply at 50,000 accounts writes a few KB instead of 3 MB (and
+// syncs them), which at the end of every apply was most of what stood
+// between the commit and the exit.
+const sectionElements = 2048
+
+// section is the element lines of one set, and the sha256 of the file they
+// were read from ("" when they were in the state itself).
+type section struct {
+	lines, sum string
+}
+
+func sectionName(sum string) string { return "elements." + sum }
+
+// section makes sure the section file of set s exists and returns its
+// digest: the recorded one when s is unchanged (the file is there, read
+// and checked when the state was), else a new file, written, synced and
+// renamed into place.
+func (ps *pendingState) section(s *rules.Set) (string, error) {
+	if text, ok := ps.from.elementText(s); ok && text.sum != "" {
+		if _, err := os.Lstat(filepath.Join(ps.dir, sectionName(text.sum))); err == nil {
+			return text.sum, nil
+		}
+	}
+	h := sha256.New()
+	f, err := writeTemp(ps.dir, "elements", func(w io.Writer) error {
+		hw := io.MultiWriter(w, h)
+		var b []byte
+		for es := s.Elements; len(es) > 0; {
+			n := min(len(es), 4096)
+			b = rules.AppendElementLines(b[:0], es[:n])
+			es = es[n:]
+			if _, err := hw.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if err := finishTemp(f, filepath.Join(ps.dir, sectionName(sum))); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	// Durable before the state that refers to it is renamed into place.
+	return sum, syncDir(ps.dir)
+}
+
+// readSection reads the section file named by sum and checks its content
+// against it.
+func readSection(dir, sum string) (string, error) {
+	if len(sum) != 64 || strings.Trim(sum, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("%q is not a sha256", sum)
+	}
+	f, b, err := readStateFile(filepath.Join(dir, sectionName(sum)))
+	if f != nil {
+		f.Close()
+	}
+	if err != nil {
+		return "", err
+	}
+	if got := digest(b); got != sum {
+		return "", fmt.Errorf("%s has digest %s", sectionName(sum), got)
+	}
+	return string(b), nil
+}
+
+// removeStaleSections removes the section files of dir that keep does not
+// name, and temporary files a crashed apply left: the lock is held, so no
+// other nftpol is writing any.
+func removeStaleSections(dir string, keep []string) error {
+	names, err := filepath.Glob(filepath.Join(dir, "elements.*"))
+	if err != nil {
+		return err
+	}
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".elements.tmp*"))
+	for _, path := range append(names, tmps...) {
+		if slices.Contains(keep, strings.TrimPrefix(filepath.Base(path), "elements.")) {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // commit finishes the state, applied with the kernel now at identity id: it writes the header and the digest, syncs, renames the file
@@ -258,7 +361,12 @@ func (ps *pendingState) commit(id *kernel.Identity) error {
 			return err
 		}
 	}
-	return syncDir(ps.dir)
+	if err := syncDir(ps.dir); err != nil {
+		return err
+	}
+	// Section files no state refers to any more; left behind they would
+	// only take space.
+	return removeStaleSections(ps.dir, ps.sections)
 }
 
 // discard removes what was not committed. It is safe after commit, and
@@ -307,7 +415,7 @@ func readState(dir string) (*stateFile, *os.File, error) {
 	if path == filepath.Join(dir, stateNameV1) {
 		st, err = decodeStateV1(b)
 	} else {
-		st, err = decodeState(b)
+		st, err = decodeState(dir, b)
 	}
 	if err != nil {
 		return nil, f, fmt.Errorf("state %s is corrupt (%v): the kernel was not touched; run `nftpol apply` to record the policy again", path, err)
@@ -388,7 +496,7 @@ func (p statePrefetch) close() {
 
 // decodeState decodes format 2: the digest first, then the header, then each
 // set's elements.
-func decodeState(b []byte) (*stateFile, error) {
+func decodeState(dir string, b []byte) (*stateFile, error) {
 	if !bytes.HasPrefix(b, []byte(stateMagic)) {
 		if bytes.HasPrefix(b, []byte("nftpol state ")) {
 			line, _, _ := bytes.Cut(b, []byte("\n"))
@@ -427,37 +535,54 @@ func decodeState(b []byte) (*stateFile, error) {
 	next := 0 // sets before this index are done
 	for text != "" {
 		line, rest, _ := strings.Cut(text, "\n")
-		var name string
-		var n int
-		if _, err := fmt.Sscanf(line, "elements %s %d", &name, &n); err != nil || n < 1 {
+		f := strings.Fields(line)
+		n, err := 0, error(nil)
+		if len(f) >= 3 {
+			n, err = strconv.Atoi(f[2])
+		}
+		if len(f) < 3 || len(f) > 4 || f[0] != "elements" || err != nil || n < 1 {
 			return nil, fmt.Errorf("%q is not the start of a set's elements", line)
 		}
+		name := f[1]
 		i := slices.IndexFunc(rs.Sets, func(s *rules.Set) bool { return s.Name == name })
 		if i < next {
 			return nil, fmt.Errorf("elements of set %s: no such set, or out of order", name)
 		}
 		next = i + 1
-		// The n lines that follow.
-		end := 0
-		for range n {
-			j := strings.IndexByte(rest[end:], '\n')
-			if j < 0 {
-				return nil, fmt.Errorf("set %s: fewer than %d elements", name, n)
+		var lines, sum string
+		if len(f) == 4 {
+			// In a file of their own, named by the sha256 of its content.
+			sum = f[3]
+			if lines, err = readSection(dir, sum); err != nil {
+				return nil, fmt.Errorf("set %s: %w", name, err)
 			}
-			end += j + 1
+			if c := strings.Count(lines, "\n"); c != n {
+				return nil, fmt.Errorf("set %s: %s holds %d elements, not %d", name, sectionName(sum), c, n)
+			}
+		} else {
+			// The n lines that follow.
+			end := 0
+			for range n {
+				j := strings.IndexByte(rest[end:], '\n')
+				if j < 0 {
+					return nil, fmt.Errorf("set %s: fewer than %d elements", name, n)
+				}
+				end += j + 1
+			}
+			lines, rest = rest[:end], rest[end:]
 		}
-		if rs.Sets[i].Elements, err = rules.ParseElementLines(rest[:end]); err != nil {
+		if rs.Sets[i].Elements, err = rules.ParseElementLines(lines); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 		if !slices.IsSortedFunc(rs.Sets[i].Elements, rules.Element.Compare) {
 			rs.Sets[i].Elements = rules.SortElements(rs.Sets[i].Elements)
 		} else {
 			if st.text == nil {
-				st.text = map[string]string{}
+				st.text = map[string]section{}
 			}
-			st.text[name] = rest[:end]
+			st.text[name] = section{lines: lines, sum: sum}
 		}
-		text = rest[end:]
+		text = rest
 	}
 	st.ruleset, st.sha = rs, sum
 	return &st, nil
@@ -489,14 +614,14 @@ func decodeStateV1(b []byte) (*stateFile, error) {
 // keeps a set it does not change) and they were written in order; "", false
 // otherwise. The lines are what rules.AppendElementLines writes for them:
 // the parser takes nothing else, and the digest proved them unchanged.
-func (st *stateFile) elementText(s *rules.Set) (string, bool) {
+func (st *stateFile) elementText(s *rules.Set) (section, bool) {
 	if st == nil || st.text == nil || st.ruleset == nil {
-		return "", false
+		return section{}, false
 	}
 	rec := st.ruleset.Set(s.Name)
 	text, ok := st.text[s.Name]
 	if !ok || rec == nil || len(rec.Elements) != len(s.Elements) || len(s.Elements) == 0 || &rec.Elements[0] != &s.Elements[0] {
-		return "", false
+		return section{}, false
 	}
 	return text, true
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/viper"
 
@@ -123,15 +124,32 @@ func TestStateRoundTripLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := string(good)
+	// The per-account sets (9,000 elements) are in section files; the
+	// state refers to them by digest (TCP and UDP hold the same elements
+	// here, so they share one).
+	sections, _ := filepath.Glob(filepath.Join(dir, "elements.*"))
+	if len(sections) != 1 || strings.Count(text, "\n") > 20 {
+		t.Fatalf("%d section files, a state of %d lines; want 1 and the elements outside:\n%.500s", len(sections), strings.Count(text, "\n"), text)
+	}
 	element := "\n100042\t10042\t10042\tacct-000042\n"
-	if !strings.Contains(text, element) {
-		t.Fatalf("the state does not hold %q", element)
+	var section, sectionText string
+	for _, f := range sections {
+		if b, _ := os.ReadFile(f); strings.Contains(string(b), element) {
+			section, sectionText = f, string(b)
+		}
+	}
+	if section == "" {
+		t.Fatalf("no section file holds %q", element)
+	}
+	refused := func(name string) {
+		t.Helper()
+		if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "nftpol apply") {
+			t.Errorf("%s: loadState = %v, want a corrupt-state error saying what to do", name, err)
+		}
 	}
 	damaged := map[string]string{
 		"truncated":        text[:len(text)/2],
 		"without trailer":  text[:strings.LastIndex(text[:len(text)-1], "\n")+1],
-		"element changed":  strings.Replace(text, element, "\n100042\t10042\t10043\tacct-000042\n", 1),
-		"element dropped":  strings.Replace(text, element, "\n", 1),
 		"newer format":     strings.Replace(text, "nftpol state 2\n", "nftpol state 3\n", 1),
 		"not a state":      "{\"format\": 2}\n",
 		"empty":            "",
@@ -144,9 +162,81 @@ func TestStateRoundTripLarge(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, stateName), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "nftpol apply") {
-			t.Errorf("%s state: loadState = %v, want a corrupt-state error saying what to do", name, err)
+		refused(name + " state")
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateName), good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"element changed": strings.Replace(sectionText, element, "\n100042\t10042\t10043\tacct-000042\n", 1),
+		"element dropped": strings.Replace(sectionText, element, "\n", 1),
+		"truncated":       sectionText[:len(sectionText)/2],
+	} {
+		if err := os.WriteFile(section, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
 		}
+		refused(name + " section")
+	}
+	if err := os.Remove(section); err != nil {
+		t.Fatal(err)
+	}
+	refused("missing section")
+}
+
+// TestSectionsFollowTheState: an unchanged large set keeps its section file
+// (not written again), a changed one gets a new file, and the files no
+// state refers to are removed.
+func TestSectionsFollowTheState(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	p := manyAccounts(3000)
+	rs, _ := compiler.Compile(p)
+	if err := saveState(dir, p, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	files := func() map[string]time.Time {
+		m := map[string]time.Time{}
+		names, _ := filepath.Glob(filepath.Join(dir, "elements.*"))
+		for _, n := range names {
+			fi, err := os.Stat(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[filepath.Base(n)] = fi.ModTime()
+		}
+		return m
+	}
+	before := files()
+	st, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// udp_ports changed, tcp_ports shared with the recorded state.
+	next := rules.Overlay(st.ruleset, st.ruleset)
+	for i, s := range next.Sets {
+		if s.Name == rules.PortsSet(rules.UDP) {
+			c := *s
+			c.Elements = slices.Clone(s.Elements[1:])
+			next.Sets[i] = &c
+		}
+	}
+	if err := prepareState(dir, p, next, st).commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	after := files()
+	kept, added := 0, 0
+	for name, mtime := range after {
+		if old, ok := before[name]; ok && old.Equal(mtime) {
+			kept++
+		} else if !ok {
+			added++
+		}
+	}
+	if len(after) != 2 || kept != 1 || added != 1 {
+		t.Errorf("section files before %v, after %v: want the unchanged one kept, one new, the old one gone", before, after)
+	}
+	got, err := loadState(dir)
+	if err != nil || !rules.Diff(got.ruleset, next).Empty() {
+		t.Errorf("read back: %v", err)
 	}
 }
 
