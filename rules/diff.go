@@ -314,6 +314,32 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 	return del, add
 }
 
+// eachUID walks a and b (both sorted by UID) side by side and calls fn with
+// every UID either holds and its elements in each, in ascending order, until
+// fn returns false.
+func eachUID(a, b []Element, fn func(uid uint32, ga, gb []Element) bool) {
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		var uid uint32
+		switch {
+		case j >= len(b) || (i < len(a) && a[i].UID < b[j].UID):
+			uid = a[i].UID
+		default:
+			uid = b[j].UID
+		}
+		i0, j0 := i, j
+		for i < len(a) && a[i].UID == uid {
+			i++
+		}
+		for j < len(b) && b[j].UID == uid {
+			j++
+		}
+		if !fn(uid, a[i0:i], b[j0:j]) {
+			return
+		}
+	}
+}
+
 // firstComment is the first non-empty comment of es, "" if none.
 func firstComment(es []Element) string {
 	for _, e := range es {
@@ -366,27 +392,12 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 			}
 			continue
 		}
-		a, b := old[p].all(), cur[p].all()
-		i, j := 0, 0
-		for i < len(a) || j < len(b) {
-			var uid uint32
-			switch {
-			case j >= len(b) || (i < len(a) && a[i].UID < b[j].UID):
-				uid = a[i].UID
-			default:
-				uid = b[j].UID
-			}
-			i0, j0 := i, j
-			for i < len(a) && a[i].UID == uid {
-				i++
-			}
-			for j < len(b) && b[j].UID == uid {
-				j++
-			}
-			if !slices.Equal(a[i0:i], b[j0:j]) {
+		eachUID(old[p].all(), cur[p].all(), func(uid uint32, a, b []Element) bool {
+			if !slices.Equal(a, b) {
 				uids = append(uids, uid)
 			}
-		}
+			return true
+		})
 	}
 	slices.Sort(uids)
 	uids = slices.Compact(uids)

@@ -276,7 +276,7 @@ func AppendElementLines(b []byte, es []Element) []byte {
 		b = append(b, '\t')
 		b = strconv.AppendUint(b, uint64(e.Hi), 10)
 		b = append(b, '\t')
-		if validComment(e.Comment) {
+		if ValidComment(e.Comment) {
 			b = append(b, e.Comment...)
 		} else {
 			b = append(b, SanitizeComment(e.Comment)...)
@@ -312,7 +312,7 @@ func ParseElementLines(text string) ([]Element, error) {
 		if lo > hi {
 			return nil, fmt.Errorf("element %d: reversed range %d-%d", n, lo, hi)
 		}
-		if !validComment(comment) {
+		if !ValidComment(comment) {
 			return nil, fmt.Errorf("element %d: comment %q is not one nftpol writes", n, comment)
 		}
 		out = append(out, Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: comment})
@@ -337,18 +337,4 @@ func cutDecimal(s string, max uint64) (uint64, string, bool) {
 		return 0, "", false
 	}
 	return v, s[i+1:], true
-}
-
-// validComment reports whether SanitizeComment leaves s as it is, without
-// building the sanitized copy.
-func validComment(s string) bool {
-	if len(s) > MaxCommentLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
 }

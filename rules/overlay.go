@@ -107,23 +107,8 @@ func withElements(s *Set, es []Element) *Set {
 // more than MaxMoved accounts would be moved.
 func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok bool) {
 	var added []Element
-	i, j := 0, 0
-	for i < len(base) || j < len(want) {
-		var uid uint32
-		switch {
-		case j >= len(want) || (i < len(base) && base[i].UID < want[j].UID):
-			uid = base[i].UID
-		default:
-			uid = want[j].UID
-		}
-		i0, j0 := i, j
-		for i < len(base) && base[i].UID == uid {
-			i++
-		}
-		for j < len(want) && want[j].UID == uid {
-			j++
-		}
-		b, w := base[i0:i], want[j0:j]
+	ok = true
+	eachUID(base, want, func(uid uint32, b, w []Element) bool {
 		switch {
 		case slices.Equal(b, w):
 			// The base holds the account as wanted.
@@ -131,7 +116,8 @@ func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok boo
 			added = append(added, w...)
 		default:
 			if len(moved) == MaxMoved {
-				return nil, nil, nil, false
+				ok = false
+				return false
 			}
 			name := firstComment(w)
 			if name == "" {
@@ -140,6 +126,10 @@ func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok boo
 			moved = append(moved, Element{UID: uid, Comment: name})
 			movedPorts = append(movedPorts, w...)
 		}
+		return true
+	})
+	if !ok {
+		return nil, nil, nil, false
 	}
 	newBase = base
 	if len(added) > 0 {

@@ -272,13 +272,31 @@ func SanitizeComment(s string) string {
 	b := make([]byte, 0, len(s))
 	for i := 0; i < len(s) && len(b) < MaxCommentLen; i++ {
 		c := s[i]
-		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+		if !commentByte(c) {
 			c = '_'
 		}
 		b = append(b, c)
 	}
 	return string(b)
 }
+
+// ValidComment reports whether SanitizeComment leaves s as it is, without
+// building the sanitized copy.
+func ValidComment(s string) bool {
+	if len(s) > MaxCommentLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !commentByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// commentByte reports whether c may stand in a comment as it is: printable
+// ASCII but for the double quote and the backslash.
+func commentByte(c byte) bool { return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\' }
 
 // Unknown stands for kernel expressions nftpol did not write. It equals no
 // other statement, so a chain holding one is always rewritten.

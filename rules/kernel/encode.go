@@ -345,7 +345,7 @@ func appendElemMsg(b []byte, ns *nftables.Set, s *rules.Set, es []rules.Element)
 	var k, ke [8]byte
 	for _, e := range es {
 		c := e.Comment
-		if !validComment(c) {
+		if !rules.ValidComment(c) {
 			c = rules.SanitizeComment(c)
 		}
 		switch {
@@ -372,20 +372,6 @@ func appendElemMsg(b []byte, ns *nftables.Set, s *rules.Set, es []rules.Element)
 	}
 	endAttr(b, list)
 	return b
-}
-
-// validComment reports whether rules.SanitizeComment leaves c unchanged,
-// without building the copy.
-func validComment(c string) bool {
-	if len(c) > rules.MaxCommentLen {
-		return false
-	}
-	for i := 0; i < len(c); i++ {
-		if ch := c[i]; ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\' {
-			return false
-		}
-	}
-	return true
 }
 
 // appendAttr appends a netlink attribute: length, type, data, padding.
