@@ -15,13 +15,14 @@ import (
 	"github.com/nftpol/nftpol/rules/kernel"
 )
 
-// TestRefusedBatchChangesNothing: the kernel refuses the last operation of
-// a batch whose other operations are valid. Nothing of the batch is
-// applied, the error names the refused operation, the state is untouched.
-func TestRefusedBatchChangesNothing(t *testing.T) {
-	requireRoot(t)
+// refusedApply applies contractPolicy in a new namespace, then next with the
+// kernel refusing (NFTPOL_TEST_INJECT_FAILURE=inject), and checks that
+// apply exits 1 and leaves the kernel and the state as they were. It
+// returns the run (for more) and apply's output.
+func refusedApply(t *testing.T, name, next, inject string) (nftpolRun, string) {
+	t.Helper()
 	bin := buildBinary(t, "cmd/nftpol")
-	ns := newNetns(t, "fault")
+	ns := newNetns(t, name)
 	state := t.TempDir()
 	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: state}
 	n.apply(t)
@@ -31,24 +32,34 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	n.setPolicy(t, contractPolicyGamma) // a real change: elements to add
+	n.setPolicy(t, next)
 	cmd := exec.Command(bin, "--config", n.config, "--netns", ns, "--state-dir", state, "apply")
-	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE=1")
+	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE="+inject)
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("apply with an injected failure: %v\n%s", err, out)
-	}
-	for _, want := range []string{"refused operation", "delete set nftpol_injected_failure", "nothing was changed"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("the error does not say %q:\n%s", want, out)
-		}
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "nftpol_injected_failure") {
+		t.Fatalf("apply with an injected failure (%s): %v\n%s", inject, err, out)
 	}
 	if got := nftStateless(t, ns); got != before {
-		t.Errorf("a refused batch changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
+		t.Errorf("a refused apply changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
 	if got, _ := os.ReadFile(filepath.Join(state, "state")); string(got) != string(stateBefore) {
-		t.Error("a refused batch updated the state")
+		t.Error("a refused apply updated the state")
+	}
+	return n, string(out)
+}
+
+// TestRefusedBatchChangesNothing: the kernel refuses the last operation of
+// a batch whose other operations are valid. Nothing of the batch is
+// applied, the error names the refused operation, the state is untouched.
+func TestRefusedBatchChangesNothing(t *testing.T) {
+	requireRoot(t)
+	// A real change: elements to add.
+	n, out := refusedApply(t, "fault", contractPolicyGamma, "1")
+	for _, want := range []string{"refused operation", "delete set nftpol_injected_failure", "nothing was changed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the error does not say %q:\n%s", want, out)
+		}
 	}
 	// Without the fault the same apply goes through.
 	n.apply(t)
@@ -60,34 +71,10 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 // the first is taken back, and the kernel and the state are as before.
 func TestRefusedMoveChangesNothing(t *testing.T) {
 	requireRoot(t)
-	bin := buildBinary(t, "cmd/nftpol")
-	ns := newNetns(t, "fault-move")
-	state := t.TempDir()
-	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: ns, stateDir: state}
-	n.apply(t)
-	before := nftStateless(t, ns)
-	stateBefore, err := os.ReadFile(filepath.Join(state, "state"))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	n.setPolicy(t, contractPolicyBetaWider) // beta moves
-	cmd := exec.Command(bin, "--config", n.config, "--netns", ns, "--state-dir", state, "apply")
-	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE=last")
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "nftpol_injected_failure") {
-		t.Fatalf("apply with the second transaction refused: %v\n%s", err, out)
-	}
-	if got := nftStateless(t, ns); got != before {
-		t.Errorf("a refused move changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
-	}
-	if got, _ := os.ReadFile(filepath.Join(state, "state")); string(got) != string(stateBefore) {
-		t.Error("a refused move updated the state")
-	}
+	n, _ := refusedApply(t, "fault-move", contractPolicyBetaWider, "last") // beta moves
 	n.apply(t)
 	n.planExit(t, 0)
-	if got := run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", "nftpol", "tcp_moved"); !strings.Contains(got, "1002") {
+	if got := run(t, "ip", "netns", "exec", n.netns, "nft", "list", "set", "inet", "nftpol", "tcp_moved"); !strings.Contains(got, "1002") {
 		t.Errorf("beta did not move:\n%s", got)
 	}
 }

@@ -87,11 +87,12 @@ func manyAccounts(n int) *policies.Policy {
 	return p
 }
 
-// TestStateRoundTripLarge: a state whose sets span several write slices
-// reads back element for element, and every damage to the file is refused.
-func TestStateRoundTripLarge(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
-	p := manyAccounts(9000)
+// savedState compiles n accounts (manyAccounts), saves their state in a new
+// directory and reads it back.
+func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.Ruleset, st *stateFile) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), "state")
+	p = manyAccounts(n)
 	rs, err := compiler.Compile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -99,10 +100,16 @@ func TestStateRoundTripLarge(t *testing.T) {
 	if err := saveState(dir, p, rs, nil); err != nil {
 		t.Fatal(err)
 	}
-	st, err := loadState(dir)
-	if err != nil {
+	if st, err = loadState(dir); err != nil {
 		t.Fatal(err)
 	}
+	return dir, p, rs, st
+}
+
+// TestStateRoundTripLarge: a state whose sets span several write slices
+// reads back element for element, and every damage to the file is refused.
+func TestStateRoundTripLarge(t *testing.T) {
+	dir, p, rs, st := savedState(t, 9000)
 	if len(st.ruleset.Sets) != len(rs.Sets) {
 		t.Fatalf("%d sets read back, want %d", len(st.ruleset.Sets), len(rs.Sets))
 	}
@@ -187,12 +194,7 @@ func TestStateRoundTripLarge(t *testing.T) {
 // (not written again), a changed one gets a new file, and the files no
 // state refers to are removed.
 func TestSectionsFollowTheState(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
-	p := manyAccounts(3000)
-	rs, _ := compiler.Compile(p)
-	if err := saveState(dir, p, rs, nil); err != nil {
-		t.Fatal(err)
-	}
+	dir, p, _, st := savedState(t, 3000)
 	files := func() map[string]time.Time {
 		m := map[string]time.Time{}
 		names, _ := filepath.Glob(filepath.Join(dir, "elements.*"))
@@ -206,10 +208,6 @@ func TestSectionsFollowTheState(t *testing.T) {
 		return m
 	}
 	before := files()
-	st, err := loadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// udp_ports changed, tcp_ports shared with the recorded state.
 	next := rules.Overlay(st.ruleset, st.ruleset)
 	for i, s := range next.Sets {
@@ -395,19 +393,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 // recorded state is written from the text read, byte for byte what
 // formatting it again gives; a changed set is formatted.
 func TestStateReusesUnchangedSets(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
-	p := manyAccounts(3000)
-	rs, err := compiler.Compile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := saveState(dir, p, rs, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := loadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, p, _, st := savedState(t, 3000)
 	// Laid over the recorded state: tcp_ports shared, tcp_open changed.
 	changed := rules.Overlay(st.ruleset, st.ruleset)
 	for i, s := range changed.Sets {
