@@ -224,26 +224,32 @@ func cmpData(e expr.Any, op expr.CmpOp, n int) ([]byte, bool) {
 // decodeSet maps a kernel set's definition to the model. A set nftpol would
 // never write (a map, timeouts, another key type) decodes with Key 0, which
 // no desired set has, so the plan replaces the table.
-func decodeSet(s *nftables.Set) *rules.Set {
-	rs := &rules.Set{Name: s.Name, Interval: s.Interval}
-	if s.IsMap || s.Anonymous || s.Constant || s.Dynamic != s.HasTimeout {
+func decodeSet(s kset) *rules.Set {
+	has := func(flag uint32) bool { return s.flags&flag != 0 }
+	interval, concat := has(unix.NFT_SET_INTERVAL), has(nftSetConcat)
+	rs := &rules.Set{Name: s.name, Interval: interval, Comment: s.comment, Counter: s.counter}
+	timeout := has(unix.NFT_SET_TIMEOUT) || s.hasTimeout
+	if has(unix.NFT_SET_MAP) || has(unix.NFT_SET_ANONYMOUS) || has(unix.NFT_SET_CONSTANT) || has(unix.NFT_SET_EVAL) != timeout {
 		return rs
 	}
-	if s.Dynamic {
-		rs.Dynamic, rs.Timeout, rs.Size = true, s.Timeout, s.Size
+	if has(unix.NFT_SET_EVAL) {
+		rs.Dynamic, rs.Timeout, rs.Size = true, s.timeout, s.size
 	}
-	switch s.KeyType.Name {
-	case nftables.TypeUID.Name:
+	switch s.keyType {
+	case nftables.TypeUID.GetNFTMagic():
 		rs.Key = rules.KeyUID
-	case nftables.TypeInetService.Name:
+	case nftables.TypeInetService.GetNFTMagic():
 		rs.Key = rules.KeyPort
-	case uidPortType.Name:
-		if s.Concatenation == s.Interval {
+	case uidPortType.GetNFTMagic():
+		if concat == interval {
 			rs.Key = rules.KeyUIDPort
 		}
 	}
 	return rs
 }
+
+// nftSetConcat is NFT_SET_CONCAT (not in x/sys/unix).
+const nftSetConcat = 0x80
 
 // kelem is a set element as the kernel lists it: its key (and key end, for
 // a concatenated interval), whether it ends an interval, and its comment.

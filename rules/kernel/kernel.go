@@ -127,26 +127,21 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	}
 	defer c.CloseLasting()
 
-	sets, err := c.GetSets(t)
-	if err != nil {
-		return nil, fmt.Errorf("listing sets of table inet %s: %w", table, err)
-	}
-	extras, err := getSetExtras(raw, table)
+	sets, err := getSets(raw, table)
 	if err != nil {
 		return nil, err
 	}
 	for _, s := range sets {
-		if s.Anonymous {
+		if s.flags&unix.NFT_SET_ANONYMOUS != 0 {
 			continue // part of the rule that uses it: goes and comes with it
 		}
 		ms := decodeSet(s)
-		ms.Comment, ms.Counter = extras[s.Name].Comment, extras[s.Name].Counter
 		if ms.Dynamic {
 			// Filled by the packet path: state, not configuration.
 			rs.Sets = append(rs.Sets, ms)
 			continue
 		}
-		es, err := getElements(raw, table, s.Name)
+		es, err := getElements(raw, table, s.name)
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package kernel
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -118,36 +119,58 @@ const (
 	nftaSetExpressions = 18
 )
 
-// setExtras is what google/nftables v0.3.0 writes for a set but does not
-// read back.
-type setExtras struct {
-	Comment string
-	Counter bool // the set gives each element a counter
+// kset is a set's definition as the kernel lists it.
+type kset struct {
+	name       string
+	flags      uint32
+	keyType    uint32 // nft's datatype magic; concatenations 6 bits a field
+	hasTimeout bool
+	timeout    time.Duration
+	size       uint32
+	comment    string
+	counter    bool // the set gives each element a counter
 }
 
-// getSetExtras returns the comment and counter flag of every set of table
-// inet <table>.
-func getSetExtras(conn *netlink.Conn, table string) (map[string]setExtras, error) {
+// getSets returns the definitions of the sets of table inet <table>, read
+// from one dump: google/nftables v0.3.0 decodes neither a set's comment nor
+// its expressions, and dumping the sets through it as well meant two dumps
+// of the same sets on every full read.
+func getSets(conn *netlink.Conn, table string) ([]kset, error) {
 	msgs, err := dump(conn, unix.NFT_MSG_GETSET, unix.NFTA_SET_TABLE, table)
 	if err != nil {
 		return nil, fmt.Errorf("dumping sets of table inet %s: %w", table, err)
 	}
-	out := map[string]setExtras{}
+	var out []kset
 	for _, m := range msgs {
 		ad, err := netlink.NewAttributeDecoder(m)
 		if err != nil {
 			return nil, err
 		}
-		var name string
-		var x setExtras
+		ad.ByteOrder = binary.BigEndian
+		var s kset
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_SET_NAME:
-				name = ad.String()
+				s.name = ad.String()
+			case unix.NFTA_SET_FLAGS:
+				s.flags = ad.Uint32()
+			case unix.NFTA_SET_KEY_TYPE:
+				s.keyType = ad.Uint32()
+			case unix.NFTA_SET_TIMEOUT:
+				s.timeout, s.hasTimeout = time.Duration(ad.Uint64())*time.Millisecond, true
+			case unix.NFTA_SET_DESC:
+				ad.Nested(func(d *netlink.AttributeDecoder) error {
+					for d.Next() {
+						if d.Type() == unix.NFTA_SET_DESC_SIZE {
+							s.size = d.Uint32()
+						}
+					}
+					return nil
+				})
 			case unix.NFTA_SET_USERDATA:
-				x.Comment, _ = userdata.GetString(ad.Bytes(), userdata.NFTNL_UDATA_SET_COMMENT)
+				s.comment, _ = userdata.GetString(ad.Bytes(), userdata.NFTNL_UDATA_SET_COMMENT)
 			case nftaSetExpr:
-				x.Counter = exprName(ad.Bytes()) == "counter"
+				s.counter = exprName(ad.Bytes()) == "counter"
 			case nftaSetExpressions:
 				// A list: the set counts only if its one expression
 				// is a counter.
@@ -158,13 +181,13 @@ func getSetExtras(conn *netlink.Conn, table string) (map[string]setExtras, error
 					}
 					return nil
 				})
-				x.Counter = len(names) == 1 && names[0] == "counter"
+				s.counter = len(names) == 1 && names[0] == "counter"
 			}
 		}
 		if err := ad.Err(); err != nil {
 			return nil, err
 		}
-		out[name] = x
+		out = append(out, s)
 	}
 	return out, nil
 }
