@@ -103,6 +103,8 @@ func evalStmt(rs *rules.Ruleset, st rules.Stmt, pkt packet) (bool, rules.Verdict
 			return pkt.uid >= s.UID, 0, nil
 		}
 		return false, 0, fmt.Errorf("unknown comparison in %s", s)
+	case rules.SkuidMask:
+		return pkt.hasSocket && pkt.uid&s.Mask == s.Value, 0, nil
 	case rules.SkuidInSet:
 		if !pkt.hasSocket {
 			return false, 0, nil

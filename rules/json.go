@@ -54,6 +54,7 @@ type stateStmt struct {
 	Out     bool   `json:"out,omitempty"`
 	Op      string `json:"op,omitempty"`
 	UID     uint32 `json:"uid,omitempty"`
+	Mask    uint32 `json:"mask,omitempty"`
 	Proto   Proto  `json:"proto,omitempty"`
 	Set     string `json:"set,omitempty"`
 	Lo      uint16 `json:"lo,omitempty"`
@@ -127,6 +128,8 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 			return stateStmt{Type: "skuid_not_in_set", Set: s.Set}, nil
 		}
 		return stateStmt{Type: "skuid_in_set", Set: s.Set}, nil
+	case SkuidMask:
+		return stateStmt{Type: "skuid_mask", Mask: s.Mask, UID: s.Value}, nil
 	case L4Proto:
 		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
 	case SkuidSportInSet:
@@ -179,6 +182,8 @@ func stmtFromJSON(j stateStmt) (Stmt, error) {
 		return SkuidInSet{Set: j.Set}, nil
 	case "skuid_not_in_set":
 		return SkuidInSet{Set: j.Set, Not: true}, nil
+	case "skuid_mask":
+		return SkuidMask{Mask: j.Mask, Value: j.UID}, nil
 	case "counter":
 		return Counter{}, nil
 	case "limit":

@@ -17,6 +17,7 @@ func everyStmt() *Ruleset {
 		{Stmts: []Stmt{Loopback{}, CtStateNotNew{}, CtDirectionReply{}, Verdict{Kind: Accept}}},
 		{Stmts: []Stmt{SkuidCmp{Op: Lt, UID: 1000}, SkuidCmp{Op: Ge, UID: 0}, SkuidInSet{Set: "exempt"}, Verdict{Kind: Drop}}},
 		{Stmts: []Stmt{SkuidInSet{Set: "exempt", Not: true}, SkuidSportInSet{Proto: TCP, Set: "tcp_ports"}, Verdict{Kind: Accept}}},
+		{Stmts: []Stmt{SkuidMask{Mask: 7, Value: 0}, SkuidMask{Mask: 0xffffffff, Value: 5}, Verdict{Kind: Accept}}},
 		{Stmts: []Stmt{L4Proto{Proto: UDP}, UpdateSet{Proto: UDP, Set: "v"}, Limit{Rate: 10, Unit: PerMinute}, Log{Prefix: "p: "}, Counter{}, Verdict{Kind: RejectPortUnreachable}}},
 		{Stmts: []Stmt{DportRange{Proto: TCP, Lo: 1, Hi: 65535}, DportNotInSet{Proto: TCP, Set: "tcp_open"}, Loopback{Out: true}, Verdict{Kind: RejectTCPReset}}, Comment: "c"},
 	}})

@@ -79,6 +79,13 @@ type SkuidInSet struct {
 	Not bool
 }
 
+// SkuidMask matches a socket UID whose bits under Mask equal Value
+// (`meta skuid & 7 == 3`). It spreads the per-account lookups over shards
+// (see Shards).
+type SkuidMask struct {
+	Mask, Value uint32
+}
+
 // L4Proto matches the transport protocol.
 type L4Proto struct{ Proto Proto }
 
@@ -154,6 +161,7 @@ func (CtDirectionReply) stmt()    {}
 func (CtStateNotNew) stmt()       {}
 func (SkuidCmp) stmt()            {}
 func (SkuidInSet) stmt()          {}
+func (SkuidMask) stmt()           {}
 func (L4Proto) stmt()             {}
 func (SkuidSportInSet) stmt()     {}
 func (DportRange) stmt()          {}
@@ -186,6 +194,10 @@ func (s SkuidInSet) String() string {
 	}
 	return "meta skuid @" + s.Set
 }
+func (s SkuidMask) String() string {
+	return fmt.Sprintf("meta skuid & %d == %d", s.Mask, s.Value)
+}
+
 func (s L4Proto) String() string { return "meta l4proto " + string(s.Proto) }
 
 func (s SkuidSportInSet) String() string {

@@ -76,6 +76,12 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.IsDestRegSet {
 				return rules.SkuidInSet{Set: l.SetName, Not: l.Invert}, 2, ""
 			}
+			if b, ok := es[1].(*expr.Bitwise); ok && len(es) >= 3 && b.SourceRegister == reg1 && b.DestRegister == reg1 &&
+				b.Len == 4 && len(b.Mask) == 4 && bytes.Equal(b.Xor, make([]byte, 4)) {
+				if c, ok := es[2].(*expr.Cmp); ok && c.Op == expr.CmpOpEq && c.Register == reg1 && len(c.Data) == 4 {
+					return rules.SkuidMask{Mask: binary.NativeEndian.Uint32(b.Mask), Value: binary.NativeEndian.Uint32(c.Data)}, 3, ""
+				}
+			}
 			if proto != "" && len(es) >= 3 && isSport(es[1]) {
 				if d, ok := es[2].(*expr.Dynset); ok && isUpdate(d) {
 					return rules.UpdateSet{Proto: proto, Set: d.SetName}, 3, ""

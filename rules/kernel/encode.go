@@ -80,6 +80,14 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 			}
 			out = append(out, skuidHton()...)
 			out = append(out, &expr.Cmp{Op: op, Register: reg1, Data: binaryutil.BigEndian.PutUint32(s.UID)})
+		case rules.SkuidMask:
+			// The UID stays in host byte order: nft converts it only
+			// for ordering comparisons and interval keys.
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(s.Mask), Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(s.Value)})
 		case rules.SkuidInSet:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},

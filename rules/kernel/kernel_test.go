@@ -18,7 +18,7 @@ import (
 // bigRuleset has n accounts with one port range each, labelled with names
 // of realistic length, so the element lists are as large as they get.
 func bigRuleset(n int) *rules.Ruleset {
-	ports := &rules.Set{Name: rules.PortsSet(rules.TCP), Key: rules.KeyUIDPort, Interval: true}
+	ports := &rules.Set{Name: "tcp_ports", Key: rules.KeyUIDPort, Interval: true}
 	open := &rules.Set{Name: rules.OpenSet(rules.TCP), Key: rules.KeyPort, Interval: true}
 	for i := 0; i < n; i++ {
 		lo := uint16(1 + i)
@@ -151,6 +151,9 @@ func sampleRules() []rules.Rule {
 		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "tcp_moved"}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_moved_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "tcp_moved", Not: true}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, acc}},
+		{Stmts: []rules.Stmt{rules.SkuidMask{Mask: 7, Value: 3}, rules.SkuidInSet{Set: "tcp_moved", Not: true}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports_3"}, acc}},
+		{Stmts: []rules.Stmt{rules.SkuidMask{Mask: 7, Value: 0}, rules.SkuidSportInSet{Proto: rules.UDP, Set: "udp_ports_0"}, acc}},
+		{Stmts: []rules.Stmt{rules.SkuidMask{Mask: 0xffff0000, Value: 0x10000}, acc}},
 		{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.UDP, Set: "udp_ports"}, acc}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: 1000}, rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.SkuidCmp{Op: rules.Ge, UID: 0}, rules.Counter{}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},

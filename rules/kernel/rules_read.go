@@ -269,6 +269,8 @@ func parseExpr(b []byte) (expr.Any, error) {
 		e = &expr.Log{}
 	case "byteorder":
 		return parseByteorder(data)
+	case "bitwise":
+		return parseBitwise(data)
 	default:
 		return opaque{Name: name}, nil
 	}
@@ -298,6 +300,36 @@ func exprName(b []byte) string {
 		}
 	}
 	return ""
+}
+
+// parseBitwise reads a bitwise expression. google/nftables v0.3.0 ignores
+// its operation: a shift or a boolean operation of two registers (kernels
+// since 6.13) would read as a mask of nothing. Only the mask-and-xor form
+// nftpol writes is decoded; the others stay opaque.
+func parseBitwise(b []byte) (expr.Any, error) {
+	// From linux/netfilter/nf_tables.h; x/sys/unix does not have them.
+	const (
+		nftaBitwiseOp     = 6 // NFTA_BITWISE_OP
+		nftBitwiseMaskXor = 0 // NFT_BITWISE_MASK_XOR, once NFT_BITWISE_BOOL
+	)
+	op := uint32(nftBitwiseMaskXor)
+	err := walkAttrs(b, func(typ uint16, v []byte) error {
+		if typ == nftaBitwiseOp && len(v) == 4 {
+			op = binary.BigEndian.Uint32(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if op != nftBitwiseMaskXor {
+		return opaque{Name: "bitwise"}, nil
+	}
+	e := &expr.Bitwise{}
+	if err := expr.Unmarshal(unix.NFPROTO_INET, b, e); err != nil {
+		return nil, fmt.Errorf("expression bitwise: %w", err)
+	}
+	return e, nil
 }
 
 func parseByteorder(b []byte) (expr.Any, error) {
