@@ -7,7 +7,8 @@
 // account is a few element operations.
 //
 //	output: an account's socket answering a connection opened from outside
-//	        must use a source port of its own (uid . sport in <proto>_ports).
+//	        must use a source port of its own (uid . sport in one of the
+//	        <proto>_ports_<k> shards, the one of uid & 7).
 //	input:  a new connection to a zone port that no account has is refused
 //	        whoever listens (dport in zone, not in <proto>_open).
 package compiler
@@ -54,11 +55,16 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	rs := &rules.Ruleset{Table: p.Table}
 
 	protos := []rules.Proto{rules.TCP, rules.UDP}
-	ports := map[rules.Proto]*rules.Set{}
+	// ports[i][k] is shard k of protocol protos[i]'s per-account sets (see
+	// rules.Shards). The per-account loop runs 50,000 times: sets by
+	// index, not by map lookup (a fifth of the compile time, measured).
+	var ports [2][rules.Shards]*rules.Set
 	open := map[rules.Proto]*rules.Set{}
-	for _, proto := range protos {
-		ports[proto] = &rules.Set{Name: rules.PortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
-			Comment: rules.OwnerPrefix + fmt.Sprintf("ports each account may serve %s from", proto)}
+	for i, proto := range protos {
+		for k := range ports[i] {
+			ports[i][k] = &rules.Set{Name: rules.PortsSet(proto, uint32(k)), Key: rules.KeyUIDPort, Interval: true,
+				Comment: rules.OwnerPrefix + fmt.Sprintf("ports each account with uid & %d == %d may serve %s from", rules.Shards-1, k, proto)}
+		}
 		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
@@ -66,18 +72,19 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// 50,000 accounts costs a few allocations, not a few per account.
 	var union [2][]policies.PortRange
 	for i, proto := range protos {
-		n := 0
+		var n [rules.Shards]int
 		for j := range p.Accounts {
-			if p.Accounts[j].HasProtocol(policies.Protocol(proto)) {
-				n += len(p.Accounts[j].Ports)
+			if a := &p.Accounts[j]; a.HasProtocol(policies.Protocol(proto)) {
+				n[rules.Shard(a.UID)] += len(a.Ports)
 			}
 		}
-		ports[proto].Elements = make([]rules.Element, 0, n)
-		union[i] = make([]policies.PortRange, 0, n)
+		total := 0
+		for k, set := range ports[i] {
+			set.Elements = make([]rules.Element, 0, n[k])
+			total += n[k]
+		}
+		union[i] = make([]policies.PortRange, 0, total)
 	}
-	// The per-account loop runs 50,000 times: sets by protocol index, not
-	// by map lookup (a fifth of the compile time, measured).
-	portSets := [2]*rules.Set{ports[protos[0]], ports[protos[1]]}
 	for j := range p.Accounts {
 		a := &p.Accounts[j]
 		merged := a.Ports
@@ -89,7 +96,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 			if !a.HasProtocol(policies.Protocol(proto)) {
 				continue
 			}
-			set := portSets[i]
+			set := ports[i][rules.Shard(a.UID)]
 			for _, r := range merged {
 				set.Elements = append(set.Elements, rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: comment})
 			}
@@ -100,7 +107,9 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		for _, r := range mergeInPlace(union[i]) {
 			open[proto].Elements = append(open[proto].Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 		}
-		ports[proto].Elements = rules.SortElements(ports[proto].Elements)
+		for _, set := range ports[i] {
+			set.Elements = rules.SortElements(set.Elements)
+		}
 		open[proto].Elements = rules.SortElements(open[proto].Elements)
 	}
 	violations := map[rules.Proto]*rules.Set{}
@@ -135,10 +144,10 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// rebuilds a large one.
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Key: rules.KeyUID,
-			Comment: rules.OwnerPrefix + fmt.Sprintf("accounts whose %s ports changed since %s was built", proto, rules.PortsSet(proto))})
+			Comment: rules.OwnerPrefix + fmt.Sprintf("accounts whose %s ports changed since %s_ports_* were built", proto, proto)})
 	}
-	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, ports[proto])
+	for i := range protos {
+		rs.Sets = append(rs.Sets, ports[i][:]...)
 	}
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
@@ -162,12 +171,20 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 		rr = append(rr, rule("uids below min_uid", rules.SkuidCmp{Op: rules.Lt, UID: p.MinUID}, accept))
 	}
 	rr = append(rr, rule("exempt uids", rules.SkuidInSet{Set: rules.ExemptSet}, accept))
+	// One rule per shard: a UID is looked up in its shard's set only, so
+	// a packet's lookup costs what a set of N/8 accounts costs. The shard
+	// test comes first: it is three register operations, cheaper than
+	// the moved set's lookup it saves in the seven other rules.
 	for _, proto := range protos {
 		rr = append(rr,
-			rule(fmt.Sprintf("accounts serve %s from their own ports (changed since %s was built)", proto, rules.PortsSet(proto)),
-				rules.SkuidInSet{Set: rules.MovedSet(proto)}, rules.SkuidSportInSet{Proto: proto, Set: rules.MovedPortsSet(proto)}, accept),
-			rule(fmt.Sprintf("accounts serve %s from their own ports", proto),
-				rules.SkuidInSet{Set: rules.MovedSet(proto), Not: true}, rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto)}, accept))
+			rule(fmt.Sprintf("accounts serve %s from their own ports (changed since %s_ports_* were built)", proto, proto),
+				rules.SkuidInSet{Set: rules.MovedSet(proto)}, rules.SkuidSportInSet{Proto: proto, Set: rules.MovedPortsSet(proto)}, accept))
+		for k := uint32(0); k < rules.Shards; k++ {
+			rr = append(rr, rule(fmt.Sprintf("accounts serve %s from their own ports (uid & %d == %d)", proto, rules.Shards-1, k),
+				rules.SkuidMask{Mask: rules.Shards - 1, Value: k},
+				rules.SkuidInSet{Set: rules.MovedSet(proto), Not: true},
+				rules.SkuidSportInSet{Proto: proto, Set: rules.PortsSet(proto, k)}, accept))
+		}
 	}
 	// The violation rules restate two conditions on purpose. `ct direction
 	// reply`: a packet conntrack has no entry for (untracked, invalid)

@@ -132,8 +132,17 @@ func TestNoPerAccountRules(t *testing.T) {
 			t.Errorf("chain %s differs between 1 and 500 accounts", small.Chains[i].Name)
 		}
 	}
-	if n := len(big.Set("tcp_ports").Elements); n != 500 {
-		t.Errorf("tcp_ports holds %d elements, want 500", n)
+	// UIDs 2000..2499 spread evenly over the shards, each in its own.
+	for k := uint32(0); k < rules.Shards; k++ {
+		s := big.Set(rules.PortsSet(rules.TCP, k))
+		if n := len(s.Elements); n < 500/rules.Shards || n > 500/rules.Shards+1 {
+			t.Errorf("%s holds %d elements, want 500/%d", s.Name, n, rules.Shards)
+		}
+		for _, e := range s.Elements {
+			if rules.Shard(e.UID) != k {
+				t.Errorf("%s holds uid %d, of shard %d", s.Name, e.UID, rules.Shard(e.UID))
+			}
+		}
 	}
 	if n := len(big.Set("udp_open").Elements); n != 500 {
 		t.Errorf("udp_open holds %d elements, want 500 (non-adjacent ports)", n)
@@ -149,11 +158,13 @@ func TestCompileMergesAndSplitsByProtocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"tcp_ports": "[{1001 40010 40025 a} {1002 40026 40030 b}]",
-		"udp_ports": "[{1001 40010 40025 a}]",
-		"tcp_open":  "[{0 40010 40030 }]", // two accounts' adjacent ranges form one interval
-		"udp_open":  "[{0 40010 40025 }]",
-		"exempt":    "[]",
+		"tcp_ports_1": "[{1001 40010 40025 a}]",
+		"tcp_ports_2": "[{1002 40026 40030 b}]",
+		"udp_ports_1": "[{1001 40010 40025 a}]",
+		"udp_ports_2": "[]",
+		"tcp_open":    "[{0 40010 40030 }]", // two accounts' adjacent ranges form one interval
+		"udp_open":    "[{0 40010 40025 }]",
+		"exempt":      "[]",
 	}
 	for name, w := range want {
 		if got := fmt.Sprint(rs.Set(name).Elements); got != w {

@@ -158,7 +158,7 @@ func checkBetaChange(t *testing.T, what string, p planJSON, raw string) {
 	if len(p.Sets) == 0 {
 		t.Errorf("%s: no set changes\n%s", what, raw)
 	}
-	// Beta's elements stay in tcp_ports, where deleting costs the kernel
+	// Beta's elements stay in tcp_ports_2, where deleting costs the kernel
 	// a scan of the set: beta moves to tcp_moved and tcp_moved_ports.
 	for _, s := range p.Sets {
 		if s.Action != "update" || (s.Name != "tcp_moved" && s.Name != "tcp_moved_ports" && s.Name != "tcp_open") {
@@ -192,7 +192,7 @@ accounts:
 	n.setPolicy(t, moved)
 	applied, raw := n.runJSON(t, 0, "apply", "-o", "json")
 	for _, s := range applied.Sets {
-		if (s.Name == "tcp_ports" || s.Name == "udp_ports") && (s.Delete > 0 || s.Action != "update") {
+		if (strings.HasPrefix(s.Name, "tcp_ports_") || strings.HasPrefix(s.Name, "udp_ports_")) && (s.Delete > 0 || s.Action != "update") {
 			t.Errorf("a small change deletes from %s: %+v\n%s", s.Name, s, raw)
 		}
 	}
@@ -225,15 +225,16 @@ accounts:
 	check("after the change", []probe{
 		{uidAlpha, "tcp", 40052, true},  // moved: its new ports
 		{uidAlpha, "udp", 40053, true},  // on both protocols
-		{uidAlpha, "tcp", 40012, false}, // its old element is still in tcp_ports, masked
+		{uidAlpha, "tcp", 40012, false}, // its old element is still in tcp_ports_1, masked
 		{uidAlpha, "udp", 40013, false},
 		{uidBeta, "tcp", 40022, false}, // removed: moved with no ports
-		{uidGamma, "tcp", 40014, true}, // new: added to tcp_ports
+		{uidGamma, "tcp", 40014, true}, // new: added to tcp_ports_3
 		{uidGamma, "tcp", 40024, true},
 	})
 
-	// Back to the first policy: alpha and beta match tcp_ports again and
-	// leave the moved sets; gamma, now in tcp_ports, is moved out.
+	// Back to the first policy: alpha and beta match their shards of
+	// tcp_ports again and leave the moved sets; gamma, now in tcp_ports_3,
+	// is moved out.
 	n.setPolicy(t, contractPolicy)
 	n.apply(t)
 	n.planExit(t, 0)
@@ -279,7 +280,7 @@ func TestApplyCorrectsDrift(t *testing.T) {
 	}
 
 	t.Run("deleted_element", func(t *testing.T) {
-		run(t, "ip", "netns", "exec", tp.Server, "nft", "delete", "element", "inet", "nftpol", "tcp_ports",
+		run(t, "ip", "netns", "exec", tp.Server, "nft", "delete", "element", "inet", "nftpol", "tcp_ports_2",
 			"{ 1002 . 40020-40029 }")
 		stdout, stderr, code := n.run(t, "plan", "--detailed-exitcode")
 		if code != 2 || !strings.Contains(stdout, "beta") {
@@ -297,7 +298,8 @@ func TestApplyCorrectsDrift(t *testing.T) {
 	})
 
 	t.Run("deleted_rule", func(t *testing.T) {
-		const rule = "meta skuid != @tcp_moved meta skuid . tcp sport @tcp_ports accept"
+		// Beta (uid 1002) is looked up in shard 2 only.
+		const rule = "meta skuid & 7 == 2 meta skuid != @tcp_moved meta skuid . tcp sport @tcp_ports_2 accept"
 		before := run(t, "ip", "netns", "exec", tp.Server, "nft", "-s", "list", "chain", "inet", "nftpol", "output")
 		listing := run(t, "ip", "netns", "exec", tp.Server, "nft", "-a", "list", "chain", "inet", "nftpol", "output")
 		handle := ruleHandle(t, listing, rule)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,9 +46,21 @@ func scaleRun(t *testing.T, bin string, n int, verify bool) int {
 		n, applyTime.Round(time.Millisecond), full.Applied.Messages, full.Applied.Elements)
 
 	if verify {
-		for _, set := range []string{"tcp_ports", "udp_ports"} {
+		for _, proto := range []string{"tcp", "udp"} {
+			// An account's elements are in the shard of its UID's
+			// low bits, and only there.
 			start := time.Now()
-			got := nftSetElements(t, ns, set)
+			got := map[string]string{}
+			for k := range 8 {
+				shard := fmt.Sprintf("%s_ports_%d", proto, k)
+				for key, c := range nftSetElements(t, ns, shard) {
+					if uid, _, _ := strings.Cut(key, " . "); func() bool { u, err := strconv.Atoi(uid); return err != nil || u&7 != k }() {
+						t.Errorf("n=%d: set %s holds %s, of another shard", n, shard, key)
+					}
+					got[key] = c
+				}
+			}
+			set := proto + "_ports_*"
 			t.Logf("n=%d: nft -j list set %s: %d elements in %v", n, set, len(got), time.Since(start).Round(time.Millisecond))
 			if len(got) != n {
 				t.Errorf("n=%d: set %s holds %d elements, want %d", n, set, len(got), n)
@@ -99,10 +112,13 @@ func scaleRun(t *testing.T, bin string, n int, verify bool) int {
 		old := fmt.Sprintf("%d . %d", 100000+n-1, 10000+n-1)
 		last := fmt.Sprintf("%d . %d-%d", 100000+n-1, 10000+n-1, 10000+n-1+10)
 		name := fmt.Sprintf("acct-%06d", n-1)
+		shard := (100000 + n - 1) & 7
+		want := (n + 7 - shard) / 8 // UIDs 100000.. of that shard (100000 is of shard 0)
 		for _, p := range []string{"tcp", "udp"} {
-			if got := nftSetElements(t, ns, p+"_ports"); len(got) != n || got[old] != name {
-				t.Errorf("n=%d: after the change set %s_ports holds %d elements, %s present: %v; want %d, true",
-					n, p, len(got), old, got[old] != "", n)
+			set := fmt.Sprintf("%s_ports_%d", p, shard)
+			if got := nftSetElements(t, ns, set); len(got) != want || got[old] != name {
+				t.Errorf("n=%d: after the change set %s holds %d elements, %s present: %v; want %d, true",
+					n, set, len(got), old, got[old] != "", want)
 			}
 			if got := nftSetElements(t, ns, p+"_moved_ports"); len(got) != 1 || got[last] != name {
 				t.Errorf("n=%d: after the change set %s_moved_ports holds %v, want %s only", n, p, got, last)

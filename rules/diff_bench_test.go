@@ -23,19 +23,23 @@ func benchRuleset(n int, widenLast bool) *Ruleset {
 		hi += 10
 	}
 	for _, p := range []Proto{TCP, UDP} {
-		ports := &Set{Name: PortsSet(p), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports each account may serve " + string(p) + " from"}
-		ports.Elements = make([]Element, 0, n)
+		var ports [Shards]*Set
+		for k := range ports {
+			ports[k] = &Set{Name: PortsSet(p, uint32(k)), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports each account may serve " + string(p) + " from"}
+			ports[k].Elements = make([]Element, 0, n/Shards+1)
+		}
 		for i := range n {
 			port := uint16(lo + i)
 			e := Element{UID: uint32(firstUID + i), Lo: port, Hi: port, Comment: fmt.Sprintf("acct-%06d", i)}
 			if widenLast && i == n-1 {
 				e.Hi += 10
 			}
-			ports.Elements = append(ports.Elements, e)
+			s := ports[Shard(e.UID)]
+			s.Elements = append(s.Elements, e)
 		}
 		open := &Set{Name: OpenSet(p), Key: KeyPort, Interval: true, Comment: OwnerPrefix + "zone ports some account has for " + string(p),
 			Elements: []Element{{Lo: lo, Hi: hi}}}
-		rs.Sets = append(rs.Sets, ports, open)
+		rs.Sets = append(append(rs.Sets, ports[:]...), open)
 	}
 	rs.Sets = append(rs.Sets, &Set{Name: ExemptSet, Key: KeyUID, Comment: OwnerPrefix + "exempt uids", Elements: []Element{{UID: 33}}})
 	for _, p := range []Proto{TCP, UDP} {
@@ -53,7 +57,9 @@ func benchRuleset(n int, widenLast bool) *Ruleset {
 	add(out, "uids below min_uid", SkuidCmp{Op: Lt, UID: 1000}, accept)
 	add(out, "exempt uids", SkuidInSet{Set: ExemptSet}, accept)
 	for _, p := range []Proto{TCP, UDP} {
-		add(out, "accounts serve from their own ports", SkuidSportInSet{Proto: p, Set: PortsSet(p)}, accept)
+		for k := uint32(0); k < Shards; k++ {
+			add(out, "accounts serve from their own ports", SkuidMask{Mask: Shards - 1, Value: k}, SkuidSportInSet{Proto: p, Set: PortsSet(p, k)}, accept)
+		}
 	}
 	for _, p := range []Proto{TCP, UDP} {
 		reject := Verdict{Kind: RejectTCPReset}

@@ -10,7 +10,7 @@ import (
 // sample builds a small ruleset in nftpol's shape: per-account sets, an open
 // set and one chain.
 func sample(accounts ...Element) *Ruleset {
-	ports := &Set{Name: PortsSet(TCP), Key: KeyUIDPort, Interval: true, Elements: SortElements(slices.Clone(accounts))}
+	ports := &Set{Name: legacyPortsSet(TCP), Key: KeyUIDPort, Interval: true, Elements: SortElements(slices.Clone(accounts))}
 	open := &Set{Name: OpenSet(TCP), Key: KeyPort, Interval: true}
 	for _, a := range accounts {
 		open.Elements = append(open.Elements, Element{Lo: a.Lo, Hi: a.Hi})
@@ -18,7 +18,7 @@ func sample(accounts ...Element) *Ruleset {
 	open.Elements = SortElements(open.Elements)
 	chain := &Chain{Name: "output", Hook: HookOutput, Rules: []Rule{
 		{Stmts: []Stmt{CtDirectionOriginal{}, Verdict{Kind: Accept}}, Comment: OwnerPrefix + "test"},
-		{Stmts: []Stmt{SkuidSportInSet{Proto: TCP, Set: PortsSet(TCP)}, Verdict{Kind: Accept}}},
+		{Stmts: []Stmt{SkuidSportInSet{Proto: TCP, Set: legacyPortsSet(TCP)}, Verdict{Kind: Accept}}},
 	}}
 	return &Ruleset{Table: "nftpol", Sets: []*Set{ports, open}, Chains: []*Chain{chain}}
 }

@@ -14,8 +14,8 @@ import (
 // elements, so a one-account change would pay that scan per protocol, as a
 // hand-written `nft -f` does.
 //
-// So an account's elements in PortsSet(p) (the base) are never deleted on a
-// small change. When an account's ports change, its UID goes into
+// So an account's elements in the PortsSet(p, k) shards (the base) are
+// never deleted on a small change. When an account's ports change, its UID goes into
 // MovedSet(p) (a hash set: cheap either way) and its new elements into
 // MovedPortsSet(p), a small pipapo set; the output chain looks a moved UID
 // up in the moved ports only, and every other UID in the base only. An
@@ -41,8 +41,22 @@ func MovedPortsSet(p Proto) string { return string(p) + "_moved_ports" }
 // over.
 const MaxMoved = 256
 
-// overlayProtos returns the protocols whose base, moved and moved-ports sets
-// rs has.
+// shardSets returns the Shards per-account sets of protocol p in rs, in
+// shard order, or nil when rs lacks one.
+func shardSets(rs *Ruleset, p Proto) []*Set {
+	out := make([]*Set, Shards)
+	for k := range out {
+		s := rs.Set(PortsSet(p, uint32(k)))
+		if s == nil || s.Key != KeyUIDPort || s.Dynamic {
+			return nil
+		}
+		out[k] = s
+	}
+	return out
+}
+
+// overlayProtos returns the protocols whose base shards, moved and
+// moved-ports sets rs has.
 func overlayProtos(rs *Ruleset) []Proto {
 	var out []Proto
 	for _, s := range rs.Sets {
@@ -50,8 +64,8 @@ func overlayProtos(rs *Ruleset) []Proto {
 		if !ok || s.Key != KeyUID {
 			continue
 		}
-		base, mp := rs.Set(PortsSet(Proto(p))), rs.Set(MovedPortsSet(Proto(p)))
-		if base != nil && mp != nil && base.Key == KeyUIDPort && mp.Key == KeyUIDPort && !base.Dynamic && !mp.Dynamic {
+		mp := rs.Set(MovedPortsSet(Proto(p)))
+		if shardSets(rs, Proto(p)) != nil && mp != nil && mp.Key == KeyUIDPort && !mp.Dynamic {
 			out = append(out, Proto(p))
 		}
 	}
@@ -60,11 +74,12 @@ func overlayProtos(rs *Ruleset) []Proto {
 
 // Overlay returns the ruleset to install to bring the kernel from current to
 // desired (a compiled ruleset, its moved sets empty) without deleting from
-// the base sets: desired with, per protocol, the base kept as current has it
-// plus new accounts' elements, and the accounts whose elements differ from
-// the base moved. It returns desired itself when current is not nftpol's
-// table of the same layout, and desired's layout for a protocol that would
-// move more than MaxMoved accounts. It does not change either argument.
+// the base sets: desired with, per protocol, the base shards kept as current
+// has them plus new accounts' elements, and the accounts whose elements
+// differ from the base moved. It returns desired itself when current is not
+// nftpol's table of the same layout, and desired's layout for a protocol
+// that would move more than MaxMoved accounts. It does not change either
+// argument.
 func Overlay(current, desired *Ruleset) *Ruleset {
 	if current == nil || !current.Owned() {
 		return desired
@@ -72,23 +87,38 @@ func Overlay(current, desired *Ruleset) *Ruleset {
 	out := *desired
 	out.Sets = slices.Clone(desired.Sets)
 	for _, p := range overlayProtos(desired) {
-		cb, cm, cmp := current.Set(PortsSet(p)), current.Set(MovedSet(p)), current.Set(MovedPortsSet(p))
-		db, dm, dmp := desired.Set(PortsSet(p)), desired.Set(MovedSet(p)), desired.Set(MovedPortsSet(p))
-		if cb == nil || cm == nil || cmp == nil || !cb.SameDefinition(db) || !cm.SameDefinition(dm) || !cmp.SameDefinition(dmp) {
+		cbs, cm, cmp := shardSets(current, p), current.Set(MovedSet(p)), current.Set(MovedPortsSet(p))
+		dbs, dm, dmp := shardSets(desired, p), desired.Set(MovedSet(p)), desired.Set(MovedPortsSet(p))
+		if cbs == nil || cm == nil || cmp == nil || !cm.SameDefinition(dm) || !cmp.SameDefinition(dmp) ||
+			slices.ContainsFunc(dbs, func(d *Set) bool { return !d.SameDefinition(current.Set(d.Name)) }) {
 			continue
 		}
-		base, moved, movedPorts, ok := overlay(cb.Elements, db.Elements)
+		bases := map[string][]Element{}
+		var moved, movedPorts []Element
+		ok := true
+		for k, db := range dbs {
+			base, m, mp, fits := overlay(cbs[k].Elements, db.Elements, uint32(k), MaxMoved-len(moved))
+			if !fits {
+				ok = false
+				break
+			}
+			bases[db.Name] = base
+			moved, movedPorts = append(moved, m...), append(movedPorts, mp...)
+		}
 		if !ok {
 			continue
 		}
+		moved, movedPorts = SortElements(moved), SortElements(movedPorts)
 		for i, s := range out.Sets {
-			switch s.Name {
-			case db.Name:
-				out.Sets[i] = withElements(s, base)
-			case dm.Name:
+			switch {
+			case s.Name == dm.Name:
 				out.Sets[i] = withElements(s, moved)
-			case dmp.Name:
+			case s.Name == dmp.Name:
 				out.Sets[i] = withElements(s, movedPorts)
+			default:
+				if base, found := bases[s.Name]; found {
+					out.Sets[i] = withElements(s, base)
+				}
 			}
 		}
 	}
@@ -101,21 +131,25 @@ func withElements(s *Set, es []Element) *Set {
 	return &c
 }
 
-// overlay lays want (an account set's elements, sorted) over base (the base
-// set's elements in the kernel): the base to keep, the moved UIDs (as
-// elements named after the account) and their elements. ok is false when
-// more than MaxMoved accounts would be moved.
-func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok bool) {
+// overlay lays want (shard k's elements, sorted) over base (the kernel's
+// elements of that shard): the base to keep, the moved UIDs (as elements
+// named after the account) and their elements. ok is false when more than
+// room accounts would be moved. Elements of a UID of another shard, which
+// no rule looks up, are dropped from the base.
+func overlay(base, want []Element, k uint32, room int) (newBase, moved, movedPorts []Element, ok bool) {
 	var added []Element
+	var stray []uint32
 	ok = true
 	eachUID(base, want, func(uid uint32, b, w []Element) bool {
 		switch {
 		case slices.Equal(b, w):
 			// The base holds the account as wanted.
+		case Shard(uid) != k:
+			stray = append(stray, uid)
 		case len(b) == 0:
 			added = append(added, w...)
 		default:
-			if len(moved) == MaxMoved {
+			if len(moved) == room {
 				ok = false
 				return false
 			}
@@ -132,18 +166,24 @@ func overlay(base, want []Element) (newBase, moved, movedPorts []Element, ok boo
 		return nil, nil, nil, false
 	}
 	newBase = base
-	if len(added) > 0 {
+	if len(added)+len(stray) > 0 {
 		newBase = make([]Element, 0, len(base)+len(added))
-		newBase = append(append(newBase, base...), added...)
+		for _, e := range base {
+			if _, found := slices.BinarySearch(stray, e.UID); !found {
+				newBase = append(newBase, e)
+			}
+		}
+		newBase = append(newBase, added...)
 		slices.SortFunc(newBase, Element.Compare)
 	}
 	return newBase, moved, movedPorts, true
 }
 
 // Accounts returns, per protocol, the elements each account is enforced
-// with, sorted: a base set's elements of the UIDs not moved, and the moved
-// ports. The per-account sets are those called PortsSet(p), without their
-// moved sets for a ruleset that has none.
+// with, sorted: the base shards' elements of the UIDs not moved, and the
+// moved ports. The per-account sets are those called PortsSet(p, k), or the
+// one set of the layout before shards, without moved sets for a ruleset that
+// has none.
 func Accounts(rs *Ruleset) map[Proto][]Element {
 	m := map[Proto][]Element{}
 	for p, v := range accountViews(rs) {
@@ -154,7 +194,10 @@ func Accounts(rs *Ruleset) map[Proto][]Element {
 
 // accountView is one protocol's per-account sets of a ruleset.
 type accountView struct {
-	base, moved, movedPorts []Element
+	// bases holds the base's elements by shard: a UID's elements are
+	// looked up in bases[uid % len(bases)] only.
+	bases             [][]Element
+	moved, movedPorts []Element
 }
 
 // accountViews returns the per-account sets of rs by protocol.
@@ -164,11 +207,20 @@ func accountViews(rs *Ruleset) map[Proto]*accountView {
 		return m
 	}
 	for _, s := range rs.Sets {
-		p, ok := strings.CutSuffix(s.Name, "_ports")
-		if !ok || s.Key != KeyUIDPort || s.Dynamic || strings.HasSuffix(p, "_moved") {
+		p, k, shards, ok := parsePortsSet(s.Name)
+		if !ok || s.Key != KeyUIDPort || s.Dynamic {
 			continue
 		}
-		m[Proto(p)] = &accountView{base: s.Elements}
+		v := m[p]
+		if v == nil || uint32(len(v.bases)) < shards {
+			// The sharded layout wins over a stray set of the old
+			// name: it is the one the rules look up.
+			v = &accountView{bases: make([][]Element, shards)}
+			m[p] = v
+		} else if uint32(len(v.bases)) > shards {
+			continue
+		}
+		v.bases[k] = s.Elements
 	}
 	for _, p := range overlayProtos(rs) {
 		if v := m[p]; v != nil {
@@ -183,6 +235,11 @@ func (v *accountView) isMoved(uid uint32) bool {
 	return found
 }
 
+// shard returns the base elements among which uid is looked up.
+func (v *accountView) shard(uid uint32) []Element {
+	return v.bases[uid%uint32(len(v.bases))]
+}
+
 // group returns the elements uid is enforced with.
 func (v *accountView) group(uid uint32) []Element {
 	if v == nil {
@@ -191,7 +248,43 @@ func (v *accountView) group(uid uint32) []Element {
 	if v.isMoved(uid) {
 		return uidGroup(v.movedPorts, uid)
 	}
-	return uidGroup(v.base, uid)
+	return uidGroup(v.shard(uid), uid)
+}
+
+// base returns the base's elements that are looked up, in UID order: the
+// shards merged, each without elements of UIDs of other shards.
+func (v *accountView) base() []Element {
+	if len(v.bases) == 1 {
+		return v.bases[0]
+	}
+	n := 0
+	for _, b := range v.bases {
+		n += len(b)
+	}
+	out := make([]Element, 0, n)
+	heads := slices.Clone(v.bases)
+	for {
+		// The shard whose next UID is lowest gives all of that UID's
+		// elements: one UID's elements are in one shard.
+		best := -1
+		for k, h := range heads {
+			if len(h) > 0 && (best < 0 || h[0].UID < heads[best][0].UID) {
+				best = k
+			}
+		}
+		if best < 0 {
+			return out
+		}
+		h := heads[best]
+		uid, j := h[0].UID, 1
+		for j < len(h) && h[j].UID == uid {
+			j++
+		}
+		if uid%uint32(len(heads)) == uint32(best) {
+			out = append(out, h[:j]...)
+		}
+		heads[best] = h[j:]
+	}
 }
 
 // all returns the elements every account is enforced with, sorted.
@@ -199,8 +292,9 @@ func (v *accountView) all() []Element {
 	if v == nil {
 		return nil
 	}
+	base := v.base()
 	if len(v.moved) == 0 && len(v.movedPorts) == 0 {
-		return v.base
+		return base
 	}
 	// Elements come in UID order, so one cursor over the moved UIDs
 	// (sorted too) answers for the base and one for the moved ports.
@@ -217,7 +311,7 @@ func (v *accountView) all() []Element {
 	// Merge the base's elements of UIDs not moved with the moved ports of
 	// moved UIDs (one of a UID that is not moved is enforced by no rule:
 	// left out).
-	base, mps := v.base, v.movedPorts
+	mps := v.movedPorts
 	out := make([]Element, 0, len(base)+len(mps))
 	for len(base) > 0 || len(mps) > 0 {
 		if len(mps) == 0 || len(base) > 0 && base[0].Compare(mps[0]) <= 0 {
@@ -235,13 +329,19 @@ func (v *accountView) all() []Element {
 	return out
 }
 
-// movedOnly returns, when a and b share their base (the same elements, as
-// Overlay leaves it when it adds nothing), the UIDs whose enforcement can
-// differ between them: those in either's moved sets. ok is false when the
-// bases differ and every account has to be compared.
+// movedOnly returns, when a and b share their base (the same elements in
+// every shard, as Overlay leaves it when it adds nothing), the UIDs whose
+// enforcement can differ between them: those in either's moved sets. ok is
+// false when the bases differ and every account has to be compared.
 func movedOnly(a, b *accountView) (uids []uint32, ok bool) {
-	if a == nil || b == nil || len(a.base) != len(b.base) || len(a.base) > 0 && &a.base[0] != &b.base[0] {
+	if a == nil || b == nil || len(a.bases) != len(b.bases) {
 		return nil, false
+	}
+	for k := range a.bases {
+		x, y := a.bases[k], b.bases[k]
+		if len(x) != len(y) || len(x) > 0 && &x[0] != &y[0] {
+			return nil, false
+		}
 	}
 	for _, es := range [][]Element{a.moved, b.moved, a.movedPorts, b.movedPorts} {
 		for _, e := range es {

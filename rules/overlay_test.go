@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// overlayTable is nftpol's per-account sets for TCP: the base, the moved
-// UIDs and their ports, with accounts uid -> ports (one range each).
+// overlayTable is nftpol's per-account sets for TCP: the base shards, the
+// moved UIDs and their ports, with accounts uid -> ports (one range each).
 func overlayTable(accounts map[uint32][2]uint16, moved map[uint32][2]uint16, base map[uint32][2]uint16) *Ruleset {
 	els := func(m map[uint32][2]uint16) []Element {
 		var es []Element
@@ -16,22 +16,46 @@ func overlayTable(accounts map[uint32][2]uint16, moved map[uint32][2]uint16, bas
 		}
 		return SortElements(es)
 	}
-	rs := &Ruleset{Table: "nftpol", Sets: []*Set{
-		{Name: MovedSet(TCP), Key: KeyUID, Comment: OwnerPrefix + "moved"},
-		{Name: PortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports"},
-		{Name: MovedPortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "moved ports"},
-	}}
+	movedSet := &Set{Name: MovedSet(TCP), Key: KeyUID, Comment: OwnerPrefix + "moved"}
+	movedPorts := &Set{Name: MovedPortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "moved ports"}
+	rs := &Ruleset{Table: "nftpol", Sets: []*Set{movedSet}}
+	shards := make([]*Set, Shards)
+	for k := range shards {
+		shards[k] = &Set{Name: PortsSet(TCP, uint32(k)), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports"}
+		rs.Sets = append(rs.Sets, shards[k])
+	}
+	rs.Sets = append(rs.Sets, movedPorts)
 	if base == nil {
-		rs.Sets[1].Elements = els(accounts)
-		return rs
+		base = accounts
+	} else {
+		movedPorts.Elements = els(moved)
+		for uid := range moved {
+			movedSet.Elements = append(movedSet.Elements, Element{UID: uid, Comment: fmt.Sprint("a", uid)})
+		}
+		movedSet.Elements = SortElements(movedSet.Elements)
 	}
-	rs.Sets[1].Elements = els(base)
-	rs.Sets[2].Elements = els(moved)
-	for uid := range moved {
-		rs.Sets[0].Elements = append(rs.Sets[0].Elements, Element{UID: uid, Comment: fmt.Sprint("a", uid)})
+	for _, e := range els(base) {
+		s := shards[Shard(e.UID)]
+		s.Elements = append(s.Elements, e)
 	}
-	rs.Sets[0].Elements = SortElements(rs.Sets[0].Elements)
 	return rs
+}
+
+// baseElements is every element of rs's TCP base shards, sorted.
+func baseElements(rs *Ruleset) []Element {
+	var es []Element
+	for _, s := range rs.Sets {
+		if p, _, _, ok := parsePortsSet(s.Name); ok && p == TCP {
+			es = append(es, s.Elements...)
+		}
+	}
+	return SortElements(es)
+}
+
+// isBase reports whether a set change is to one of the base shards.
+func isBase(sc SetChange) bool {
+	_, _, _, ok := parsePortsSet(sc.Name)
+	return ok
 }
 
 // TestOverlay: a change lays the desired accounts over the kernel's base
@@ -54,7 +78,7 @@ func TestOverlay(t *testing.T) {
 	}
 	plan := Diff(current, installed)
 	for _, sc := range plan.Sets {
-		if sc.Name == PortsSet(TCP) && (len(sc.Delete) > 0 || sc.Action == ActionReplace) {
+		if isBase(sc) && (len(sc.Delete) > 0 || sc.Action == ActionReplace) {
 			t.Errorf("the base set loses elements: %+v", sc)
 		}
 	}
@@ -70,7 +94,7 @@ func TestOverlay(t *testing.T) {
 		t.Errorf("moved %+v, want uids 2 and 3 named after their accounts", moved)
 	}
 	// The inputs are not changed.
-	if len(current.Set(MovedSet(TCP)).Elements) != 0 || len(desired.Set(PortsSet(TCP)).Elements) != 3 {
+	if len(current.Set(MovedSet(TCP)).Elements) != 0 || len(baseElements(desired)) != 3 {
 		t.Error("Overlay changed its arguments")
 	}
 
@@ -95,10 +119,14 @@ func TestOverlayFallsBack(t *testing.T) {
 	if Overlay(nil, desired) != desired {
 		t.Error("no table: not the compiled layout")
 	}
-	old := &Ruleset{Table: "nftpol", Sets: []*Set{{Name: PortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports",
+	// The layout before shards: one base set, no moved sets.
+	old := &Ruleset{Table: "nftpol", Sets: []*Set{{Name: legacyPortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports",
 		Elements: []Element{{UID: 1, Lo: 11, Hi: 11}}}}}
-	if got := Overlay(old, desired); !slices.Equal(got.Set(PortsSet(TCP)).Elements, desired.Set(PortsSet(TCP)).Elements) {
-		t.Error("a table without moved sets: not the compiled layout")
+	if got := Overlay(old, desired); !slices.Equal(baseElements(got), baseElements(desired)) || len(got.Set(MovedSet(TCP)).Elements) > 0 {
+		t.Error("a table of the unsharded layout: not the compiled layout")
+	}
+	if p := Diff(old, desired); p.TableAction != TableReplace {
+		t.Errorf("from the unsharded layout: table %s, want replace", p.TableAction)
 	}
 
 	all, widened := map[uint32][2]uint16{}, map[uint32][2]uint16{}
@@ -109,7 +137,7 @@ func TestOverlayFallsBack(t *testing.T) {
 	current := overlayTable(all, nil, nil)
 	many := overlayTable(widened, nil, nil)
 	got := Overlay(current, many)
-	if len(got.Set(MovedSet(TCP)).Elements) != 0 || !slices.Equal(got.Set(PortsSet(TCP)).Elements, many.Set(PortsSet(TCP)).Elements) {
+	if len(got.Set(MovedSet(TCP)).Elements) != 0 || !slices.Equal(baseElements(got), baseElements(many)) {
 		t.Errorf("%d accounts moved: want the compiled layout, got %d moved", MaxMoved+1, len(got.Set(MovedSet(TCP)).Elements))
 	}
 	delete(widened, MaxMoved+1)
@@ -124,7 +152,8 @@ func TestOverlayFallsBack(t *testing.T) {
 // not either.
 func TestAccountsIgnoresStrayMovedPorts(t *testing.T) {
 	rs := overlayTable(nil, map[uint32][2]uint16{2: {25, 25}}, map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}})
-	rs.Sets[2].Elements = append(rs.Sets[2].Elements, Element{UID: 9, Lo: 90, Hi: 90})
+	mp := rs.Set(MovedPortsSet(TCP))
+	mp.Elements = append(mp.Elements, Element{UID: 9, Lo: 90, Hi: 90})
 	got := Accounts(rs)[TCP]
 	want := []Element{{UID: 1, Lo: 10, Hi: 10, Comment: "a1"}, {UID: 2, Lo: 25, Hi: 25, Comment: "a2"}}
 	if !slices.Equal(got, want) {
@@ -178,13 +207,13 @@ func TestAccountChangesSharedBase(t *testing.T) {
 	current := overlayTable(nil, map[uint32][2]uint16{3: {35, 35}, 5: {50, 51}}, map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}, 5: {50, 50}})
 	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}, 3: {30, 30}, 5: {50, 51}}, nil, nil)
 	installed := Overlay(current, desired)
-	if &installed.Set(PortsSet(TCP)).Elements[0] != &current.Set(PortsSet(TCP)).Elements[0] {
+	if &installed.Set(PortsSet(TCP, 1)).Elements[0] != &current.Set(PortsSet(TCP, 1)).Elements[0] {
 		t.Fatal("Overlay copied a base it did not change")
 	}
 	unshared := *installed
 	unshared.Sets = slices.Clone(installed.Sets)
 	for i, s := range unshared.Sets {
-		if s.Name == PortsSet(TCP) {
+		if _, _, _, ok := parsePortsSet(s.Name); ok && len(s.Elements) > 0 {
 			unshared.Sets[i] = withElements(s, slices.Clone(s.Elements))
 		}
 	}
@@ -198,5 +227,92 @@ func TestAccountChangesSharedBase(t *testing.T) {
 	}
 	if want := []string{"1 change", "3 change"}; !slices.Equal(got, want) {
 		t.Errorf("accounts %v, want %v", got, want)
+	}
+}
+
+// TestOverlayAcrossShards: accounts of every shard change at once; each
+// shard's base keeps its elements, the moved sets hold the changed accounts
+// of all shards in UID order, and a UID's element left in another shard's
+// set (which no rule looks up for it) is neither enforced nor moved, but
+// dropped.
+func TestOverlayAcrossShards(t *testing.T) {
+	all, changed := map[uint32][2]uint16{}, map[uint32][2]uint16{}
+	for uid := uint32(1000); uid < 1000+3*Shards; uid++ {
+		all[uid] = [2]uint16{uint16(uid), uint16(uid)}
+		changed[uid] = all[uid]
+		if uid%3 == 0 {
+			changed[uid] = [2]uint16{uint16(uid), uint16(uid) + 100}
+		}
+	}
+	current, desired := overlayTable(all, nil, nil), overlayTable(changed, nil, nil)
+	// uid 1001 (shard 1) has a stray element in shard 0.
+	stray := current.Set(PortsSet(TCP, 0))
+	stray.Elements = SortElements(append(slices.Clone(stray.Elements), Element{UID: 1001, Lo: 5000, Hi: 5000}))
+	if got := Accounts(current)[TCP]; slices.Contains(got, Element{UID: 1001, Lo: 5000, Hi: 5000}) {
+		t.Errorf("an element in another UID's shard is taken as enforced: %+v", got)
+	}
+	installed := Overlay(current, desired)
+	if got, want := Accounts(installed)[TCP], Accounts(desired)[TCP]; !slices.Equal(got, want) {
+		t.Errorf("enforced after the overlay:\n%+v\nwant\n%+v", got, want)
+	}
+	var moved []uint32
+	for _, e := range installed.Set(MovedSet(TCP)).Elements {
+		moved = append(moved, e.UID)
+	}
+	var want []uint32
+	for uid := range changed {
+		if changed[uid] != all[uid] {
+			want = append(want, uid)
+		}
+	}
+	slices.Sort(want)
+	if !slices.Equal(moved, want) {
+		t.Errorf("moved %v, want %v", moved, want)
+	}
+	shards := map[uint32]bool{}
+	for _, u := range want {
+		shards[Shard(u)] = true
+	}
+	if len(shards) != Shards {
+		t.Fatalf("the changed accounts cover %d shards, want all %d", len(shards), Shards)
+	}
+	for _, sc := range Diff(current, installed).Sets {
+		switch {
+		case sc.Name == PortsSet(TCP, 0):
+			if sc.Action != ActionUpdate || !slices.Equal(sc.Delete, []Element{{UID: 1001, Lo: 5000, Hi: 5000}}) || len(sc.Add) > 0 {
+				t.Errorf("shard 0: %+v, want the stray element deleted and nothing else", sc)
+			}
+		case isBase(sc):
+			t.Errorf("base shard %s changed: %+v", sc.Name, sc)
+		}
+	}
+}
+
+func TestParsePortsSet(t *testing.T) {
+	type parsed struct {
+		p         Proto
+		k, shards uint32
+		ok        bool
+	}
+	for name, want := range map[string]parsed{
+		"tcp_ports_0":       {TCP, 0, Shards, true},
+		"udp_ports_7":       {UDP, 7, Shards, true},
+		"tcp_ports":         {TCP, 0, 1, true},
+		"tcp_ports_8":       {},
+		"tcp_ports_03":      {},
+		"tcp_ports_":        {},
+		"tcp_ports_-1":      {},
+		"_ports_1":          {},
+		"tcp_moved_ports":   {},
+		"tcp_moved_ports_1": {},
+		"tcp_open":          {},
+	} {
+		p, k, shards, ok := parsePortsSet(name)
+		if got := (parsed{p, k, shards, ok}); got != want {
+			t.Errorf("parsePortsSet(%q) = %+v, want %+v", name, got, want)
+		}
+		if ok && name != legacyPortsSet(p) && name != PortsSet(p, k) {
+			t.Errorf("%q parsed as shard %d of %s, which is named %s", name, k, p, PortsSet(p, k))
+		}
 	}
 }

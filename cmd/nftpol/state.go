@@ -33,7 +33,7 @@ import (
 // stateName holds it in format 2, a text file:
 //
 //	nftpol state 2
-//	elements tcp_ports 50000             for each set with elements, in the ruleset's order:
+//	elements tcp_ports_0 6250            for each set with elements, in the ruleset's order:
 //	100000<TAB>10000<TAB>10000<TAB>acct-000000    that many lines (rules.AppendElementLines)
 //	...
 //	{"version":...,"ruleset":{...}}      one line of JSON: header and ruleset, sets without elements

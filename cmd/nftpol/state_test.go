@@ -109,7 +109,8 @@ func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.
 // TestStateRoundTripLarge: a state whose sets span several write slices
 // reads back element for element, and every damage to the file is refused.
 func TestStateRoundTripLarge(t *testing.T) {
-	dir, p, rs, st := savedState(t, 9000)
+	// Every shard of the per-account sets over sectionMin elements.
+	dir, p, rs, st := savedState(t, (sectionElements+52)*rules.Shards)
 	if len(st.ruleset.Sets) != len(rs.Sets) {
 		t.Fatalf("%d sets read back, want %d", len(st.ruleset.Sets), len(rs.Sets))
 	}
@@ -131,12 +132,12 @@ func TestStateRoundTripLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := string(good)
-	// The per-account sets (9,000 elements) are in section files; the
-	// state refers to them by digest (TCP and UDP hold the same elements
-	// here, so they share one).
+	// The per-account sets (2,100 elements per shard) are in section
+	// files; the state refers to them by digest (TCP and UDP hold the same
+	// elements here, so each shard's two share one).
 	sections, _ := filepath.Glob(filepath.Join(dir, "elements.*"))
-	if len(sections) != 1 || strings.Count(text, "\n") > 20 {
-		t.Fatalf("%d section files, a state of %d lines; want 1 and the elements outside:\n%.500s", len(sections), strings.Count(text, "\n"), text)
+	if len(sections) != rules.Shards || strings.Count(text, "\n") > 40 {
+		t.Fatalf("%d section files, a state of %d lines; want %d and the elements outside:\n%.500s", len(sections), strings.Count(text, "\n"), rules.Shards, text)
 	}
 	element := "\n100042\t10042\t10042\tacct-000042\n"
 	var section, sectionText string
@@ -194,7 +195,7 @@ func TestStateRoundTripLarge(t *testing.T) {
 // (not written again), a changed one gets a new file, and the files no
 // state refers to are removed.
 func TestSectionsFollowTheState(t *testing.T) {
-	dir, p, _, st := savedState(t, 3000)
+	dir, p, _, st := savedState(t, (sectionElements+52)*rules.Shards)
 	files := func() map[string]time.Time {
 		m := map[string]time.Time{}
 		names, _ := filepath.Glob(filepath.Join(dir, "elements.*"))
@@ -208,10 +209,11 @@ func TestSectionsFollowTheState(t *testing.T) {
 		return m
 	}
 	before := files()
-	// udp_ports changed, tcp_ports shared with the recorded state.
+	// udp_ports_0 changed, tcp_ports_0 (same elements before) shared
+	// with the recorded state.
 	next := rules.Overlay(st.ruleset, st.ruleset)
 	for i, s := range next.Sets {
-		if s.Name == rules.PortsSet(rules.UDP) {
+		if s.Name == rules.PortsSet(rules.UDP, 0) {
 			c := *s
 			c.Elements = slices.Clone(s.Elements[1:])
 			next.Sets[i] = &c
@@ -229,7 +231,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 			added++
 		}
 	}
-	if len(after) != 2 || kept != 1 || added != 1 {
+	if len(before) != rules.Shards || len(after) != len(before)+1 || kept != len(before) || added != 1 {
 		t.Errorf("section files before %v, after %v: want the unchanged one kept, one new, the old one gone", before, after)
 	}
 	got, err := loadState(dir)
@@ -394,7 +396,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 // formatting it again gives; a changed set is formatted.
 func TestStateReusesUnchangedSets(t *testing.T) {
 	dir, p, _, st := savedState(t, 3000)
-	// Laid over the recorded state: tcp_ports shared, tcp_open changed.
+	// Laid over the recorded state: tcp_ports_0 shared, tcp_open changed.
 	changed := rules.Overlay(st.ruleset, st.ruleset)
 	for i, s := range changed.Sets {
 		if s.Name == rules.OpenSet(rules.TCP) {
@@ -403,8 +405,8 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 			changed.Sets[i] = &c
 		}
 	}
-	if _, ok := st.elementText(changed.Set(rules.PortsSet(rules.TCP))); !ok {
-		t.Fatal("the shared tcp_ports is not reused")
+	if _, ok := st.elementText(changed.Set(rules.PortsSet(rules.TCP, 0))); !ok {
+		t.Fatal("the shared tcp_ports_0 is not reused")
 	}
 	if _, ok := st.elementText(changed.Set(rules.OpenSet(rules.TCP))); ok {
 		t.Fatal("the changed tcp_open is reused")

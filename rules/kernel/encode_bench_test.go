@@ -25,18 +25,22 @@ func benchTable(n int, widenLast bool) *rules.Ruleset {
 	}
 	protos := []rules.Proto{rules.TCP, rules.UDP}
 	for _, p := range protos {
-		ports := &rules.Set{Name: rules.PortsSet(p), Key: rules.KeyUIDPort, Interval: true, Comment: rules.OwnerPrefix + "ports of " + string(p)}
+		var ports [rules.Shards]*rules.Set
+		for k := range ports {
+			ports[k] = &rules.Set{Name: rules.PortsSet(p, uint32(k)), Key: rules.KeyUIDPort, Interval: true, Comment: rules.OwnerPrefix + "ports of " + string(p)}
+		}
 		for i := range n {
 			port := uint16(lo + i)
 			e := rules.Element{UID: uint32(100000 + i), Lo: port, Hi: port, Comment: fmt.Sprintf("acct-%06d", i)}
 			if widenLast && i == n-1 {
 				e.Hi += 10
 			}
-			ports.Elements = append(ports.Elements, e)
+			s := ports[rules.Shard(e.UID)]
+			s.Elements = append(s.Elements, e)
 		}
 		open := &rules.Set{Name: rules.OpenSet(p), Key: rules.KeyPort, Interval: true, Comment: rules.OwnerPrefix + "open " + string(p),
 			Elements: []rules.Element{{Lo: lo, Hi: hi}}}
-		rs.Sets = append(rs.Sets, ports, open)
+		rs.Sets = append(append(rs.Sets, ports[:]...), open)
 	}
 	rs.Sets = append(rs.Sets, &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "exempt",
 		Elements: []rules.Element{{UID: 33}}})
@@ -56,7 +60,9 @@ func benchTable(n int, widenLast bool) *rules.Ruleset {
 		mark(rules.CtStateNotNew{}, accept),
 	}}
 	for _, p := range protos {
-		out.Rules = append(out.Rules, mark(rules.SkuidSportInSet{Proto: p, Set: rules.PortsSet(p)}, accept))
+		for k := uint32(0); k < rules.Shards; k++ {
+			out.Rules = append(out.Rules, mark(rules.SkuidMask{Mask: rules.Shards - 1, Value: k}, rules.SkuidSportInSet{Proto: p, Set: rules.PortsSet(p, k)}, accept))
+		}
 		in.Rules = append(in.Rules, mark(rules.DportRange{Proto: p, Lo: lo, Hi: zoneHi}, rules.DportNotInSet{Proto: p, Set: rules.OpenSet(p)},
 			rules.Counter{}, rules.Verdict{Kind: rules.RejectTCPReset}))
 	}
@@ -114,7 +120,8 @@ func BenchmarkEncodeBatchOneAccount50k(b *testing.B) {
 // BenchmarkDecodeElements50k decodes a 50,000-element uid . port interval
 // set from its kernel form: the element half of reading the table back.
 func BenchmarkDecodeElements50k(b *testing.B) {
-	s := benchTable(benchAccounts, false).Set(rules.PortsSet(rules.TCP))
+	// All shards' elements in one set: 50,000 of them.
+	s := &rules.Set{Name: "ports", Key: rules.KeyUIDPort, Interval: true, Elements: rules.Accounts(benchTable(benchAccounts, false))[rules.TCP]}
 	kes := kelems(encodeElements(s, s.Elements))
 	b.ReportAllocs()
 	for b.Loop() {

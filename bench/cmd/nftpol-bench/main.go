@@ -383,7 +383,7 @@ func (r *report) write(w io.Writer) {
 	if r.packet != nil {
 		fmt.Fprintf(w, "## Per-packet cost\n\nEach configuration has a server namespace of its own, joined to one client "+
 			"namespace by a veth pair; in it listeners run as the first and the last account's UID on their ports (their "+
-			"replies pass the output chain's lookups (`meta skuid @tcp_moved`, then `meta skuid != @tcp_moved meta skuid . tcp sport @tcp_ports`), new connections the input chain's zone "+
+			"replies pass the output chain's lookups (`meta skuid @tcp_moved`, then, in the rule of the UID's shard k, `meta skuid & 7 == k meta skuid != @tcp_moved meta skuid . tcp sport @tcp_ports_k`), new connections the input chain's zone "+
 			"check). \"1 account\" is a table holding only the listener's account. One client process cycles through all "+
 			"listeners in blocks of %d operations, so load from elsewhere on the machine hits every configuration alike. "+
 			"Blocking system calls on one thread: connect+close is socket + connect + close, the round trip a 1-byte write and "+

@@ -32,8 +32,9 @@ import (
 // system calls on one thread: what is timed is the kernel path.
 //
 // Every reply from a listener leaves through the output chain and its
-// lookups (`meta skuid @tcp_moved`, then `meta skuid != @tcp_moved meta skuid .
-// tcp sport @tcp_ports`); every new connection passes
+// lookups (`meta skuid @tcp_moved`, then in the rule of the UID's shard k
+// `meta skuid & 7 == k meta skuid != @tcp_moved meta skuid . tcp sport
+// @tcp_ports_k`); every new connection passes
 // the input chain's zone check.
 
 // opStats summarises one listener's operations of one kind, in nanoseconds.
