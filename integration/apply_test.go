@@ -628,3 +628,90 @@ func nftValue(raw json.RawMessage) (string, error) {
 	}
 	return strings.Join(parts, sep), nil
 }
+
+// unshardedContractTable is the table an nftpol from before the sharded
+// per-account sets wrote for contractPolicy: one tcp_ports and one
+// udp_ports, looked up by one rule each.
+const unshardedContractTable = `table inet nftpol {
+	set tcp_open { type inet_service; flags interval; comment "nftpol: zone ports some account has for tcp"; elements = { 40010-40029 }; }
+	set udp_open { type inet_service; flags interval; comment "nftpol: zone ports some account has for udp"; elements = { 40010-40019 }; }
+	set exempt { type uid; comment "nftpol: uids never enforced"; elements = { 1500 }; }
+	set tcp_violations { type uid . inet_service; size 65536; flags dynamic,timeout; counter; timeout 1h; comment "nftpol: uid . port of blocked tcp serving, with counters"; }
+	set udp_violations { type uid . inet_service; size 65536; flags dynamic,timeout; counter; timeout 1h; comment "nftpol: uid . port of blocked udp serving, with counters"; }
+	set tcp_moved { type uid; comment "nftpol: accounts whose tcp ports changed since tcp_ports was built"; }
+	set udp_moved { type uid; comment "nftpol: accounts whose udp ports changed since udp_ports was built"; }
+	set tcp_ports { type uid . inet_service; flags interval; comment "nftpol: ports each account may serve tcp from";
+		elements = { 1001 . 40010-40019 comment "alpha", 1002 . 40020-40029 comment "beta" }; }
+	set udp_ports { type uid . inet_service; flags interval; comment "nftpol: ports each account may serve udp from";
+		elements = { 1001 . 40010-40019 comment "alpha" }; }
+	set tcp_moved_ports { type uid . inet_service; flags interval; comment "nftpol: ports those accounts may serve tcp from now"; }
+	set udp_moved_ports { type uid . inet_service; flags interval; comment "nftpol: ports those accounts may serve udp from now"; }
+	chain output {
+		type filter hook output priority filter; policy accept;
+		oif "lo" accept comment "nftpol: loopback is not enforced"
+		ct direction original accept comment "nftpol: connections opened from this host"
+		meta skuid < 1000 accept comment "nftpol: uids below min_uid"
+		meta skuid @exempt accept comment "nftpol: exempt uids"
+		meta skuid @tcp_moved meta skuid . tcp sport @tcp_moved_ports accept comment "nftpol: accounts serve tcp from their own ports (changed since tcp_ports was built)"
+		meta skuid != @tcp_moved meta skuid . tcp sport @tcp_ports accept comment "nftpol: accounts serve tcp from their own ports"
+		meta skuid @udp_moved meta skuid . udp sport @udp_moved_ports accept comment "nftpol: accounts serve udp from their own ports (changed since udp_ports was built)"
+		meta skuid != @udp_moved meta skuid . udp sport @udp_ports accept comment "nftpol: accounts serve udp from their own ports"
+		meta l4proto tcp ct direction reply meta skuid >= 1000 update @tcp_violations { meta skuid . tcp sport } counter reject with tcp reset comment "nftpol: tcp served outside the account's ports"
+		meta l4proto udp ct direction reply meta skuid >= 1000 update @udp_violations { meta skuid . udp sport } counter reject comment "nftpol: udp served outside the account's ports"
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iif "lo" accept comment "nftpol: loopback is not enforced"
+		ct state != new accept comment "nftpol: only new connections are checked"
+		tcp dport 40010-49999 tcp dport != @tcp_open counter reject with tcp reset comment "nftpol: tcp zone ports no account has"
+		udp dport 40010-49999 udp dport != @udp_open counter reject comment "nftpol: udp zone ports no account has"
+	}
+}
+`
+
+// TestUpgradeFromUnshardedTable: over the table an nftpol from before the
+// shards left, plan says the accounts are unchanged and the table is
+// replaced; apply replaces it in one transaction, after which the old sets
+// are gone, each account is in its UID's shard, and enforcement is the
+// same before and after, with real sockets.
+func TestUpgradeFromUnshardedTable(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	nftLoad(t, tp.Server, unshardedContractTable)
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40020)
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40021) // in beta's range
+	enforced := func(when string) {
+		t.Helper()
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); got != "ok" {
+			t.Errorf("%s: beta on its own port 40020: got %q, want ok", when, got)
+		}
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40021); !blocked(got) {
+			t.Errorf("%s: alpha on beta's port 40021: got %q, want blocked", when, got)
+		}
+	}
+	enforced("the unsharded table")
+
+	plan, raw := n.runJSON(t, 2, "plan", "-o", "json", "--detailed-exitcode")
+	if plan.TableAction != "replace" || len(plan.Accounts) != 0 {
+		t.Errorf("plan over the unsharded table: table %q, %d accounts changed; want replace, none\n%s", plan.TableAction, len(plan.Accounts), raw)
+	}
+	applied, raw := n.runJSON(t, 0, "apply", "-o", "json")
+	if applied.Applied == nil || applied.TableAction != "replace" {
+		t.Fatalf("apply over the unsharded table: table %q, applied %v; want replace\n%s", applied.TableAction, applied.Applied, raw)
+	}
+	n.planExit(t, 0)
+	listing := nftListTable(t, tp.Server, "inet", "nftpol")
+	for _, gone := range []string{"set tcp_ports {", "set udp_ports {", "@tcp_ports accept"} {
+		if strings.Contains(listing, gone) {
+			t.Errorf("%q still in the table after the upgrade:\n%s", gone, listing)
+		}
+	}
+	for set, want := range map[string]string{"tcp_ports_1": "1001 . 40010-40019", "tcp_ports_2": "1002 . 40020-40029", "udp_ports_1": "1001 . 40010-40019"} {
+		if got := run(t, "ip", "netns", "exec", tp.Server, "nft", "list", "set", "inet", "nftpol", set); !strings.Contains(got, want) {
+			t.Errorf("set %s does not hold %s:\n%s", set, want, got)
+		}
+	}
+	enforced("the sharded table")
+}
