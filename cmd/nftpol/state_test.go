@@ -191,6 +191,26 @@ func TestStateRoundTripLarge(t *testing.T) {
 	refused("missing section")
 }
 
+// TestStateSharesEqualSections: TCP's and UDP's sets of the same elements
+// share one section file, which is read and parsed once; the two sets
+// share the elements, clipped, so that appending to one cannot write into
+// the other.
+func TestStateSharesEqualSections(t *testing.T) {
+	_, _, rs, st := savedState(t, (sectionElements+52)*rules.Shards)
+	for k := uint32(0); k < rules.Shards; k++ {
+		tcp, udp := st.ruleset.Set(rules.PortsSet(rules.TCP, k)).Elements, st.ruleset.Set(rules.PortsSet(rules.UDP, k)).Elements
+		if !slices.Equal(tcp, rs.Set(rules.PortsSet(rules.TCP, k)).Elements) {
+			t.Fatalf("shard %d read back differs", k)
+		}
+		if len(tcp) == 0 || &tcp[0] != &udp[0] {
+			t.Errorf("shard %d: tcp and udp hold equal elements but were parsed twice", k)
+		}
+		if cap(tcp) != len(tcp) {
+			t.Errorf("shard %d: shared elements not clipped (len %d, cap %d)", k, len(tcp), cap(tcp))
+		}
+	}
+}
+
 // TestSectionsFollowTheState: an unchanged large set keeps its section file
 // (not written again), a changed one gets a new file, and the files no
 // state refers to are removed.
