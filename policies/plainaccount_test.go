@@ -268,3 +268,48 @@ func FuzzPrintableLines(f *testing.F) {
 		}
 	})
 }
+
+// TestPlainBuffersReused: a chunk decoded into the memory another chunk
+// gave back holds its own accounts and ports only, and the memory given
+// back points into neither chunk's text.
+func TestPlainBuffersReused(t *testing.T) {
+	wide := []byte("  - {name: a, uid: 1001, ports: [\"40010-40019\", 40050, 40060]}\n  - {name: b, uid: 1002, ports: [40100, 40200]}\n")
+	narrow := []byte("  - {name: c, uid: 1003, ports: [41000]}\n  - {name: d, uid: 1004, ports: [\"42000-42001\"]}\n")
+	ports := func(items []any) string {
+		var s []string
+		for _, it := range items {
+			pa, ok := it.(*plainAccount)
+			if !ok {
+				t.Fatalf("item %#v is not a plainAccount", it)
+			}
+			s = append(s, fmt.Sprintf("%s %d %v", pa.text(pa.name), pa.uid, pa.portList()))
+		}
+		return strings.Join(s, "; ")
+	}
+	fresh, ok := plainAccountList(slices.Clone(narrow), 2)
+	if !ok {
+		t.Fatal("narrow chunk refused")
+	}
+	want := ports(fresh)
+	for range 3 {
+		items, ok := plainAccountList(wide, 2)
+		if !ok {
+			t.Fatal("wide chunk refused")
+		}
+		b := items[0].(*plainAccount).p.bufs
+		releasePlainItems(items)
+		for _, a := range b.accounts[:cap(b.accounts)] {
+			if a.p != nil {
+				t.Fatal("released buffers still point at the chunk they held")
+			}
+		}
+		items, ok = plainAccountList(narrow, 2)
+		if !ok {
+			t.Fatal("narrow chunk refused")
+		}
+		if got := ports(items); got != want {
+			t.Errorf("decoded into reused memory: %s, want %s", got, want)
+		}
+		releasePlainItems(items)
+	}
+}

@@ -258,6 +258,7 @@ func (sp *splitList) each(fn func(items []any)) bool {
 			return false
 		}
 		fn(items)
+		releasePlainItems(items)
 		return true
 	})
 	return ok
