@@ -16,6 +16,7 @@ package compiler
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nftpol/nftpol/policies"
@@ -68,50 +69,14 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
-	// Per account, only appends into slices sized up front: compiling
-	// 50,000 accounts costs a few allocations, not a few per account.
-	var union [2][]policies.PortRange
+	// The protocols' sets are independent: each is filled by a goroutine
+	// of its own (at 50,000 accounts, compiling is a few milliseconds of
+	// every apply).
+	var wg sync.WaitGroup
 	for i, proto := range protos {
-		var n [rules.Shards]int
-		for j := range p.Accounts {
-			if a := &p.Accounts[j]; a.HasProtocol(policies.Protocol(proto)) {
-				n[rules.Shard(a.UID)] += len(a.Ports)
-			}
-		}
-		total := 0
-		for k, set := range ports[i] {
-			set.Elements = make([]rules.Element, 0, n[k])
-			total += n[k]
-		}
-		union[i] = make([]policies.PortRange, 0, total)
+		wg.Go(func() { compileProto(p.Accounts, proto, &ports[i], open[proto]) })
 	}
-	for j := range p.Accounts {
-		a := &p.Accounts[j]
-		merged := a.Ports
-		if !isMerged(merged) {
-			merged = Merge(merged)
-		}
-		comment := elementComment(a.Name)
-		for i, proto := range protos {
-			if !a.HasProtocol(policies.Protocol(proto)) {
-				continue
-			}
-			set := ports[i][rules.Shard(a.UID)]
-			for _, r := range merged {
-				set.Elements = append(set.Elements, rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: comment})
-			}
-			union[i] = append(union[i], merged...)
-		}
-	}
-	for i, proto := range protos {
-		for _, r := range mergeInPlace(union[i]) {
-			open[proto].Elements = append(open[proto].Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
-		}
-		for _, set := range ports[i] {
-			set.Elements = rules.SortElements(set.Elements)
-		}
-		open[proto].Elements = rules.SortElements(open[proto].Elements)
-	}
+	wg.Wait()
 	violations := map[rules.Proto]*rules.Set{}
 	for _, proto := range protos {
 		violations[proto] = &rules.Set{
@@ -156,6 +121,48 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 
 	rs.Chains = []*rules.Chain{outputChain(p, protos), inputChain(p, protos)}
 	return rs, nil
+}
+
+// compileProto fills the per-account shards and the open set of proto from
+// accounts.
+func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.Shards]*rules.Set, open *rules.Set) {
+	// Per account, only appends into slices sized up front: compiling
+	// 50,000 accounts costs a few allocations, not a few per account.
+	var n [rules.Shards]int
+	for j := range accounts {
+		if a := &accounts[j]; a.HasProtocol(policies.Protocol(proto)) {
+			n[rules.Shard(a.UID)] += len(a.Ports)
+		}
+	}
+	total := 0
+	for k, set := range ports {
+		set.Elements = make([]rules.Element, 0, n[k])
+		total += n[k]
+	}
+	union := make([]policies.PortRange, 0, total)
+	for j := range accounts {
+		a := &accounts[j]
+		if !a.HasProtocol(policies.Protocol(proto)) {
+			continue
+		}
+		merged := a.Ports
+		if !isMerged(merged) {
+			merged = Merge(merged)
+		}
+		comment := elementComment(a.Name)
+		set := ports[rules.Shard(a.UID)]
+		for _, r := range merged {
+			set.Elements = append(set.Elements, rules.Element{UID: a.UID, Lo: r.Lo, Hi: r.Hi, Comment: comment})
+		}
+		union = append(union, merged...)
+	}
+	for _, r := range mergeInPlace(union) {
+		open.Elements = append(open.Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
+	}
+	for _, set := range ports {
+		set.Elements = rules.SortElements(set.Elements)
+	}
+	open.Elements = rules.SortElements(open.Elements)
 }
 
 func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
