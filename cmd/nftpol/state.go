@@ -167,6 +167,10 @@ type pendingState struct {
 	stopped bool
 	// sections are the digests of the section files the state refers to.
 	sections []string
+	// written holds the digests of the section files this state wrote;
+	// text is the buffer they are formatted in.
+	written map[string]bool
+	text    []byte
 }
 
 // prepareState starts writing the state of rs, applied for policy p, into a
@@ -234,6 +238,11 @@ func (ps *pendingState) write() error {
 		_, err := hw.Write(b)
 		return err
 	})
+	if err == nil && len(ps.written) > 0 {
+		// The new section files are durable before the state that
+		// refers to them is renamed into place.
+		err = syncDir(ps.dir)
+	}
 	return err
 }
 
@@ -264,30 +273,30 @@ func (ps *pendingState) section(s *rules.Set) (string, error) {
 			return text.sum, nil
 		}
 	}
-	h := sha256.New()
+	// Formatted whole before it is written, for its name: a set equal to
+	// one this state already wrote (TCP's and UDP's shard k, for
+	// accounts that have both) is not written again.
+	ps.text = rules.AppendElementLines(ps.text[:0], s.Elements)
+	sum := digest(ps.text)
+	if ps.written[sum] {
+		return sum, nil
+	}
 	f, err := writeTemp(ps.dir, "elements", func(w io.Writer) error {
-		hw := io.MultiWriter(w, h)
-		var b []byte
-		for es := s.Elements; len(es) > 0; {
-			n := min(len(es), 4096)
-			b = rules.AppendElementLines(b[:0], es[:n])
-			es = es[n:]
-			if _, err := hw.Write(b); err != nil {
-				return err
-			}
-		}
-		return nil
+		_, err := w.Write(ps.text)
+		return err
 	})
 	if err != nil {
 		return "", err
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	if err := finishTemp(f, filepath.Join(ps.dir, sectionName(sum))); err != nil {
 		os.Remove(f.Name())
 		return "", err
 	}
-	// Durable before the state that refers to it is renamed into place.
-	return sum, syncDir(ps.dir)
+	if ps.written == nil {
+		ps.written = map[string]bool{}
+	}
+	ps.written[sum] = true
+	return sum, nil
 }
 
 // readSection reads the section file named by sum and checks its content
