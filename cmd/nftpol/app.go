@@ -173,6 +173,12 @@ func (a *app) configFile() string { return a.v.GetString("config") }
 
 // load reads, validates and compiles the policy.
 func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
+	return a.loadWith(nil)
+}
+
+// loadWith is load, calling loaded with the policy as soon as it is read,
+// before it is compiled (to start work in the background).
+func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.Ruleset, error) {
 	p, err := policies.Load(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
 	if errors.Is(err, policies.ErrInsecurePermissions) {
 		err = fmt.Errorf("%w\nnftpol: the policy decides the firewall; fix the permissions as shown, or pass --insecure-permissions to read it anyway", err)
@@ -181,6 +187,9 @@ func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
 		return nil, nil, err
 	}
 	phase("policy read")
+	if loaded != nil {
+		loaded(p)
+	}
 	fitMemoryLimit(len(p.Accounts))
 	rs, err := compiler.Compile(p)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
 )
 
@@ -33,7 +34,8 @@ func (a *app) applyCommand() *cobra.Command {
 			return err
 		}
 		a.prefetchState()
-		p, desired, err := a.load()
+		var digest func() string
+		_, desired, err := a.loadWith(func(p *policies.Policy) { digest = backgroundDigest(p) })
 		if err != nil {
 			return err
 		}
@@ -57,7 +59,7 @@ func (a *app) applyCommand() *cobra.Command {
 		}()
 		if st, err := a.recordedState(); err == nil && !a.v.GetBool("full-read") {
 			laidOver = st.ruleset
-			pending = prepareState(a.stateDir(), p, rules.Overlay(laidOver, desired), st)
+			pending = prepareState(a.stateDir(), digest, rules.Overlay(laidOver, desired), st)
 		}
 		plan, st, source, after, err := a.converge(k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
 			if pending == nil || current != laidOver {
@@ -65,7 +67,7 @@ func (a *app) applyCommand() *cobra.Command {
 					pending.discard()
 				}
 				laidOver = current
-				pending = prepareState(a.stateDir(), p, rules.Overlay(current, desired), nil)
+				pending = prepareState(a.stateDir(), digest, rules.Overlay(current, desired), nil)
 			}
 			plan, err := a.makePlan(k, current, pending.rs, *adopt)
 			if err == nil && !*allowRemovals {

@@ -239,7 +239,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 			next.Sets[i] = &c
 		}
 	}
-	if err := prepareState(dir, p, next, st).commit(nil); err != nil {
+	if err := prepareState(dir, backgroundDigest(p), next, st).commit(nil); err != nil {
 		t.Fatal(err)
 	}
 	after := files()
@@ -432,7 +432,7 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 		t.Fatal("the changed tcp_open is reused")
 	}
 	body := func(from *stateFile) string {
-		if err := prepareState(dir, p, changed, from).commit(nil); err != nil {
+		if err := prepareState(dir, backgroundDigest(p), changed, from).commit(nil); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(filepath.Join(dir, stateName))
