@@ -631,20 +631,23 @@ func nftValue(raw json.RawMessage) (string, error) {
 
 // unshardedContractTable is the table an nftpol from before the sharded
 // per-account sets wrote for contractPolicy: one tcp_ports and one
-// udp_ports, looked up by one rule each.
+// udp_ports, looked up by one rule each, after alpha's TCP ports were
+// widened (moved) and an account gamma was removed (moved with no ports).
 const unshardedContractTable = `table inet nftpol {
 	set tcp_open { type inet_service; flags interval; comment "nftpol: zone ports some account has for tcp"; elements = { 40010-40029 }; }
 	set udp_open { type inet_service; flags interval; comment "nftpol: zone ports some account has for udp"; elements = { 40010-40019 }; }
 	set exempt { type uid; comment "nftpol: uids never enforced"; elements = { 1500 }; }
 	set tcp_violations { type uid . inet_service; size 65536; flags dynamic,timeout; counter; timeout 1h; comment "nftpol: uid . port of blocked tcp serving, with counters"; }
 	set udp_violations { type uid . inet_service; size 65536; flags dynamic,timeout; counter; timeout 1h; comment "nftpol: uid . port of blocked udp serving, with counters"; }
-	set tcp_moved { type uid; comment "nftpol: accounts whose tcp ports changed since tcp_ports was built"; }
+	set tcp_moved { type uid; comment "nftpol: accounts whose tcp ports changed since tcp_ports was built";
+		elements = { 1001 comment "alpha", 1003 comment "gamma" }; }
 	set udp_moved { type uid; comment "nftpol: accounts whose udp ports changed since udp_ports was built"; }
 	set tcp_ports { type uid . inet_service; flags interval; comment "nftpol: ports each account may serve tcp from";
-		elements = { 1001 . 40010-40019 comment "alpha", 1002 . 40020-40029 comment "beta" }; }
+		elements = { 1001 . 40010-40012 comment "alpha", 1002 . 40020-40029 comment "beta", 1003 . 40030-40039 comment "gamma" }; }
 	set udp_ports { type uid . inet_service; flags interval; comment "nftpol: ports each account may serve udp from";
 		elements = { 1001 . 40010-40019 comment "alpha" }; }
-	set tcp_moved_ports { type uid . inet_service; flags interval; comment "nftpol: ports those accounts may serve tcp from now"; }
+	set tcp_moved_ports { type uid . inet_service; flags interval; comment "nftpol: ports those accounts may serve tcp from now";
+		elements = { 1001 . 40010-40019 comment "alpha" }; }
 	set udp_moved_ports { type uid . inet_service; flags interval; comment "nftpol: ports those accounts may serve udp from now"; }
 	chain output {
 		type filter hook output priority filter; policy accept;
@@ -670,8 +673,8 @@ const unshardedContractTable = `table inet nftpol {
 `
 
 // TestUpgradeFromUnshardedTable: over the table an nftpol from before the
-// shards left, plan says the accounts are unchanged and the table is
-// replaced; apply replaces it in one transaction, after which the old sets
+// shards left, moved accounts included, plan says the accounts are
+// unchanged and the table is replaced; apply replaces it in one transaction, after which the old sets
 // are gone, each account is in its UID's shard, and enforcement is the
 // same before and after, with real sockets.
 func TestUpgradeFromUnshardedTable(t *testing.T) {
@@ -682,8 +685,12 @@ func TestUpgradeFromUnshardedTable(t *testing.T) {
 	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
 	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40020)
 	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40021) // in beta's range
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40015) // alpha's, from its moved ports
 	enforced := func(when string) {
 		t.Helper()
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40015); got != "ok" {
+			t.Errorf("%s: alpha on its own port 40015: got %q, want ok", when, got)
+		}
 		if got := tp.Connect(t, "tcp", ServerIPv4, 40020); got != "ok" {
 			t.Errorf("%s: beta on its own port 40020: got %q, want ok", when, got)
 		}

@@ -222,9 +222,13 @@ func accountViews(rs *Ruleset) map[Proto]*accountView {
 		}
 		v.bases[k] = s.Elements
 	}
-	for _, p := range overlayProtos(rs) {
-		if v := m[p]; v != nil {
-			v.moved, v.movedPorts = rs.Set(MovedSet(p)).Elements, rs.Set(MovedPortsSet(p)).Elements
+	// The moved sets count whatever the base's layout: a table of the
+	// layout before shards has them too, and its moved accounts are
+	// enforced from them.
+	for p, v := range m {
+		moved, movedPorts := rs.Set(MovedSet(p)), rs.Set(MovedPortsSet(p))
+		if moved != nil && movedPorts != nil && moved.Key == KeyUID && movedPorts.Key == KeyUIDPort && !moved.Dynamic && !movedPorts.Dynamic {
+			v.moved, v.movedPorts = moved.Elements, movedPorts.Elements
 		}
 	}
 	return m

@@ -316,3 +316,23 @@ func TestParsePortsSet(t *testing.T) {
 		}
 	}
 }
+
+// TestAccountsOfUnshardedTable: in a table of the layout before shards, the
+// moved sets count as they do in a sharded one: a moved account is
+// enforced with its moved ports, one moved with none is not enforced, and
+// the plan to the sharded layout of the same accounts changes none.
+func TestAccountsOfUnshardedTable(t *testing.T) {
+	legacy := &Ruleset{Table: "nftpol", Sets: []*Set{
+		{Name: MovedSet(TCP), Key: KeyUID, Elements: []Element{{UID: 1, Comment: "a1"}, {UID: 3, Comment: "a3"}}},
+		{Name: legacyPortsSet(TCP), Key: KeyUIDPort, Interval: true, Elements: []Element{
+			{UID: 1, Lo: 10, Hi: 10, Comment: "a1"}, {UID: 2, Lo: 20, Hi: 20, Comment: "a2"}, {UID: 3, Lo: 30, Hi: 30, Comment: "a3"}}},
+		{Name: MovedPortsSet(TCP), Key: KeyUIDPort, Interval: true, Elements: []Element{{UID: 1, Lo: 10, Hi: 19, Comment: "a1"}}},
+	}}
+	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}}, nil, nil)
+	if got, want := Accounts(legacy)[TCP], Accounts(desired)[TCP]; !slices.Equal(got, want) {
+		t.Errorf("enforced in the unsharded table: %+v, want %+v", got, want)
+	}
+	if p := Diff(legacy, desired); len(p.Accounts) != 0 || p.TableAction != TableReplace {
+		t.Errorf("to the sharded layout: table %s, accounts %+v; want replace, none", p.TableAction, p.Accounts)
+	}
+}
