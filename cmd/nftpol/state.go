@@ -573,8 +573,9 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 	// both) share a section file: it is read and parsed once, and the
 	// sets share the elements, which nothing changes in place.
 	type parsed struct {
-		lines string
-		es    []rules.Element
+		lines  string
+		es     []rules.Element
+		sorted bool // the lines were in order (their text can be reused)
 	}
 	sections := map[string]parsed{}
 	for text != "" {
@@ -595,11 +596,12 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 		next = i + 1
 		var lines, sum string
 		var es []rules.Element
+		sorted := false
 		if len(f) == 4 {
 			// In a file of their own, named by the sha256 of its content.
 			sum = f[3]
 			if p, ok := sections[sum]; ok {
-				lines, es = p.lines, p.es
+				lines, es, sorted = p.lines, p.es, p.sorted
 			} else if lines, err = readSection(dir, sum); err != nil {
 				return nil, fmt.Errorf("set %s: %w", name, err)
 			}
@@ -622,17 +624,19 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 			if es, err = rules.ParseElementLines(lines); err != nil {
 				return nil, fmt.Errorf("set %s: %w", name, err)
 			}
+			if sorted = slices.IsSortedFunc(es, rules.Element.Compare); !sorted {
+				es = rules.SortElements(es)
+			}
 			// Clipped: an append to one set's elements must not
-			// write into another's.
+			// write into another's. Sorted before they are shared:
+			// nothing changes them in place after this.
 			es = slices.Clip(es)
 			if sum != "" {
-				sections[sum] = parsed{lines, es}
+				sections[sum] = parsed{lines, es, sorted}
 			}
 		}
 		rs.Sets[i].Elements = es
-		if !slices.IsSortedFunc(rs.Sets[i].Elements, rules.Element.Compare) {
-			rs.Sets[i].Elements = rules.SortElements(rs.Sets[i].Elements)
-		} else {
+		if sorted {
 			if st.text == nil {
 				st.text = map[string]section{}
 			}
