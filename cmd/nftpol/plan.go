@@ -150,7 +150,11 @@ func (a *app) session(ctx context.Context, command string) (k *kernel.Kernel, en
 		lock.release()
 		return nil, nil, err
 	}
-	return k, func() { k.Close(); lock.release() }, nil
+	return k, func() {
+		k.Close()
+		phase("kernel closed")
+		lock.release()
+	}, nil
 }
 
 // converge reads table from the kernel, plans with makePlan and commits the
