@@ -86,6 +86,40 @@ func Overlay(current, desired *Ruleset) *Ruleset {
 	}
 	out := *desired
 	out.Sets = slices.Clone(desired.Sets)
+	// TCP's and UDP's shards hold the same elements when every account
+	// has both protocols (the default), and then share them in memory
+	// (as the compiler and the state reader leave them): one overlay of
+	// each pair serves both.
+	type laid struct {
+		cur, want   *Element
+		ncur, nwant int
+		k           int
+	}
+	type result struct {
+		base, moved, movedPorts []Element
+		fits                    bool
+	}
+	first := func(es []Element) *Element {
+		if len(es) == 0 {
+			return nil
+		}
+		return &es[0]
+	}
+	done := map[laid]result{}
+	layOver := func(cur, want []Element, k, room int) result {
+		key := laid{first(cur), first(want), len(cur), len(want), k}
+		if r, ok := done[key]; ok && r.fits && len(r.moved) <= room {
+			return r
+		}
+		var r result
+		if sameElements(cur, want) {
+			r = result{base: want, fits: true} // nothing to lay over
+		} else {
+			r.base, r.moved, r.movedPorts, r.fits = overlay(cur, want, uint32(k), room)
+		}
+		done[key] = r
+		return r
+	}
 	for _, p := range overlayProtos(desired) {
 		cbs, cm, cmp := shardSets(current, p), current.Set(MovedSet(p)), current.Set(MovedPortsSet(p))
 		dbs, dm, dmp := shardSets(desired, p), desired.Set(MovedSet(p)), desired.Set(MovedPortsSet(p))
@@ -97,7 +131,8 @@ func Overlay(current, desired *Ruleset) *Ruleset {
 		var moved, movedPorts []Element
 		ok := true
 		for k, db := range dbs {
-			base, m, mp, fits := overlay(cbs[k].Elements, db.Elements, uint32(k), MaxMoved-len(moved))
+			r := layOver(cbs[k].Elements, db.Elements, k, MaxMoved-len(moved))
+			base, m, mp, fits := r.base, r.moved, r.movedPorts, r.fits
 			if !fits {
 				ok = false
 				break

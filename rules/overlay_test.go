@@ -2,7 +2,9 @@ package rules
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -334,5 +336,89 @@ func TestAccountsOfUnshardedTable(t *testing.T) {
 	}
 	if p := Diff(legacy, desired); len(p.Accounts) != 0 || p.TableAction != TableReplace {
 		t.Errorf("to the sharded layout: table %s, accounts %+v; want replace, none", p.TableAction, p.Accounts)
+	}
+}
+
+// TestShardChangesMatchesMerged: comparing two views shard by shard finds
+// exactly the UIDs that comparing every account's enforced elements does,
+// moved accounts, stray moved ports and elements in another UID's shard
+// included (random tables, fixed seed).
+func TestShardChangesMatchesMerged(t *testing.T) {
+	rng := rand.New(rand.NewPCG(6, 50000))
+	table := func() *Ruleset {
+		base, moved := map[uint32][2]uint16{}, map[uint32][2]uint16{}
+		for uid := uint32(1000); uid < 1060; uid++ {
+			switch rng.IntN(5) {
+			case 0: // absent
+			case 1:
+				moved[uid] = [2]uint16{uint16(uid), uint16(uid) + uint16(rng.IntN(3))}
+				base[uid] = [2]uint16{uint16(uid), uint16(uid)}
+			default:
+				base[uid] = [2]uint16{uint16(uid), uint16(uid) + uint16(rng.IntN(2))}
+			}
+		}
+		rs := overlayTable(nil, moved, base)
+		// A stray in another UID's shard, and a moved port of a UID
+		// that is not moved: neither is enforced.
+		s := rs.Set(PortsSet(TCP, 0))
+		s.Elements = SortElements(append(slices.Clone(s.Elements), Element{UID: 1001 + uint32(rng.IntN(7)), Lo: 9, Hi: 9}))
+		mp := rs.Set(MovedPortsSet(TCP))
+		mp.Elements = SortElements(append(slices.Clone(mp.Elements), Element{UID: 1000 + uint32(rng.IntN(60)), Lo: 8, Hi: 8}))
+		return rs
+	}
+	for range 300 {
+		a, b := accountViews(table())[TCP], accountViews(table())[TCP]
+		var want []uint32
+		eachUID(a.all(), b.all(), func(uid uint32, x, y []Element) bool {
+			if !slices.Equal(x, y) {
+				want = append(want, uid)
+			}
+			return true
+		})
+		got := shardChanges(a, b)
+		slices.Sort(got)
+		got = slices.Compact(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("shard by shard: %v\nevery account: %v", got, want)
+		}
+	}
+}
+
+// TestOverlaySharedProtocols: TCP's and UDP's shards sharing their elements
+// (as compiled when every account has both) are laid over once, and each
+// protocol gets the same, correct, moved accounts and base.
+func TestOverlaySharedProtocols(t *testing.T) {
+	both := func(accounts, moved, base map[uint32][2]uint16) *Ruleset {
+		rs := overlayTable(accounts, moved, base)
+		for _, s := range slices.Clone(rs.Sets) {
+			u := *s
+			u.Name = strings.Replace(s.Name, "tcp", "udp", 1)
+			rs.Sets = append(rs.Sets, &u) // shares s's elements
+		}
+		return rs
+	}
+	current := both(map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}}, nil, nil)
+	desired := both(map[uint32][2]uint16{1: {10, 10}, 2: {20, 29}, 4: {40, 40}}, nil, nil)
+	installed := Overlay(current, desired)
+	for _, p := range []Proto{TCP, UDP} {
+		if got, want := Accounts(installed)[p], Accounts(desired)[p]; !slices.Equal(got, want) {
+			t.Errorf("%s enforced after the overlay:\n%+v\nwant\n%+v", p, got, want)
+		}
+		var moved []uint32
+		for _, e := range installed.Set(MovedSet(p)).Elements {
+			moved = append(moved, e.UID)
+		}
+		if !slices.Equal(moved, []uint32{2, 3}) {
+			t.Errorf("%s moved %v, want [2 3]", p, moved)
+		}
+	}
+	for k := uint32(0); k < Shards; k++ {
+		tcp, udp := installed.Set(PortsSet(TCP, k)).Elements, installed.Set(PortsSet(UDP, k)).Elements
+		if len(tcp) > 0 && &tcp[0] != &udp[0] {
+			t.Errorf("shard %d: the shared shards were laid over twice", k)
+		}
+	}
+	if p := Diff(current, installed); len(p.Accounts) != 3 {
+		t.Errorf("plan accounts %+v, want 2, 3 and 4", p.Accounts)
 	}
 }
