@@ -72,11 +72,29 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// The protocols' sets are independent: each is filled by a goroutine
 	// of its own (at 50,000 accounts, compiling is a few milliseconds of
 	// every apply).
-	var wg sync.WaitGroup
-	for i, proto := range protos {
-		wg.Go(func() { compileProto(p.Accounts, proto, &ports[i], open[proto]) })
+	// When every account has both protocols (the default), their sets
+	// hold the same elements: compiled once, and shared (nothing changes
+	// a compiled set's elements in place).
+	both := true
+	for j := range p.Accounts {
+		if a := &p.Accounts[j]; !a.HasProtocol(policies.TCP) || !a.HasProtocol(policies.UDP) {
+			both = false
+			break
+		}
 	}
-	wg.Wait()
+	if both {
+		compileProto(p.Accounts, protos[0], &ports[0], open[protos[0]])
+		for k := range ports[1] {
+			ports[1][k].Elements = ports[0][k].Elements
+		}
+		open[protos[1]].Elements = open[protos[0]].Elements
+	} else {
+		var wg sync.WaitGroup
+		for i, proto := range protos {
+			wg.Go(func() { compileProto(p.Accounts, proto, &ports[i], open[proto]) })
+		}
+		wg.Wait()
+	}
 	violations := map[rules.Proto]*rules.Set{}
 	for _, proto := range protos {
 		violations[proto] = &rules.Set{

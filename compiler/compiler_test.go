@@ -196,3 +196,35 @@ func TestMerge(t *testing.T) {
 		t.Errorf("Merge = %v, want %v", got, want)
 	}
 }
+
+// TestCompileSharesProtocols: when every account has both protocols, TCP's
+// and UDP's sets are compiled once and share their elements; when one
+// account has only TCP, they differ by it.
+func TestCompileSharesProtocols(t *testing.T) {
+	both := []policies.Protocol{policies.TCP, policies.UDP}
+	accs := []policies.Account{
+		{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: both},
+		{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: both},
+	}
+	rs, err := Compile(policy(accs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := uint32(1); k <= 2; k++ {
+		tcp, udp := rs.Set(rules.PortsSet(rules.TCP, k)).Elements, rs.Set(rules.PortsSet(rules.UDP, k)).Elements
+		if len(tcp) != 1 || &tcp[0] != &udp[0] {
+			t.Errorf("shard %d: tcp %v and udp %v not shared", k, tcp, udp)
+		}
+	}
+	accs[1].Protocols = []policies.Protocol{policies.TCP}
+	rs, err = Compile(policy(accs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(rs.Set(rules.PortsSet(rules.UDP, 2)).Elements, rs.Set(rules.PortsSet(rules.TCP, 2)).Elements); got != "[] [{1002 40020 40029 b}]" {
+		t.Errorf("b without udp: udp and tcp shard 2 = %s", got)
+	}
+	if got := fmt.Sprint(rs.Set(rules.OpenSet(rules.UDP)).Elements); got != "[{0 40010 40019 }]" {
+		t.Errorf("b without udp: udp_open = %s", got)
+	}
+}
