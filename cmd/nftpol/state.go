@@ -334,11 +334,11 @@ func readSection(dir, sum string) (string, error) {
 	if fi, err := f.Stat(); err == nil {
 		b.Grow(int(fi.Size()))
 	}
-	if _, err := io.Copy(&b, f); err != nil {
+	// Hashed as it is read: the hash takes no string without a copy.
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(&b, h), f); err != nil {
 		return "", err
 	}
-	h := sha256.New()
-	io.WriteString(h, b.String())
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
 		return "", fmt.Errorf("%s has digest %s", sectionName(sum), got)
 	}
