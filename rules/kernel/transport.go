@@ -234,19 +234,50 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 		batch[0].Data = append(batch[0].Data[:4:4], attr...)
 	}
 
-	// One socket serves every commit of this Kernel and is closed with it
-	// (Close). Closing a netfilter socket right after a commit that freed
-	// something makes the kernel wait for that commit's cleanup, an RCU
-	// grace period (nft_rcv_nl_event flushes the transaction destroy
-	// work): about 10 ms at the end of every commit, measured. Closed at
-	// the end of the command, after the state is saved, the wait has
-	// mostly passed.
-	if k.commitConn == nil {
-		if k.commitConn, err = k.dial(); err != nil {
-			return err
-		}
+	conn, err := k.conn()
+	if err != nil {
+		return err
 	}
-	conn := k.commitConn
+	if err := k.exchange(conn, batch, fill, ops, bytes); err != nil {
+		// Whatever a failed exchange left unread must not be taken
+		// for the answer to the next request.
+		k.dropConn()
+		return err
+	}
+	// The deadline must not outlive the batch: the socket serves the
+	// next request too.
+	return conn.SetReadDeadline(time.Time{})
+}
+
+// conn returns the socket that the Kernel's commits and generation
+// requests go over, opened on first use and kept until Close. Opening one
+// in another namespace costs a thread's trip into it; and closing a
+// netfilter socket right after a commit that freed something makes the
+// kernel wait for that commit's cleanup, an RCU grace period
+// (nft_rcv_nl_event flushes the transaction destroy work): 5-20 ms here.
+// Closed at the end of the command, after the state is saved, the wait has
+// partly passed, and it is paid once.
+func (k *Kernel) conn() (*netlink.Conn, error) {
+	if k.commitConn == nil {
+		c, err := k.dial()
+		if err != nil {
+			return nil, err
+		}
+		k.commitConn = c
+	}
+	return k.commitConn, nil
+}
+
+// dropConn closes the kept socket, after a failed exchange on it.
+func (k *Kernel) dropConn() {
+	if k.commitConn != nil {
+		k.commitConn.Close()
+		k.commitConn = nil
+	}
+}
+
+// exchange sends batch on conn and waits for the kernel's verdict on it.
+func (k *Kernel) exchange(conn *netlink.Conn, batch []netlink.Message, fill []*rawMsg, ops []op, bytes int) error {
 	// The whole batch goes out in one sendmsg(2), so the send buffer must
 	// hold it; the receive buffer must hold the kernel's error replies,
 	// which echo the failing message. As root the netlink package uses
@@ -353,12 +384,15 @@ func (k *Kernel) Generation() (uint32, error) {
 	if k.fake != nil {
 		return 0, nil
 	}
-	conn, err := k.dial()
+	conn, err := k.conn()
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
-	return generation(conn)
+	g, err := generation(conn)
+	if err != nil {
+		k.dropConn()
+	}
+	return g, err
 }
 
 func generation(conn *netlink.Conn) (uint32, error) {
@@ -415,11 +449,10 @@ func (k *Kernel) Identity() (Identity, error) {
 		return id, fmt.Errorf("reading the boot id: %w", err)
 	}
 	id.BootID = strings.TrimSpace(string(b))
-	conn, err := k.dial()
+	conn, err := k.conn()
 	if err != nil {
 		return id, err
 	}
-	defer conn.Close()
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return id, err
@@ -433,7 +466,9 @@ func (k *Kernel) Identity() (Identity, error) {
 	if serr != nil {
 		return id, fmt.Errorf("reading the network namespace cookie: %w", serr)
 	}
-	id.Generation, err = generation(conn)
+	if id.Generation, err = generation(conn); err != nil {
+		k.dropConn()
+	}
 	return id, err
 }
 
