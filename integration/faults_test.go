@@ -101,6 +101,17 @@ func TestGenerationGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The requests share one kept socket: one after the other, with no
+	// commit between, each reads its own answer.
+	for i := range 3 {
+		id, err := k.Identity()
+		if err != nil || id.Generation != gen {
+			t.Fatalf("identity request %d: generation %d (%v), want %d", i, id.Generation, err, gen)
+		}
+		if g, err := k.Generation(); err != nil || g != gen {
+			t.Fatalf("generation request %d: %d (%v), want %d", i, g, err, gen)
+		}
+	}
 	current, err := k.Read("nftpol")
 	if err != nil {
 		t.Fatal(err)

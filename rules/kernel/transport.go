@@ -245,8 +245,12 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 		return err
 	}
 	// The deadline must not outlive the batch: the socket serves the
-	// next request too.
-	return conn.SetReadDeadline(time.Time{})
+	// next request too. The kernel holds the commit either way: a socket
+	// that refuses is dropped, not reported.
+	if err := conn.SetReadDeadline(time.Time{}); err != nil {
+		k.dropConn()
+	}
+	return nil
 }
 
 // conn returns the socket that the Kernel's commits and generation
@@ -398,8 +402,12 @@ func (k *Kernel) Generation() (uint32, error) {
 func generation(conn *netlink.Conn) (uint32, error) {
 	msgs, err := conn.Execute(netlink.Message{
 		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
-			Flags: netlink.Request | netlink.Acknowledge,
+			Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			// No acknowledgement: the reply is the answer, an error
+			// comes back without asking, and an ack would stay
+			// unread on the kept socket (Kernel.conn) for the next
+			// request to trip over.
+			Flags: netlink.Request,
 		},
 		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
 	})
