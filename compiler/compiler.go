@@ -177,10 +177,12 @@ func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.
 	for _, r := range mergeInPlace(union) {
 		open.Elements = append(open.Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 	}
+	// Clipped: the protocols may share these elements, and an append to
+	// one set's must never write into another's.
 	for _, set := range ports {
-		set.Elements = rules.SortElements(set.Elements)
+		set.Elements = slices.Clip(rules.SortElements(set.Elements))
 	}
-	open.Elements = rules.SortElements(open.Elements)
+	open.Elements = slices.Clip(rules.SortElements(open.Elements))
 }
 
 func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
