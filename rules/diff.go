@@ -395,12 +395,17 @@ func eachUID(a, b []Element, fn func(uid uint32, ga, gb []Element) bool) {
 // shardChanges returns the UIDs enforced differently in a and b, two
 // views of the same sharding, comparing shard with shard: no merged copy of
 // every account (at 50,000 accounts, a plan with nothing to change would
-// otherwise allocate megabytes). The UIDs come in no particular order.
+// otherwise allocate megabytes). A shard both views hold in the same
+// memory (as Overlay keeps the kernel's) is not walked: only its moved
+// UIDs can differ. The UIDs come in no particular order.
 func shardChanges(a, b *accountView) []uint32 {
 	var uids []uint32
 	n := uint32(len(a.bases))
 	anyMoved := len(a.moved)+len(b.moved) > 0
 	for k := range a.bases {
+		if sameElements(a.bases[k], b.bases[k]) {
+			continue
+		}
 		eachUID(a.bases[k], b.bases[k], func(uid uint32, ga, gb []Element) bool {
 			switch {
 			case uid%n != uint32(k):
@@ -461,20 +466,10 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 	}
 	slices.Sort(protos)
 
-	// Each protocol's walk finds its changed UIDs in ascending order; the
-	// union is sorted once (a map of 50,000 UIDs costs more). When the base
-	// is shared (rules.Overlay moved what changed), only the moved UIDs
-	// can differ.
+	// The changed UIDs of all protocols are sorted once (a map of 50,000
+	// UIDs costs more).
 	var uids []uint32
 	for _, p := range protos {
-		if cands, ok := movedOnly(old[p], cur[p]); ok {
-			for _, u := range cands {
-				if !slices.Equal(old[p].group(u), cur[p].group(u)) {
-					uids = append(uids, u)
-				}
-			}
-			continue
-		}
 		if a, b := old[p], cur[p]; a != nil && b != nil && len(a.bases) == len(b.bases) {
 			uids = append(uids, shardChanges(a, b)...)
 			continue

@@ -55,17 +55,26 @@ func shardSets(rs *Ruleset, p Proto) []*Set {
 	return out
 }
 
+// movedSets returns the moved and moved-ports sets of protocol p in rs, or
+// nils when rs lacks either or holds one of another kind.
+func movedSets(rs *Ruleset, p Proto) (moved, movedPorts *Set) {
+	m, mp := rs.Set(MovedSet(p)), rs.Set(MovedPortsSet(p))
+	if m == nil || mp == nil || m.Key != KeyUID || mp.Key != KeyUIDPort || m.Dynamic || mp.Dynamic {
+		return nil, nil
+	}
+	return m, mp
+}
+
 // overlayProtos returns the protocols whose base shards, moved and
 // moved-ports sets rs has.
 func overlayProtos(rs *Ruleset) []Proto {
 	var out []Proto
 	for _, s := range rs.Sets {
 		p, ok := strings.CutSuffix(s.Name, "_moved")
-		if !ok || s.Key != KeyUID {
+		if !ok {
 			continue
 		}
-		mp := rs.Set(MovedPortsSet(Proto(p)))
-		if shardSets(rs, Proto(p)) != nil && mp != nil && mp.Key == KeyUIDPort && !mp.Dynamic {
+		if m, _ := movedSets(rs, Proto(p)); m != nil && shardSets(rs, Proto(p)) != nil {
 			out = append(out, Proto(p))
 		}
 	}
@@ -121,9 +130,10 @@ func Overlay(current, desired *Ruleset) *Ruleset {
 		return r
 	}
 	for _, p := range overlayProtos(desired) {
-		cbs, cm, cmp := shardSets(current, p), current.Set(MovedSet(p)), current.Set(MovedPortsSet(p))
-		dbs, dm, dmp := shardSets(desired, p), desired.Set(MovedSet(p)), desired.Set(MovedPortsSet(p))
-		if cbs == nil || cm == nil || cmp == nil || !cm.SameDefinition(dm) || !cmp.SameDefinition(dmp) ||
+		cbs, dbs := shardSets(current, p), shardSets(desired, p)
+		cm, cmp := movedSets(current, p)
+		dm, dmp := movedSets(desired, p)
+		if cbs == nil || cm == nil || !cm.SameDefinition(dm) || !cmp.SameDefinition(dmp) ||
 			slices.ContainsFunc(dbs, func(d *Set) bool { return !d.SameDefinition(current.Set(d.Name)) }) {
 			continue
 		}
@@ -261,8 +271,7 @@ func accountViews(rs *Ruleset) map[Proto]*accountView {
 	// layout before shards has them too, and its moved accounts are
 	// enforced from them.
 	for p, v := range m {
-		moved, movedPorts := rs.Set(MovedSet(p)), rs.Set(MovedPortsSet(p))
-		if moved != nil && movedPorts != nil && moved.Key == KeyUID && movedPorts.Key == KeyUIDPort && !moved.Dynamic && !movedPorts.Dynamic {
+		if moved, movedPorts := movedSets(rs, p); moved != nil {
 			v.moved, v.movedPorts = moved.Elements, movedPorts.Elements
 		}
 	}
@@ -366,29 +375,6 @@ func (v *accountView) all() []Element {
 		mps = mps[1:]
 	}
 	return out
-}
-
-// movedOnly returns, when a and b share their base (the same elements in
-// every shard, as Overlay leaves it when it adds nothing), the UIDs whose
-// enforcement can differ between them: those in either's moved sets. ok is
-// false when the bases differ and every account has to be compared.
-func movedOnly(a, b *accountView) (uids []uint32, ok bool) {
-	if a == nil || b == nil || len(a.bases) != len(b.bases) {
-		return nil, false
-	}
-	for k := range a.bases {
-		x, y := a.bases[k], b.bases[k]
-		if len(x) != len(y) || len(x) > 0 && &x[0] != &y[0] {
-			return nil, false
-		}
-	}
-	for _, es := range [][]Element{a.moved, b.moved, a.movedPorts, b.movedPorts} {
-		for _, e := range es {
-			uids = append(uids, e.UID)
-		}
-	}
-	slices.Sort(uids)
-	return slices.Compact(uids), true
 }
 
 // PrepareMoves splits p in two: pre, what has to be in the kernel before p

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/mdlayher/netlink"
-
 	"github.com/nftpol/nftpol/rules"
 )
 
@@ -78,43 +76,35 @@ func benchTable(n int, widenLast bool) *rules.Ruleset {
 // into the buffer it sends (buildBatch, encode, marshalBatch): everything
 // Apply does before the batch reaches a socket.
 func BenchmarkEncodeBatch50k(b *testing.B) {
-	p := rules.Diff(nil, benchTable(benchAccounts, false))
-	var msgs []netlink.Message
-	var buf []byte
+	msgs, bytes := benchEncode(b, rules.Diff(nil, benchTable(benchAccounts, false)))
+	b.ReportMetric(float64(msgs), "msgs/op")
+	b.ReportMetric(float64(bytes), "batch-bytes/op")
+}
+
+// benchEncode runs b's loop over what Apply does with p before the socket
+// and returns the messages and bytes of the batch.
+func benchEncode(b *testing.B, p *rules.Plan) (msgs, bytes int) {
 	b.ReportAllocs()
 	for b.Loop() {
 		bt, err := buildBatch(p)
 		if err != nil {
 			b.Fatal(err)
 		}
-		var fill []*rawMsg
-		if msgs, fill, err = encode(bt.ops); err != nil {
+		ms, fill, err := encode(bt.ops)
+		if err != nil {
 			b.Fatal(err)
 		}
-		buf, _, _ = marshalBatch(msgs, fill, bt.bytes+64*len(bt.ops), 1)
+		buf, _, _ := marshalBatch(ms, fill, bt.bytes+64*len(bt.ops), 1)
+		msgs, bytes = len(ms), len(buf)
 	}
-	b.ReportMetric(float64(len(msgs)), "msgs/op")
-	b.ReportMetric(float64(len(buf)), "batch-bytes/op")
+	return msgs, bytes
 }
 
 // BenchmarkEncodeBatchOneAccount50k encodes a one-account change against a
 // table of 50,000 accounts: its cost must not depend on the table's size.
 func BenchmarkEncodeBatchOneAccount50k(b *testing.B) {
-	p := rules.Diff(benchTable(benchAccounts, false), benchTable(benchAccounts, true))
-	var msgs []netlink.Message
-	b.ReportAllocs()
-	for b.Loop() {
-		bt, err := buildBatch(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var fill []*rawMsg
-		if msgs, fill, err = encode(bt.ops); err != nil {
-			b.Fatal(err)
-		}
-		marshalBatch(msgs, fill, bt.bytes+64*len(bt.ops), 1)
-	}
-	b.ReportMetric(float64(len(msgs)), "msgs/op")
+	msgs, _ := benchEncode(b, rules.Diff(benchTable(benchAccounts, false), benchTable(benchAccounts, true)))
+	b.ReportMetric(float64(msgs), "msgs/op")
 }
 
 // BenchmarkDecodeElements50k decodes a 50,000-element uid . port interval
