@@ -90,6 +90,9 @@ func TestNoPacketSeesHalfAnApply(t *testing.T) {
 			t.Errorf("burst output %q: %v", out, err)
 			return
 		}
+		if other > 0 {
+			t.Logf("burst to %d: %s", port, out)
+		}
 		into.ok += ok
 		into.refused += refused
 		into.timeout += timeout

@@ -35,10 +35,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -405,6 +407,7 @@ func burst(args []string) error {
 	}
 	var mu sync.Mutex
 	counts := map[string]int{}
+	others := map[string]int{} // what the "other" outcomes were
 	sem := make(chan struct{}, *conc)
 	var wg sync.WaitGroup
 	for i := 0; i < *n; i++ {
@@ -421,15 +424,19 @@ func burst(args []string) error {
 				word = classify(exchange(c, []byte("ping"), deadline))
 				c.Close()
 			}
+			mu.Lock()
 			if word != "ok" && word != "refused" && word != "timeout" {
+				others[word]++
 				word = "other"
 			}
-			mu.Lock()
 			counts[word]++
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	fmt.Printf("ok %d refused %d timeout %d other %d\n", counts["ok"], counts["refused"], counts["timeout"], counts["other"])
+	for _, w := range slices.Sorted(maps.Keys(others)) {
+		fmt.Printf("other: %s (%d)\n", w, others[w])
+	}
 	return nil
 }
