@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpol/nftpol/internal/durable"
+	"github.com/nftpol/nftpol/internal/flock"
 	"github.com/nftpol/nftpol/policies"
 )
 
@@ -104,7 +106,7 @@ func Allocate(ctx context.Context, configFile string, req Request, opts ...polic
 	if _, err := policies.Load(configFile, opts...); err != nil {
 		rmErr := os.Remove(res.File)
 		if rmErr == nil {
-			rmErr = syncDir(p.Include)
+			rmErr = durable.SyncDir(p.Include)
 		}
 		if rmErr != nil {
 			return Result{}, fmt.Errorf("the policy does not validate with %s, and removing it failed (%v); remove it by hand: %w", res.File, rmErr, err)
@@ -244,19 +246,7 @@ func writeNew(path, content string) error {
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", path, err)
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
+	return durable.SyncDir(dir)
 }
 
 // lock takes an exclusive flock on path, creating it, and returns the
@@ -268,25 +258,12 @@ func lock(ctx context.Context, path string) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the allocation lock: %w", err)
 	}
-	deadline := time.Now().Add(LockTimeout)
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
-		}
-		if time.Now().After(deadline) {
-			f.Close()
+	if err := flock.Wait(ctx, f, LockTimeout, 20*time.Millisecond); err != nil {
+		f.Close()
+		if errors.Is(err, flock.ErrTimeout) {
 			return nil, fmt.Errorf("another nftpol allocate has held %s for %v; try again, or find the process with `fuser %s`", path, LockTimeout, path)
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+		return nil, err
 	}
+	return func() { f.Close() }, nil
 }
