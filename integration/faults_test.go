@@ -1,26 +1,51 @@
 package integration
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/reconcile"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
 )
 
-// refusedApply applies contractPolicy in a new namespace, then next with the
-// kernel refusing (NFTPOL_TEST_INJECT_FAILURE=inject), and checks that
-// apply exits 1 and leaves the kernel and the state as they were. It
-// returns the run (for more) and apply's output.
-func refusedApply(t *testing.T, name, next, inject string) (nftpolRun, string) {
+// refusingKernel is the real kernel, except that the Apply calls refuse
+// picks (1-based) carry one more operation that the kernel refuses for
+// real: the deletion of an element that is not there, after the plan's
+// own operations.
+type refusingKernel struct {
+	*kernel.Kernel
+	refuse func(call int) bool
+	calls  int
+}
+
+func (k *refusingKernel) Apply(p *rules.Plan, generation uint32) (kernel.Stats, error) {
+	k.calls++
+	if k.refuse(k.calls) && !p.Empty() {
+		bad := *p
+		open := p.Desired.Set(rules.OpenSet(rules.TCP))
+		bad.Sets = append(slices.Clone(p.Sets), rules.SetChange{Name: open.Name, Action: rules.ActionUpdate, Set: open,
+			Delete: []rules.Element{{Lo: 1, Hi: 1}}})
+		bad.TableAction = rules.TableUpdate
+		return k.Kernel.Apply(&bad, generation)
+	}
+	return k.Kernel.Apply(p, generation)
+}
+
+// refusedApply applies contractPolicy in a new namespace, then next through
+// the engine with the kernel refusing the Apply calls refuse picks, and
+// checks that the apply fails and leaves the kernel and the state as they
+// were. It returns the run (for more) and the error.
+func refusedApply(t *testing.T, name, next string, refuse func(call int) bool) (nftpolRun, error) {
 	t.Helper()
 	bin := buildBinary(t, "cmd/nftpol")
 	ns := newNetns(t, name)
@@ -34,12 +59,27 @@ func refusedApply(t *testing.T, name, next, inject string) (nftpolRun, string) {
 	}
 
 	n.setPolicy(t, next)
-	cmd := exec.Command(bin, "--config", n.config, "--netns", ns, "--state-dir", state, "apply")
-	cmd.Env = append(os.Environ(), "NFTPOL_TEST_INJECT_FAILURE="+inject)
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "nftpol_injected_failure") {
-		t.Fatalf("apply with an injected failure (%s): %v\n%s", inject, err, out)
+	p, err := policies.Load(n.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired, err := compiler.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := reconcile.New(reconcile.Config{StateDir: state, Version: "test", LockTimeout: 10 * time.Second,
+		Open: func() (reconcile.Kernel, error) {
+			k, err := kernel.Open(kernel.WithNetNS(ns))
+			if err != nil {
+				return nil, err
+			}
+			return &refusingKernel{Kernel: k, refuse: refuse}, nil
+		}})
+	defer eng.Close()
+	applied, err := eng.Apply(context.Background(), desired, reconcile.DigestInBackground(p), reconcile.ApplyOptions{})
+	if err == nil {
+		applied.Close()
+		t.Fatal("the apply succeeded though the kernel refused")
 	}
 	if got := nftStateless(t, ns); got != before {
 		t.Errorf("a refused apply changed the kernel:\nbefore:\n%s\nafter:\n%s", before, got)
@@ -47,7 +87,7 @@ func refusedApply(t *testing.T, name, next, inject string) (nftpolRun, string) {
 	if got, _ := os.ReadFile(filepath.Join(state, "state")); string(got) != string(stateBefore) {
 		t.Error("a refused apply updated the state")
 	}
-	return n, string(out)
+	return n, err
 }
 
 // TestRefusedBatchChangesNothing: the kernel refuses the last operation of
@@ -56,10 +96,10 @@ func refusedApply(t *testing.T, name, next, inject string) (nftpolRun, string) {
 func TestRefusedBatchChangesNothing(t *testing.T) {
 	requireRoot(t)
 	// A real change: elements to add.
-	n, out := refusedApply(t, "fault", contractPolicyGamma, "1")
-	for _, want := range []string{"refused operation", "delete set nftpol_injected_failure", "nothing was changed"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("the error does not say %q:\n%s", want, out)
+	n, err := refusedApply(t, "fault", contractPolicyGamma, func(int) bool { return true })
+	for _, want := range []string{"the kernel refused operation", "delete element 1 in set tcp_open", "nothing was changed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q:\n%s", want, err)
 		}
 	}
 	// Without the fault the same apply goes through.
@@ -72,7 +112,10 @@ func TestRefusedBatchChangesNothing(t *testing.T) {
 // the first is taken back, and the kernel and the state are as before.
 func TestRefusedMoveChangesNothing(t *testing.T) {
 	requireRoot(t)
-	n, _ := refusedApply(t, "fault-move", contractPolicyBetaWider, "last") // beta moves
+	n, err := refusedApply(t, "fault-move", contractPolicyBetaWider, func(call int) bool { return call == 2 }) // beta moves
+	if strings.Contains(err.Error(), "taking back") {
+		t.Errorf("the undo is reported as failed: %v", err)
+	}
 	n.apply(t)
 	n.planExit(t, 0)
 	if got := run(t, "ip", "netns", "exec", n.netns, "nft", "list", "set", "inet", "nftpol", "tcp_moved"); !strings.Contains(got, "1002") {

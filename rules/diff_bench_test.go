@@ -122,38 +122,6 @@ func BenchmarkRender50k(b *testing.B) {
 	}
 }
 
-// BenchmarkMarshalRuleset50k and BenchmarkUnmarshalRuleset50k measure the
-// ruleset's JSON form, which the state file holds: apply writes it, plan and
-// apply read it on the path that skips the full kernel read.
-func BenchmarkMarshalRuleset50k(b *testing.B) {
-	rs := benchRuleset(benchAccounts, false)
-	data, err := MarshalRuleset(rs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := MarshalRuleset(rs); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkUnmarshalRuleset50k(b *testing.B) {
-	data, err := MarshalRuleset(benchRuleset(benchAccounts, false))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := UnmarshalRuleset(data); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // BenchmarkDiff50kInstall plans a 50,000-account table into an empty
 // kernel: what a first apply (and a boot without state) pays.
 func BenchmarkDiff50kInstall(b *testing.B) {

@@ -34,7 +34,7 @@ func (p *Plan) WriteText(w io.Writer) error {
 		b.WriteString("\nAccounts:\n")
 		for _, a := range p.Accounts {
 			mark := map[Action]string{ActionAdd: "+", ActionChange: "~", ActionRemove: "-"}[a.Action]
-			name := displayName(a)
+			name := a.DisplayName()
 			if a.OldName != "" && a.OldName != a.Name {
 				name = a.OldName + " -> " + name
 			}
@@ -85,11 +85,44 @@ func (p *Plan) WriteText(w io.Writer) error {
 	return err
 }
 
-func displayName(a AccountChange) string {
+// DisplayName is the account's name for people: "(unnamed)" when it has
+// none.
+func (a AccountChange) DisplayName() string {
 	if a.Name == "" {
 		return "(unnamed)"
 	}
 	return a.Name
+}
+
+// Drift says in a few lines how a kernel differs from the ruleset the plan
+// leads to, when that is what an apply recorded: what status shows.
+func (p *Plan) Drift() []string {
+	out := []string{}
+	if p.Empty() {
+		return out
+	}
+	if p.Wake {
+		out = append(out, "the table is dormant: it enforces nothing")
+	}
+	if p.TableAction == TableReplace {
+		out = append(out, "the table's layout differs or it holds objects nftpol did not write")
+	}
+	for _, ac := range p.Accounts {
+		var parts []string
+		for _, pp := range ac.Ports {
+			parts = append(parts, fmt.Sprintf("%s kernel %s, recorded %s", pp.Proto, joinOrNone(pp.Old), joinOrNone(pp.New)))
+		}
+		out = append(out, fmt.Sprintf("account %s (uid %d): %s", ac.DisplayName(), ac.UID, strings.Join(parts, "; ")))
+	}
+	for _, c := range p.Chains {
+		out = append(out, fmt.Sprintf("chain %s: rules differ from those recorded", c.Name))
+	}
+	for _, s := range p.Sets {
+		if s.Action == ActionCreate && p.TableAction != TableReplace {
+			out = append(out, fmt.Sprintf("set %s is missing", s.Name))
+		}
+	}
+	return out
 }
 
 func portsChange(act Action, pp ProtoPorts) string {

@@ -1,4 +1,6 @@
-package main
+//go:build linux
+
+package state
 
 import (
 	"context"
@@ -10,22 +12,25 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/internal/flock"
 )
 
 // lockPoll is how often a waiting process retries the lock.
 const lockPoll = 50 * time.Millisecond
 
-// dirLock is an exclusive flock on STATE_DIR/lock. plan, apply, restore and
+// Lock is an exclusive flock on STATE_DIR/lock. plan, apply, restore and
 // remove hold it from before they read the kernel until after they wrote
 // it (and the state), so two nftpol processes never interleave a
 // read-diff-write cycle, and a waiting process works on fresh kernel state.
-type dirLock struct{ f *os.File }
+type Lock struct{ f *os.File }
 
-// lockStateDir takes the lock, waiting up to timeout. On timeout the error
-// says who holds it: the holder writes its pid, command and start time into
-// the lock file.
-func lockStateDir(ctx context.Context, dir, command string, timeout time.Duration) (*dirLock, error) {
-	if err := ensureStateDir(dir); err != nil {
+// Acquire takes the lock of the state directory dir for command (named in
+// the lock file for whoever waits), creating the directory if needed and
+// waiting up to timeout. On timeout the error says who holds it: the
+// holder writes its pid, command and start time into the lock file.
+func Acquire(ctx context.Context, dir, command string, timeout time.Duration) (*Lock, error) {
+	if err := ensureDir(dir); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, "lock")
@@ -33,49 +38,36 @@ func lockStateDir(ctx context.Context, dir, command string, timeout time.Duratio
 	if err != nil {
 		return nil, fmt.Errorf("lock file: %w", err)
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
-		}
-		if time.Now().After(deadline) {
+	if err := flock.Wait(ctx, f, timeout, lockPoll); err != nil {
+		if errors.Is(err, flock.ErrTimeout) {
 			holder, _ := os.ReadFile(path)
-			f.Close()
 			who := strings.TrimSpace(string(holder))
 			if who == "" {
 				who = "unknown process"
 			}
-			return nil, fmt.Errorf("another nftpol holds %s (%s); gave up after %s (--lock-timeout)", path, who, timeout)
+			err = fmt.Errorf("another nftpol holds %s (%s); gave up after %s (--lock-timeout)", path, who, timeout)
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(lockPoll):
-		}
+		f.Close()
+		return nil, err
 	}
 	// Say who we are, for a process that times out waiting for us.
 	if err := f.Truncate(0); err == nil {
 		fmt.Fprintf(f, "pid %d, nftpol %s, since %s\n", os.Getpid(), command, time.Now().UTC().Format(time.RFC3339))
 	}
-	return &dirLock{f}, nil
+	return &Lock{f}, nil
 }
 
-func (l *dirLock) release() {
+// Release releases the lock.
+func (l *Lock) Release() {
 	_ = l.f.Truncate(0)
-	_ = unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	_ = flock.Unlock(l.f)
 	l.f.Close()
 }
 
-// ensureStateDir creates the state directory 0700 if needed and refuses one
+// ensureDir creates the state directory 0700 if needed and refuses one
 // that is a symlink or not owned by us: the state decides what restore
 // installs at boot.
-func ensureStateDir(dir string) error {
+func ensureDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -1,4 +1,4 @@
-package rules
+package state
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nftpol/nftpol/rules"
 )
 
 // The JSON form of a ruleset is what apply records in the state directory
@@ -37,7 +39,7 @@ type stateSet struct {
 
 type stateChain struct {
 	Name     string      `json:"name"`
-	Hook     Hook        `json:"hook"`
+	Hook     rules.Hook  `json:"hook"`
 	Priority int32       `json:"priority"`
 	Rules    []stateRule `json:"rules"`
 }
@@ -50,42 +52,42 @@ type stateRule struct {
 // stateStmt is a statement tagged by Type; only the fields of that type are
 // set.
 type stateStmt struct {
-	Type    string `json:"type"`
-	Out     bool   `json:"out,omitempty"`
-	Op      string `json:"op,omitempty"`
-	UID     uint32 `json:"uid,omitempty"`
-	Mask    uint32 `json:"mask,omitempty"`
-	Proto   Proto  `json:"proto,omitempty"`
-	Set     string `json:"set,omitempty"`
-	Lo      uint16 `json:"lo,omitempty"`
-	Hi      uint16 `json:"hi,omitempty"`
-	Rate    uint64 `json:"rate,omitempty"`
-	Unit    string `json:"unit,omitempty"`
-	Prefix  string `json:"prefix,omitempty"`
-	Verdict string `json:"verdict,omitempty"`
+	Type    string      `json:"type"`
+	Out     bool        `json:"out,omitempty"`
+	Op      string      `json:"op,omitempty"`
+	UID     uint32      `json:"uid,omitempty"`
+	Mask    uint32      `json:"mask,omitempty"`
+	Proto   rules.Proto `json:"proto,omitempty"`
+	Set     string      `json:"set,omitempty"`
+	Lo      uint16      `json:"lo,omitempty"`
+	Hi      uint16      `json:"hi,omitempty"`
+	Rate    uint64      `json:"rate,omitempty"`
+	Unit    string      `json:"unit,omitempty"`
+	Prefix  string      `json:"prefix,omitempty"`
+	Verdict string      `json:"verdict,omitempty"`
 }
 
-var keyNames = map[string]KeyType{KeyUID.String(): KeyUID, KeyPort.String(): KeyPort, KeyUIDPort.String(): KeyUIDPort}
+var keyNames = map[string]rules.KeyType{rules.KeyUID.String(): rules.KeyUID, rules.KeyPort.String(): rules.KeyPort, rules.KeyUIDPort.String(): rules.KeyUIDPort}
 
-var verdictNames = map[VerdictKind]string{Accept: "accept", Drop: "drop", RejectTCPReset: "reject_tcp_reset", RejectPortUnreachable: "reject_port_unreachable"}
+var verdictNames = map[rules.VerdictKind]string{rules.Accept: "accept", rules.Drop: "drop", rules.RejectTCPReset: "reject_tcp_reset", rules.RejectPortUnreachable: "reject_port_unreachable"}
 
-// MarshalRuleset encodes rs as JSON, elements included (state format 1).
-func MarshalRuleset(rs *Ruleset) ([]byte, error) { return marshalRuleset(rs, true) }
+// marshalRulesetV1 encodes rs as JSON, elements included (state format 1).
+func marshalRulesetV1(rs *rules.Ruleset) ([]byte, error) { return marshalRuleset(rs, true) }
 
-// MarshalDefinition encodes rs as JSON without its elements: the sets'
-// definitions and the chains. UnmarshalRuleset reads it back as a ruleset
+// marshalDefinition encodes rs as JSON without its elements: the sets'
+// definitions and the chains. unmarshalRuleset reads it back as a ruleset
 // with empty sets; the state file keeps the elements in sections of their
-// own (AppendElementLines), which cost a fraction of a JSON string to write
+// own (appendElementLines), which cost a fraction of a JSON string to write
 // and read.
-func MarshalDefinition(rs *Ruleset) ([]byte, error) { return marshalRuleset(rs, false) }
+func marshalDefinition(rs *rules.Ruleset) ([]byte, error) { return marshalRuleset(rs, false) }
 
-func marshalRuleset(rs *Ruleset, elements bool) ([]byte, error) {
+func marshalRuleset(rs *rules.Ruleset, elements bool) ([]byte, error) {
 	j := stateRuleset{Table: rs.Table, Sets: []stateSet{}, Chains: []stateChain{}}
 	for _, s := range rs.Sets {
 		js := stateSet{Name: s.Name, Key: s.Key.String(), Interval: s.Interval, Dynamic: s.Dynamic,
 			TimeoutMS: s.Timeout.Milliseconds(), Size: s.Size, Counter: s.Counter, Comment: s.Comment}
 		if elements {
-			js.Elements = string(AppendElementLines(nil, s.Elements))
+			js.Elements = string(appendElementLines(nil, s.Elements))
 		}
 		j.Sets = append(j.Sets, js)
 	}
@@ -107,46 +109,46 @@ func marshalRuleset(rs *Ruleset, elements bool) ([]byte, error) {
 	return json.Marshal(j)
 }
 
-func stmtToJSON(st Stmt) (stateStmt, error) {
+func stmtToJSON(st rules.Stmt) (stateStmt, error) {
 	switch s := st.(type) {
-	case Loopback:
+	case rules.Loopback:
 		return stateStmt{Type: "loopback", Out: s.Out}, nil
-	case CtDirectionOriginal:
+	case rules.CtDirectionOriginal:
 		return stateStmt{Type: "ct_direction_original"}, nil
-	case CtDirectionReply:
+	case rules.CtDirectionReply:
 		return stateStmt{Type: "ct_direction_reply"}, nil
-	case CtStateNotNew:
+	case rules.CtStateNotNew:
 		return stateStmt{Type: "ct_state_not_new"}, nil
-	case SkuidCmp:
-		op := map[CmpOp]string{Lt: "lt", Ge: "ge"}[s.Op]
+	case rules.SkuidCmp:
+		op := map[rules.CmpOp]string{rules.Lt: "lt", rules.Ge: "ge"}[s.Op]
 		if op == "" {
 			return stateStmt{}, fmt.Errorf("skuid comparison with unknown operator %d", s.Op)
 		}
 		return stateStmt{Type: "skuid_cmp", Op: op, UID: s.UID}, nil
-	case SkuidInSet:
+	case rules.SkuidInSet:
 		if s.Not {
 			return stateStmt{Type: "skuid_not_in_set", Set: s.Set}, nil
 		}
 		return stateStmt{Type: "skuid_in_set", Set: s.Set}, nil
-	case SkuidMask:
+	case rules.SkuidMask:
 		return stateStmt{Type: "skuid_mask", Mask: s.Mask, UID: s.Value}, nil
-	case L4Proto:
+	case rules.L4Proto:
 		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
-	case SkuidSportInSet:
+	case rules.SkuidSportInSet:
 		return stateStmt{Type: "skuid_sport_in_set", Proto: s.Proto, Set: s.Set}, nil
-	case DportRange:
+	case rules.DportRange:
 		return stateStmt{Type: "dport_range", Proto: s.Proto, Lo: s.Lo, Hi: s.Hi}, nil
-	case DportNotInSet:
+	case rules.DportNotInSet:
 		return stateStmt{Type: "dport_not_in_set", Proto: s.Proto, Set: s.Set}, nil
-	case Counter:
+	case rules.Counter:
 		return stateStmt{Type: "counter"}, nil
-	case UpdateSet:
+	case rules.UpdateSet:
 		return stateStmt{Type: "update_set", Proto: s.Proto, Set: s.Set}, nil
-	case Limit:
+	case rules.Limit:
 		return stateStmt{Type: "limit", Rate: s.Rate, Unit: string(s.Unit)}, nil
-	case Log:
+	case rules.Log:
 		return stateStmt{Type: "log", Prefix: s.Prefix}, nil
-	case Verdict:
+	case rules.Verdict:
 		v, ok := verdictNames[s.Kind]
 		if !ok {
 			return stateStmt{}, fmt.Errorf("unknown verdict %d", s.Kind)
@@ -156,47 +158,47 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 	return stateStmt{}, fmt.Errorf("statement %q cannot be recorded", st)
 }
 
-func stmtFromJSON(j stateStmt) (Stmt, error) {
-	proto := func() (Proto, error) {
-		if j.Proto != TCP && j.Proto != UDP {
+func stmtFromJSON(j stateStmt) (rules.Stmt, error) {
+	proto := func() (rules.Proto, error) {
+		if j.Proto != rules.TCP && j.Proto != rules.UDP {
 			return "", fmt.Errorf("%s: unknown protocol %q", j.Type, j.Proto)
 		}
 		return j.Proto, nil
 	}
 	switch j.Type {
 	case "loopback":
-		return Loopback{Out: j.Out}, nil
+		return rules.Loopback{Out: j.Out}, nil
 	case "ct_direction_original":
-		return CtDirectionOriginal{}, nil
+		return rules.CtDirectionOriginal{}, nil
 	case "ct_direction_reply":
-		return CtDirectionReply{}, nil
+		return rules.CtDirectionReply{}, nil
 	case "ct_state_not_new":
-		return CtStateNotNew{}, nil
+		return rules.CtStateNotNew{}, nil
 	case "skuid_cmp":
-		op := map[string]CmpOp{"lt": Lt, "ge": Ge}[j.Op]
+		op := map[string]rules.CmpOp{"lt": rules.Lt, "ge": rules.Ge}[j.Op]
 		if op == 0 {
 			return nil, fmt.Errorf("skuid_cmp: unknown operator %q", j.Op)
 		}
-		return SkuidCmp{Op: op, UID: j.UID}, nil
+		return rules.SkuidCmp{Op: op, UID: j.UID}, nil
 	case "skuid_in_set":
-		return SkuidInSet{Set: j.Set}, nil
+		return rules.SkuidInSet{Set: j.Set}, nil
 	case "skuid_not_in_set":
-		return SkuidInSet{Set: j.Set, Not: true}, nil
+		return rules.SkuidInSet{Set: j.Set, Not: true}, nil
 	case "skuid_mask":
-		return SkuidMask{Mask: j.Mask, Value: j.UID}, nil
+		return rules.SkuidMask{Mask: j.Mask, Value: j.UID}, nil
 	case "counter":
-		return Counter{}, nil
+		return rules.Counter{}, nil
 	case "limit":
-		if j.Unit != string(PerSecond) && j.Unit != string(PerMinute) {
+		if j.Unit != string(rules.PerSecond) && j.Unit != string(rules.PerMinute) {
 			return nil, fmt.Errorf("limit: unknown unit %q", j.Unit)
 		}
-		return Limit{Rate: j.Rate, Unit: LimitUnit(j.Unit)}, nil
+		return rules.Limit{Rate: j.Rate, Unit: rules.LimitUnit(j.Unit)}, nil
 	case "log":
-		return Log{Prefix: j.Prefix}, nil
+		return rules.Log{Prefix: j.Prefix}, nil
 	case "verdict":
 		for k, v := range verdictNames {
 			if v == j.Verdict {
-				return Verdict{Kind: k}, nil
+				return rules.Verdict{Kind: k}, nil
 			}
 		}
 		return nil, fmt.Errorf("unknown verdict %q", j.Verdict)
@@ -207,23 +209,23 @@ func stmtFromJSON(j stateStmt) (Stmt, error) {
 	}
 	switch j.Type {
 	case "l4proto":
-		return L4Proto{Proto: p}, nil
+		return rules.L4Proto{Proto: p}, nil
 	case "skuid_sport_in_set":
-		return SkuidSportInSet{Proto: p, Set: j.Set}, nil
+		return rules.SkuidSportInSet{Proto: p, Set: j.Set}, nil
 	case "dport_range":
-		return DportRange{Proto: p, Lo: j.Lo, Hi: j.Hi}, nil
+		return rules.DportRange{Proto: p, Lo: j.Lo, Hi: j.Hi}, nil
 	case "dport_not_in_set":
-		return DportNotInSet{Proto: p, Set: j.Set}, nil
+		return rules.DportNotInSet{Proto: p, Set: j.Set}, nil
 	case "update_set":
-		return UpdateSet{Proto: p, Set: j.Set}, nil
+		return rules.UpdateSet{Proto: p, Set: j.Set}, nil
 	}
 	return nil, fmt.Errorf("unknown statement type %q", j.Type)
 }
 
-// UnmarshalRuleset decodes what MarshalRuleset wrote. Anything it does not
+// unmarshalRuleset decodes what marshalRulesetV1 wrote. Anything it does not
 // understand is an error, never a guess: restore must not install half a
 // ruleset.
-func UnmarshalRuleset(b []byte) (*Ruleset, error) {
+func unmarshalRuleset(b []byte) (*rules.Ruleset, error) {
 	var j stateRuleset
 	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, err
@@ -231,31 +233,31 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 	if j.Table == "" {
 		return nil, fmt.Errorf("ruleset has no table name")
 	}
-	rs := &Ruleset{Table: j.Table}
+	rs := &rules.Ruleset{Table: j.Table}
 	for _, js := range j.Sets {
 		key, ok := keyNames[js.Key]
 		if !ok {
 			return nil, fmt.Errorf("set %s: unknown key type %q", js.Name, js.Key)
 		}
-		s := &Set{Name: js.Name, Key: key, Interval: js.Interval, Dynamic: js.Dynamic,
+		s := &rules.Set{Name: js.Name, Key: key, Interval: js.Interval, Dynamic: js.Dynamic,
 			Timeout: time.Duration(js.TimeoutMS) * time.Millisecond, Size: js.Size, Counter: js.Counter, Comment: js.Comment}
-		els, err := ParseElementLines(js.Elements)
+		els, err := parseElementLines(js.Elements)
 		if err != nil {
 			return nil, fmt.Errorf("set %s: %w", js.Name, err)
 		}
 		s.Elements = els
-		if !slices.IsSortedFunc(s.Elements, Element.Compare) {
-			s.Elements = SortElements(s.Elements)
+		if !slices.IsSortedFunc(s.Elements, rules.Element.Compare) {
+			s.Elements = rules.SortElements(s.Elements)
 		}
 		rs.Sets = append(rs.Sets, s)
 	}
 	for _, jc := range j.Chains {
-		if jc.Hook != HookInput && jc.Hook != HookOutput {
+		if jc.Hook != rules.HookInput && jc.Hook != rules.HookOutput {
 			return nil, fmt.Errorf("chain %s: unknown hook %q", jc.Name, jc.Hook)
 		}
-		c := &Chain{Name: jc.Name, Hook: jc.Hook, Priority: jc.Priority}
+		c := &rules.Chain{Name: jc.Name, Hook: jc.Hook, Priority: jc.Priority}
 		for i, jr := range jc.Rules {
-			r := Rule{Comment: jr.Comment}
+			r := rules.Rule{Comment: jr.Comment}
 			for _, js := range jr.Stmts {
 				st, err := stmtFromJSON(js)
 				if err != nil {
@@ -270,10 +272,10 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 	return rs, nil
 }
 
-// AppendElementLines appends es to b one per line: UID, low port, high port
+// appendElementLines appends es to b one per line: UID, low port, high port
 // and comment, separated by tabs. Comments are sanitized as the kernel stores
 // them, so they never hold a tab or a line break.
-func AppendElementLines(b []byte, es []Element) []byte {
+func appendElementLines(b []byte, es []rules.Element) []byte {
 	for _, e := range es {
 		b = strconv.AppendUint(b, uint64(e.UID), 10)
 		b = append(b, '\t')
@@ -281,22 +283,22 @@ func AppendElementLines(b []byte, es []Element) []byte {
 		b = append(b, '\t')
 		b = strconv.AppendUint(b, uint64(e.Hi), 10)
 		b = append(b, '\t')
-		if ValidComment(e.Comment) {
+		if rules.ValidComment(e.Comment) {
 			b = append(b, e.Comment...)
 		} else {
-			b = append(b, SanitizeComment(e.Comment)...)
+			b = append(b, rules.SanitizeComment(e.Comment)...)
 		}
 		b = append(b, '\n')
 	}
 	return b
 }
 
-// ParseElementLines reads what AppendElementLines wrote. The comments it
+// parseElementLines reads what appendElementLines wrote. The comments it
 // returns are substrings of text, not copies: at 50,000 accounts that saves
 // 100,000 small allocations, and text is held anyway while the state is.
 // It reads the state of every plan and apply, so it scans by hand.
-func ParseElementLines(text string) ([]Element, error) {
-	out := make([]Element, 0, strings.Count(text, "\n"))
+func parseElementLines(text string) ([]rules.Element, error) {
+	out := make([]rules.Element, 0, strings.Count(text, "\n"))
 	for n := 1; text != ""; n++ {
 		var uid, lo, hi uint64
 		var ok bool
@@ -317,10 +319,10 @@ func ParseElementLines(text string) ([]Element, error) {
 		if lo > hi {
 			return nil, fmt.Errorf("element %d: reversed range %d-%d", n, lo, hi)
 		}
-		if !ValidComment(comment) {
+		if !rules.ValidComment(comment) {
 			return nil, fmt.Errorf("element %d: comment %q is not one nftpol writes", n, comment)
 		}
-		out = append(out, Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: comment})
+		out = append(out, rules.Element{UID: uint32(uid), Lo: uint16(lo), Hi: uint16(hi), Comment: comment})
 		text = next
 	}
 	return out, nil

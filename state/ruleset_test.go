@@ -1,49 +1,62 @@
-package rules
+package state
 
 import (
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nftpol/nftpol/rules"
 )
 
 // everyStmt is a ruleset using every statement and set kind nftpol has.
-func everyStmt() *Ruleset {
-	rs := sample(alpha, beta, gamma)
-	rs.Sets = append(rs.Sets,
-		&Set{Name: "exempt", Key: KeyUID, Comment: OwnerPrefix + "x", Elements: []Element{{UID: 0}, {UID: 4294967295}}},
-		&Set{Name: "v", Key: KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true})
-	rs.Chains = append(rs.Chains, &Chain{Name: "input", Hook: HookInput, Priority: -5, Rules: []Rule{
-		{Stmts: []Stmt{Loopback{}, CtStateNotNew{}, CtDirectionReply{}, Verdict{Kind: Accept}}},
-		{Stmts: []Stmt{SkuidCmp{Op: Lt, UID: 1000}, SkuidCmp{Op: Ge, UID: 0}, SkuidInSet{Set: "exempt"}, Verdict{Kind: Drop}}},
-		{Stmts: []Stmt{SkuidInSet{Set: "exempt", Not: true}, SkuidSportInSet{Proto: TCP, Set: "tcp_ports"}, Verdict{Kind: Accept}}},
-		{Stmts: []Stmt{SkuidMask{Mask: 7, Value: 0}, SkuidMask{Mask: 0xffffffff, Value: 5}, Verdict{Kind: Accept}}},
-		{Stmts: []Stmt{L4Proto{Proto: UDP}, UpdateSet{Proto: UDP, Set: "v"}, Limit{Rate: 10, Unit: PerMinute}, Log{Prefix: "p: "}, Counter{}, Verdict{Kind: RejectPortUnreachable}}},
-		{Stmts: []Stmt{DportRange{Proto: TCP, Lo: 1, Hi: 65535}, DportNotInSet{Proto: TCP, Set: "tcp_open"}, Loopback{Out: true}, Verdict{Kind: RejectTCPReset}}, Comment: "c"},
-	}})
+func everyStmt() *rules.Ruleset {
+	alpha := rules.Element{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha"}
+	beta := rules.Element{UID: 1002, Lo: 40020, Hi: 40029, Comment: "beta"}
+	gamma := rules.Element{UID: 1003, Lo: 40500, Hi: 40500, Comment: "gamma"}
+	rs := &rules.Ruleset{Table: "nftpol", Sets: []*rules.Set{
+		{Name: "tcp_ports", Key: rules.KeyUIDPort, Interval: true, Elements: []rules.Element{alpha, beta, gamma}},
+		{Name: "tcp_open", Key: rules.KeyPort, Interval: true, Elements: []rules.Element{{Lo: 40010, Hi: 40029}, {Lo: 40500, Hi: 40500}}},
+		{Name: "exempt", Key: rules.KeyUID, Comment: rules.OwnerPrefix + "x", Elements: []rules.Element{{UID: 0}, {UID: 4294967295}}},
+		{Name: "v", Key: rules.KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true},
+	}}
+	rs.Chains = []*rules.Chain{
+		{Name: "output", Hook: rules.HookOutput, Rules: []rules.Rule{
+			{Stmts: []rules.Stmt{rules.CtDirectionOriginal{}, rules.Verdict{Kind: rules.Accept}}, Comment: rules.OwnerPrefix + "test"},
+			{Stmts: []rules.Stmt{rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, rules.Verdict{Kind: rules.Accept}}},
+		}},
+		{Name: "input", Hook: rules.HookInput, Priority: -5, Rules: []rules.Rule{
+			{Stmts: []rules.Stmt{rules.Loopback{}, rules.CtStateNotNew{}, rules.CtDirectionReply{}, rules.Verdict{Kind: rules.Accept}}},
+			{Stmts: []rules.Stmt{rules.SkuidCmp{Op: rules.Lt, UID: 1000}, rules.SkuidCmp{Op: rules.Ge, UID: 0}, rules.SkuidInSet{Set: "exempt"}, rules.Verdict{Kind: rules.Drop}}},
+			{Stmts: []rules.Stmt{rules.SkuidInSet{Set: "exempt", Not: true}, rules.SkuidSportInSet{Proto: rules.TCP, Set: "tcp_ports"}, rules.Verdict{Kind: rules.Accept}}},
+			{Stmts: []rules.Stmt{rules.SkuidMask{Mask: 7, Value: 0}, rules.SkuidMask{Mask: 0xffffffff, Value: 5}, rules.Verdict{Kind: rules.Accept}}},
+			{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.UpdateSet{Proto: rules.UDP, Set: "v"}, rules.Limit{Rate: 10, Unit: rules.PerMinute}, rules.Log{Prefix: "p: "}, rules.Counter{}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},
+			{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.TCP, Lo: 1, Hi: 65535}, rules.DportNotInSet{Proto: rules.TCP, Set: "tcp_open"}, rules.Loopback{Out: true}, rules.Verdict{Kind: rules.RejectTCPReset}}, Comment: "c"},
+		}},
+	}
 	return rs
 }
 
 func TestRulesetJSONRoundTrip(t *testing.T) {
 	rs := everyStmt()
-	b, err := MarshalRuleset(rs)
+	b, err := marshalRulesetV1(rs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := UnmarshalRuleset(b)
+	got, err := unmarshalRuleset(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, b := RenderString(rs), RenderString(got); a != b {
+	if a, b := rules.RenderString(rs), rules.RenderString(got); a != b {
 		t.Errorf("round trip changed the ruleset:\n%s\n---\n%s", a, b)
 	}
-	if p := Diff(got, rs); !p.Empty() {
+	if p := rules.Diff(got, rs); !p.Empty() {
 		t.Errorf("round trip is not equal for Diff: %+v", p)
 	}
 }
 
 func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
-	b, _ := MarshalRuleset(everyStmt())
+	b, _ := marshalRulesetV1(everyStmt())
 	good := string(b)
 	for name, bad := range map[string]string{
 		"unknown stmt": strings.Replace(good, `"type":"counter"`, `"type":"queue"`, 1),
@@ -62,19 +75,19 @@ func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
 		if bad == good {
 			t.Fatalf("%s: the mutation did not apply", name)
 		}
-		if _, err := UnmarshalRuleset([]byte(bad)); err == nil {
+		if _, err := unmarshalRuleset([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 }
 
 // TestElementLines: every element reads back as written, and every line
-// AppendElementLines could not have written is refused.
+// appendElementLines could not have written is refused.
 func TestElementLines(t *testing.T) {
-	es := []Element{{UID: 0, Lo: 0, Hi: 0}, {UID: 4294967295, Lo: 65535, Hi: 65535, Comment: "max"},
-		{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha beta"}, {UID: 7, Lo: 1, Hi: 2, Comment: strings.Repeat("c", MaxCommentLen)}}
-	text := string(AppendElementLines(nil, es))
-	got, err := ParseElementLines(text)
+	es := []rules.Element{{UID: 0, Lo: 0, Hi: 0}, {UID: 4294967295, Lo: 65535, Hi: 65535, Comment: "max"},
+		{UID: 1001, Lo: 40010, Hi: 40019, Comment: "alpha beta"}, {UID: 7, Lo: 1, Hi: 2, Comment: strings.Repeat("c", rules.MaxCommentLen)}}
+	text := string(appendElementLines(nil, es))
+	got, err := parseElementLines(text)
 	if err != nil || !slices.Equal(got, es) {
 		t.Fatalf("round trip: %v, %+v\nwant %+v", err, got, es)
 	}
@@ -90,10 +103,10 @@ func TestElementLines(t *testing.T) {
 		"1 1 1 x\n",    // spaces
 		"\t1\t1\tx\n",  // empty number
 		"1\t1\t1\ta\tb\n",
-		"1\t1\t1\t" + strings.Repeat("c", MaxCommentLen+1) + "\n",
+		"1\t1\t1\t" + strings.Repeat("c", rules.MaxCommentLen+1) + "\n",
 		"1\t1\t1\tq\"uote\n",
 	} {
-		if es, err := ParseElementLines(bad); err == nil {
+		if es, err := parseElementLines(bad); err == nil {
 			t.Errorf("%q: accepted as %+v", bad, es)
 		}
 	}

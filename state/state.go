@@ -1,19 +1,18 @@
-package main
+//go:build linux
+
+package state
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,7 +20,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
 )
@@ -34,14 +32,14 @@ import (
 //
 //	nftpol state 2
 //	elements tcp_ports_0 6250            for each set with elements, in the ruleset's order:
-//	100000<TAB>10000<TAB>10000<TAB>acct-000000    that many lines (rules.AppendElementLines)
+//	100000<TAB>10000<TAB>10000<TAB>acct-000000    that many lines (appendElementLines)
 //	...
 //	{"version":...,"ruleset":{...}}      one line of JSON: header and ruleset, sets without elements
 //	sha256 <hex>                         of every byte before this line
 //
 // The header comes last because it holds what is known only after the
 // kernel committed (the time, the kernel's identity): everything before it
-// is written while the kernel works (pendingState).
+// is written while the kernel works (Pending).
 //
 // At 50,000 accounts format 1 (stateNameV1: one JSON document whose sets held
 // their elements as JSON strings) took about 65 ms to read and 85 ms to
@@ -60,15 +58,15 @@ const (
 	oldRulesetName = "ruleset.nft"
 )
 
-// stateFile is the header of the state; ruleset is decoded from the whole
+// State is the header of the state; ruleset is decoded from the whole
 // file after its digest was checked.
-type stateFile struct {
+type State struct {
 	Format    int       `json:"format"`
 	Version   string    `json:"version"`
 	AppliedAt time.Time `json:"applied_at"`
 	Table     string    `json:"table"`
-	// PolicyDigest is the sha256 of the resolved policy (policyDigest):
-	// it changes when anything that decides the ruleset changes.
+	// PolicyDigest is the sha256 of the resolved policy
+	// (policies.Policy.Digest).
 	PolicyDigest string `json:"policy_sha256"`
 	// RulesetDigest (format 1 only) is the sha256 of the ruleset rendered
 	// in nft syntax, the text of the ruleset.nft format 1 came with;
@@ -81,7 +79,7 @@ type stateFile struct {
 	RecordDigest string `json:"record_sha256,omitempty"`
 	// Ruleset is the ruleset as JSON: whole in format 1, without elements
 	// in format 2.
-	Ruleset json.RawMessage `json:"ruleset"`
+	RulesetJSON json.RawMessage `json:"ruleset"`
 	// Kernel identifies the kernel ruleset right after the apply. While
 	// the kernel still has this identity, nobody has committed anything
 	// since, and Ruleset is what the kernel holds.
@@ -101,168 +99,24 @@ func digest(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// policyDigest hashes what decides the ruleset in p, in a fixed text form
-// (file names aside): encoding 50,000 accounts as JSON for it cost about
-// 15 ms of every apply.
-func policyDigest(p *policies.Policy) string {
-	h := sha256.New()
-	b := make([]byte, 0, 64<<10)
-	field := func(v ...any) {
-		b = fmt.Appendln(b, v...)
-	}
-	field("table", p.Table, "zone", p.Zone.Lo, p.Zone.Hi, "min_uid", p.MinUID, "exempt", p.Exempt)
-	field("loopback", p.Loopback, "action", p.Action, "protocols", p.Protocols, "include", p.Include)
-	for _, a := range p.Accounts {
-		b = append(b, "account\t"...)
-		b = append(b, a.Name...)
-		b = append(b, '\t')
-		b = strconv.AppendUint(b, uint64(a.UID), 10)
-		b = append(b, '\t')
-		b = append(b, a.User...)
-		for _, r := range a.Ports {
-			b = append(b, '\t')
-			b = strconv.AppendUint(b, uint64(r.Lo), 10)
-			b = append(b, '-')
-			b = strconv.AppendUint(b, uint64(r.Hi), 10)
-		}
-		for _, proto := range a.Protocols {
-			b = append(b, '\t')
-			b = append(b, proto...)
-		}
-		b = append(b, '\n')
-		if len(b) > 60<<10 {
-			h.Write(b)
-			b = b[:0]
-		}
-	}
-	h.Write(b)
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// saveState records rs as applied. Each file is written to a temporary file
-// in dir, synced, renamed over the old one, and the directory is synced, so
-// a crash leaves the old or the new file, never a torn one.
-func saveState(dir string, p *policies.Policy, rs *rules.Ruleset, id *kernel.Identity) error {
-	return prepareState(dir, backgroundDigest(p), rs, nil).commit(id)
-}
-
-// backgroundDigest starts computing policyDigest(p) and returns a function
-// that waits for it. An apply starts it as soon as the policy is loaded:
-// at 50,000 accounts the digest takes a few milliseconds, which otherwise
-// stood between the commit and the end of the apply.
-func backgroundDigest(p *policies.Policy) func() string {
-	done := make(chan struct{})
-	var sum string
-	go func() {
-		defer close(done)
-		sum = policyDigest(p)
-	}()
-	return func() string {
-		<-done
-		return sum
-	}
-}
-
-// pendingState is the state of a ruleset being written while the kernel
+// Save records rs as applied for a policy of digest policyDigest, by
+// nftpol version, with the kernel at id (nil: unknown). Each file is written
+// to a temporary file in dir, synced, renamed over the old one, and the
+// directory is synced, so a crash leaves the old or the new file, never a
+// torn one.
+// Pending is the state of a ruleset being written while the kernel
 // commits it: everything that depends on the ruleset alone (the elements,
 // most of the digest) is written and synced in the background, and commit
 // adds what only the outcome decides (the time, the kernel's identity) and
 // renames the file into place. At 50,000 accounts that takes the state's
 // tens of milliseconds off the end of every apply: they run while the
 // process waits for the kernel.
-type pendingState struct {
-	dir     string
-	digest  func() string // the policy's digest (backgroundDigest)
-	rs      *rules.Ruleset
-	from    *stateFile // the recorded state rs was laid over, or nil
-	done    chan struct{}
-	err     error
-	body    *os.File  // the state up to its header
-	hash    hash.Hash // of body's content so far
-	policy  string    // policyDigest(p)
-	def     []byte    // rs without elements, as JSON
-	stopped bool
-	// sections are the digests of the section files the state refers to.
-	sections []string
-	// written holds the digests of the section files this state wrote;
-	// text is the buffer they are formatted in.
-	written map[string]bool
-	text    []byte
-}
-
-// prepareState starts writing the state of rs, applied for policy p, into a
-// temporary file in dir. from, when not nil, is the recorded state rs was
+// Prepare starts writing the state of rs, applied by nftpol version for
+// the policy whose digest the function returns (it may still be computing),
+// into a temporary file in dir. from, when not nil, is the recorded state rs was
 // laid over (rules.Overlay): the text of the sets rs shares with it is
 // written as it was read instead of being formatted again. Call commit once
-// the kernel holds rs, or discard if it does not.
-func prepareState(dir string, digest func() string, rs *rules.Ruleset, from *stateFile) *pendingState {
-	ps := &pendingState{dir: dir, digest: digest, rs: rs, from: from, done: make(chan struct{}), hash: sha256.New()}
-	go func() {
-		defer close(ps.done)
-		ps.err = ps.write()
-	}()
-	return ps
-}
-
-func (ps *pendingState) write() error {
-	if err := ensureStateDir(ps.dir); err != nil {
-		return err
-	}
-	var err error
-	ps.policy = ps.digest()
-	if ps.def, err = rules.MarshalDefinition(ps.rs); err != nil {
-		return err
-	}
-	ps.body, err = writeTemp(ps.dir, stateName, func(w io.Writer) error {
-		hw := io.MultiWriter(w, ps.hash)
-		b := []byte(stateMagic)
-		for _, s := range ps.rs.Sets {
-			if len(s.Elements) == 0 {
-				continue
-			}
-			if len(s.Elements) >= sectionElements {
-				sum, err := ps.section(s)
-				if err != nil {
-					return err
-				}
-				b = fmt.Appendf(b, "elements %s %d %s\n", s.Name, len(s.Elements), sum)
-				ps.sections = append(ps.sections, sum)
-				continue
-			}
-			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
-			if text, ok := ps.from.elementText(s); ok && text.sum == "" {
-				if _, err := hw.Write(b); err != nil {
-					return err
-				}
-				b = b[:0]
-				if _, err := io.WriteString(hw, text.lines); err != nil {
-					return err
-				}
-				continue
-			}
-			// Write in slices of a few thousand elements: one buffer
-			// of the whole set would be megabytes more RSS.
-			for es := s.Elements; len(es) > 0; {
-				n := min(len(es), 4096)
-				b = rules.AppendElementLines(b, es[:n])
-				es = es[n:]
-				if _, err := hw.Write(b); err != nil {
-					return err
-				}
-				b = b[:0]
-			}
-		}
-		_, err := hw.Write(b)
-		return err
-	})
-	if err == nil && len(ps.written) > 0 {
-		// The new section files are durable before the state that
-		// refers to them is renamed into place.
-		err = syncDir(ps.dir)
-	}
-	return err
-}
-
+// the kernel holds rs, or Discard if it does not.
 // A set of sectionElements elements or more (the per-account sets of a large
 // policy) is kept in a file of its own, elements.<sha256>, named by the
 // sha256 of its content and referred to by it from the state. A set that
@@ -270,52 +124,12 @@ func (ps *pendingState) write() error {
 // one-account apply at 50,000 accounts writes a few KB instead of 3 MB (and
 // syncs them), which at the end of every apply was most of what stood
 // between the commit and the exit.
-const sectionElements = 2048
-
 // section is the element lines of one set, and the sha256 of the file they
 // were read from ("" when they were in the state itself).
-type section struct {
-	lines, sum string
-}
-
-func sectionName(sum string) string { return "elements." + sum }
-
 // section makes sure the section file of set s exists and returns its
 // digest: the recorded one when s is unchanged (the file is there, read
 // and checked when the state was), else a new file, written, synced and
 // renamed into place.
-func (ps *pendingState) section(s *rules.Set) (string, error) {
-	if text, ok := ps.from.elementText(s); ok && text.sum != "" {
-		if _, err := os.Lstat(filepath.Join(ps.dir, sectionName(text.sum))); err == nil {
-			return text.sum, nil
-		}
-	}
-	// Formatted whole before it is written, for its name: a set equal to
-	// one this state already wrote (TCP's and UDP's shard k, for
-	// accounts that have both) is not written again.
-	ps.text = rules.AppendElementLines(ps.text[:0], s.Elements)
-	sum := digest(ps.text)
-	if ps.written[sum] {
-		return sum, nil
-	}
-	f, err := writeTemp(ps.dir, "elements", func(w io.Writer) error {
-		_, err := w.Write(ps.text)
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	if err := finishTemp(f, filepath.Join(ps.dir, sectionName(sum))); err != nil {
-		os.Remove(f.Name())
-		return "", err
-	}
-	if ps.written == nil {
-		ps.written = map[string]bool{}
-	}
-	ps.written[sum] = true
-	return sum, nil
-}
-
 // readSection reads the section file named by sum and checks its content
 // against it.
 func readSection(dir, sum string) (string, error) {
@@ -348,93 +162,26 @@ func readSection(dir, sum string) (string, error) {
 // removeStaleSections removes the section files of dir that keep does not
 // name, and temporary files a crashed apply left: the lock is held, so no
 // other nftpol is writing any.
-func removeStaleSections(dir string, keep []string) error {
-	names, err := filepath.Glob(filepath.Join(dir, "elements.*"))
-	if err != nil {
-		return err
-	}
-	tmps, _ := filepath.Glob(filepath.Join(dir, ".elements.tmp*"))
-	for _, path := range append(names, tmps...) {
-		if slices.Contains(keep, strings.TrimPrefix(filepath.Base(path), "elements.")) {
-			continue
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
-	return nil
-}
-
 // commit finishes the state, applied with the kernel now at identity id: it writes the header and the digest, syncs, renames the file
 // into place, and syncs the directory.
-func (ps *pendingState) commit(id *kernel.Identity) error {
-	<-ps.done
-	defer ps.discard()
-	if ps.err != nil {
-		return ps.err
-	}
-	head, err := json.Marshal(stateFile{
-		Format: stateFormat, Version: version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
-		PolicyDigest: ps.policy, Ruleset: ps.def, Kernel: id,
-	})
-	if err != nil {
-		return err
-	}
-	head = append(head, '\n')
-	ps.hash.Write(head)
-	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, ps.hash.Sum(nil))
-	if _, err := ps.body.Write(tail); err != nil {
-		return fmt.Errorf("writing %s: %w", ps.body.Name(), err)
-	}
-	if err := finishTemp(ps.body, filepath.Join(ps.dir, stateName)); err != nil {
-		return err
-	}
-	// What nftpol before state format 2 wrote is superseded: state.json
-	// would be read should this file ever go missing, and ruleset.nft
-	// would show an old ruleset (`nftpol export --applied` shows this one).
-	for _, old := range []string{stateNameV1, oldRulesetName} {
-		if err := os.Remove(filepath.Join(ps.dir, old)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
-	if err := syncDir(ps.dir); err != nil {
-		return err
-	}
-	// Section files no state refers to any more; left behind they would
-	// only take space.
-	return removeStaleSections(ps.dir, ps.sections)
-}
-
 // discard removes what was not committed. It is safe after commit, and
 // more than once.
-func (ps *pendingState) discard() {
-	<-ps.done
-	if ps.stopped {
-		return
-	}
-	ps.stopped = true
-	if ps.body != nil {
-		ps.body.Close()
-		os.Remove(ps.body.Name()) // no-op once renamed
-	}
-}
+// ErrNoState is returned by loadState when nothing was ever applied.
+var ErrNoState = errors.New("no saved state")
 
-// errNoState is returned by loadState when nothing was ever applied.
-var errNoState = errors.New("no saved state")
-
-// loadState reads and checks the state in dir: format 2, else format 1.
-func loadState(dir string) (*stateFile, error) {
-	st, f, err := readState(dir)
+// Load reads and checks the state in dir: format 2, else format 1.
+func Load(dir string) (*State, error) {
+	st, f, err := read(dir)
 	if f != nil {
 		f.Close()
 	}
 	return st, err
 }
 
-// readState is loadState that also returns the file it read, still open
-// (nil when there was none): statePrefetch uses it to tell later whether the
+// read is Load that also returns the file it read, still open
+// (nil when there was none): Prefetch uses it to tell later whether the
 // file is still the current state.
-func readState(dir string) (*stateFile, *os.File, error) {
+func read(dir string) (*State, *os.File, error) {
 	path := filepath.Join(dir, stateName)
 	f, b, err := readStateFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -442,12 +189,12 @@ func readState(dir string) (*stateFile, *os.File, error) {
 		f, b, err = readStateFile(path)
 	}
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, fmt.Errorf("%w in %s: run `nftpol apply` first", errNoState, dir)
+		return nil, nil, fmt.Errorf("%w in %s: run `nftpol apply` first", ErrNoState, dir)
 	}
 	if err != nil {
 		return nil, f, fmt.Errorf("reading state: %w", err)
 	}
-	var st *stateFile
+	var st *State
 	if path == filepath.Join(dir, stateNameV1) {
 		st, err = decodeStateV1(b)
 	} else {
@@ -492,28 +239,61 @@ func readStateFile(path string) (*os.File, []byte, error) {
 	}
 }
 
-// statePrefetch is a state read before the lock was taken, with the file it
+// Prefetch reads the state in the background, for a command that loads
+// the policy before it takes the lock: at 50,000 accounts each takes tens
+// of milliseconds, and on two CPUs they overlap. Take, under the lock,
+// returns what was read only if the file is still the same.
+type Prefetch struct {
+	dir string
+	ch  chan prefetched
+}
+
+// prefetched is a state read before the lock was taken, with the file it
 // came from held open: while it is open its inode number cannot be reused,
 // so the same device and inode, size and times at the path under the lock
 // prove the state is still the one read (nftpol replaces the state by
 // rename, never in place).
-type statePrefetch struct {
-	dir string
-	st  *stateFile
+type prefetched struct {
+	st  *State
 	err error
 	f   *os.File
 }
 
-func (p statePrefetch) current() bool {
+// StartPrefetch starts reading the state in dir.
+func StartPrefetch(dir string) *Prefetch {
+	p := &Prefetch{dir: dir, ch: make(chan prefetched, 1)}
+	go func() {
+		st, f, err := read(dir)
+		p.ch <- prefetched{st: st, err: err, f: f}
+	}()
+	return p
+}
+
+// Take waits for the read and returns its result when the state in the
+// directory is still the one read; ok is false when it was replaced since
+// (read it again with Load). It closes the prefetch: call it once.
+func (p *Prefetch) Take() (st *State, err error, ok bool) {
+	r := <-p.ch
+	defer r.close()
+	if !r.current(p.dir) {
+		return nil, nil, false
+	}
+	return r.st, r.err, true
+}
+
+// Close drops a prefetch that nobody took.
+func (p *Prefetch) Close() { (<-p.ch).close() }
+
+func (p prefetched) current(dir string) bool {
 	if p.f == nil {
 		// Nothing was there; it must still be so.
-		_, err1 := os.Lstat(filepath.Join(p.dir, stateName))
-		_, err2 := os.Lstat(filepath.Join(p.dir, stateNameV1))
-		return errors.Is(p.err, errNoState) && errors.Is(err1, fs.ErrNotExist) && errors.Is(err2, fs.ErrNotExist)
+		_, err1 := os.Lstat(filepath.Join(dir, stateName))
+		_, err2 := os.Lstat(filepath.Join(dir, stateNameV1))
+		return errors.Is(p.err, ErrNoState) && errors.Is(err1, fs.ErrNotExist) && errors.Is(err2, fs.ErrNotExist)
 	}
 	if filepath.Base(p.f.Name()) == stateNameV1 {
 		// Format 1 is read only while no format 2 file exists.
-		if _, err := os.Lstat(filepath.Join(p.dir, stateName)); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Lstat(filepath.Join(dir, stateName)); !errors.Is(err, fs.ErrNotExist) {
 			return false
 		}
 	}
@@ -524,15 +304,27 @@ func (p statePrefetch) current() bool {
 	return held.Dev == now.Dev && held.Ino == now.Ino && held.Size == now.Size && held.Mtim == now.Mtim && held.Ctim == now.Ctim
 }
 
-func (p statePrefetch) close() {
+func (p prefetched) close() {
 	if p.f != nil {
 		p.f.Close()
 	}
 }
 
+// Ruleset is the recorded ruleset: what the last apply installed.
+func (st *State) Ruleset() *rules.Ruleset { return st.ruleset }
+
+// Path is the file the state was read from.
+func (st *State) Path() string { return st.path }
+
+// Digest is the sha256 the state file ends with (format 1: of its ruleset
+// record).
+func (st *State) Digest() string { return st.sha }
+
+// Purge removes the state from dir: what restore would install, what
+// nftpol before format 2 kept, and every section file.
 // decodeState decodes format 2: the digest first, then the header, then each
 // set's elements.
-func decodeState(dir string, b []byte) (*stateFile, error) {
+func decodeState(dir string, b []byte) (*State, error) {
 	if !bytes.HasPrefix(b, []byte(stateMagic)) {
 		if bytes.HasPrefix(b, []byte("nftpol state ")) {
 			line, _, _ := bytes.Cut(b, []byte("\n"))
@@ -557,14 +349,14 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 	body := string(b[len(stateMagic):cut])
 	h := strings.LastIndexByte(body[:max(len(body)-1, 0)], '\n') + 1
 	head, text := body[h:], body[:h]
-	var st stateFile
+	var st State
 	if err := json.Unmarshal([]byte(head), &st); err != nil {
 		return nil, err
 	}
 	if st.Format != stateFormat {
 		return nil, fmt.Errorf("header says format %d", st.Format)
 	}
-	rs, err := rules.UnmarshalRuleset(st.Ruleset)
+	rs, err := unmarshalRuleset(st.RulesetJSON)
 	if err != nil {
 		return nil, err
 	}
@@ -621,7 +413,7 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 			lines, rest = rest[:end], rest[end:]
 		}
 		if es == nil {
-			if es, err = rules.ParseElementLines(lines); err != nil {
+			if es, err = parseElementLines(lines); err != nil {
 				return nil, fmt.Errorf("set %s: %w", name, err)
 			}
 			if sorted = slices.IsSortedFunc(es, rules.Element.Compare); !sorted {
@@ -649,19 +441,19 @@ func decodeState(dir string, b []byte) (*stateFile, error) {
 }
 
 // decodeStateV1 decodes format 1, written by nftpol before format 2.
-func decodeStateV1(b []byte) (*stateFile, error) {
-	var st stateFile
+func decodeStateV1(b []byte) (*State, error) {
+	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, err
 	}
 	if st.Format != stateFormatV1 {
 		return nil, fmt.Errorf("format %d in %s, which only format 1 uses", st.Format, stateNameV1)
 	}
-	if got := digest(st.Ruleset); got != st.RecordDigest {
+	if got := digest(st.RulesetJSON); got != st.RecordDigest {
 		return nil, fmt.Errorf("record digest %s, recorded %s", got, st.RecordDigest)
 	}
 	st.sha = st.RecordDigest
-	rs, err := rules.UnmarshalRuleset(st.Ruleset)
+	rs, err := unmarshalRuleset(st.RulesetJSON)
 	if err != nil {
 		return nil, err
 	}
@@ -672,9 +464,9 @@ func decodeStateV1(b []byte) (*stateFile, error) {
 // elementText returns the element lines st was read with for set s, when s
 // still holds exactly the elements read (the same slice: rules.Overlay
 // keeps a set it does not change) and they were written in order; "", false
-// otherwise. The lines are what rules.AppendElementLines writes for them:
+// otherwise. The lines are what appendElementLines writes for them:
 // the parser takes nothing else, and the digest proved them unchanged.
-func (st *stateFile) elementText(s *rules.Set) (section, bool) {
+func (st *State) elementText(s *rules.Set) (section, bool) {
 	if st == nil || st.text == nil || st.ruleset == nil {
 		return section{}, false
 	}
@@ -686,10 +478,10 @@ func (st *stateFile) elementText(s *rules.Set) (section, bool) {
 	return text, true
 }
 
-// verifyRendered checks, for a format 1 state, that the recorded ruleset
+// VerifyRendered checks, for a format 1 state, that the recorded ruleset
 // renders to the text the apply recorded. Format 2 has its digest over the
 // whole file instead.
-func (st *stateFile) verifyRendered() error {
+func (st *State) VerifyRendered() error {
 	if st.Format != stateFormatV1 {
 		return nil
 	}
@@ -702,63 +494,9 @@ func (st *stateFile) verifyRendered() error {
 
 // writeTemp writes a temporary file in dir for name through write and
 // leaves it open: finishTemp syncs it and puts it into place.
-func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) {
-	f, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
-		return nil, fmt.Errorf("writing %s: %w", filepath.Join(dir, name), err)
-	}
-	fail := func(err error) (*os.File, error) {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("writing %s: %w", f.Name(), err)
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return fail(err)
-	}
-	bw := bufio.NewWriterSize(yielding{f}, 64<<10)
-	if err := write(bw); err != nil {
-		return fail(err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fail(err)
-	}
-	// Not synced here: finishTemp syncs once, data and the header with it
-	// (two syncs cost two journal commits, measured ~2 ms more).
-	return f, nil
-}
-
 // yielding lets other goroutines run after each write. The state is written
 // in the background while apply plans and commits; without it the two
 // writing goroutines could hold both CPUs and keep the commit waiting for
 // the scheduler's next preemption, up to 10 ms (seen with strace).
-type yielding struct{ w io.Writer }
-
-func (y yielding) Write(p []byte) (int, error) {
-	n, err := y.w.Write(p)
-	runtime.Gosched()
-	return n, err
-}
-
 // finishTemp syncs and closes the temporary file f and renames it to path.
 // The caller syncs the directory.
-func finishTemp(f *os.File, path string) error {
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", f.Name(), err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}

@@ -1,4 +1,4 @@
-package main
+package state
 
 import (
 	"path/filepath"
@@ -24,12 +24,12 @@ func policy50k(b *testing.B) (*policies.Policy, *rules.Ruleset) {
 func BenchmarkLoadState50k(b *testing.B) {
 	p, rs := policy50k(b)
 	dir := filepath.Join(b.TempDir(), "state")
-	if err := saveState(dir, p, rs, nil); err != nil {
+	if err := Save(dir, "bench", p.Digest(), rs, nil); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := loadState(dir); err != nil {
+		if _, err := Load(dir); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -42,7 +42,40 @@ func BenchmarkSaveState50k(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "state")
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := saveState(dir, p, rs, nil); err != nil {
+		if err := Save(dir, "bench", p.Digest(), rs, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMarshalRuleset50k and BenchmarkUnmarshalRuleset50k measure the
+// ruleset's JSON form with its elements (state format 1, still read at
+// boot after an upgrade).
+func BenchmarkMarshalRuleset50k(b *testing.B) {
+	_, rs := policy50k(b)
+	data, err := marshalRulesetV1(rs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := marshalRulesetV1(rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkUnmarshalRuleset50k(b *testing.B) {
+	_, rs := policy50k(b)
+	data, err := marshalRulesetV1(rs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := unmarshalRuleset(data); err != nil {
 			b.Fatal(err)
 		}
 	}

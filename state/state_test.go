@@ -1,4 +1,4 @@
-package main
+package state
 
 import (
 	"encoding/json"
@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/spf13/viper"
 
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
@@ -34,20 +32,20 @@ func TestStateRoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	p, rs := testRuleset(t)
 	// What nftpol before format 2 left beside the state goes.
-	if err := ensureStateDir(dir); err != nil {
+	if err := ensureDir(dir); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, oldRulesetName), []byte("table inet old {}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := saveState(dir, p, rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
 		t.Fatal(err)
 	}
-	st, err := loadState(dir)
+	st, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := rules.RenderString(st.ruleset), rules.RenderString(rs); got != want {
+	if got, want := rules.RenderString(st.Ruleset()), rules.RenderString(rs); got != want {
 		t.Errorf("state round trip:\n%s\nwant\n%s", got, want)
 	}
 	if _, err := os.Stat(filepath.Join(dir, oldRulesetName)); !errors.Is(err, os.ErrNotExist) {
@@ -89,7 +87,7 @@ func manyAccounts(n int) *policies.Policy {
 
 // savedState compiles n accounts (manyAccounts), saves their state in a new
 // directory and reads it back.
-func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.Ruleset, st *stateFile) {
+func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.Ruleset, st *State) {
 	t.Helper()
 	dir = filepath.Join(t.TempDir(), "state")
 	p = manyAccounts(n)
@@ -97,10 +95,10 @@ func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := saveState(dir, p, rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
 		t.Fatal(err)
 	}
-	if st, err = loadState(dir); err != nil {
+	if st, err = Load(dir); err != nil {
 		t.Fatal(err)
 	}
 	return dir, p, rs, st
@@ -111,20 +109,20 @@ func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.
 func TestStateRoundTripLarge(t *testing.T) {
 	// Every shard of the per-account sets over sectionMin elements.
 	dir, p, rs, st := savedState(t, (sectionElements+52)*rules.Shards)
-	if len(st.ruleset.Sets) != len(rs.Sets) {
-		t.Fatalf("%d sets read back, want %d", len(st.ruleset.Sets), len(rs.Sets))
+	if len(st.Ruleset().Sets) != len(rs.Sets) {
+		t.Fatalf("%d sets read back, want %d", len(st.Ruleset().Sets), len(rs.Sets))
 	}
 	for i, s := range rs.Sets {
-		got := st.ruleset.Sets[i]
+		got := st.Ruleset().Sets[i]
 		if !got.SameDefinition(s) || !slices.Equal(got.Elements, s.Elements) {
 			t.Errorf("set %s: read back %d elements (definition equal: %v), wrote %d", s.Name, len(got.Elements), got.SameDefinition(s), len(s.Elements))
 		}
 	}
-	if !rules.Diff(st.ruleset, rs).Empty() {
+	if !rules.Diff(st.Ruleset(), rs).Empty() {
 		t.Error("the ruleset read back differs from the one saved")
 	}
-	if st.PolicyDigest != policyDigest(p) || len(st.PolicyDigest) != 64 {
-		t.Errorf("policy digest %q, want %q", st.PolicyDigest, policyDigest(p))
+	if st.PolicyDigest != p.Digest() || len(st.PolicyDigest) != 64 {
+		t.Errorf("policy digest %q, want %q", st.PolicyDigest, p.Digest())
 	}
 
 	good, err := os.ReadFile(filepath.Join(dir, stateName))
@@ -151,7 +149,7 @@ func TestStateRoundTripLarge(t *testing.T) {
 	}
 	refused := func(name string) {
 		t.Helper()
-		if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "nftpol apply") {
+		if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "is corrupt") || !strings.Contains(err.Error(), "nftpol apply") {
 			t.Errorf("%s: loadState = %v, want a corrupt-state error saying what to do", name, err)
 		}
 	}
@@ -197,7 +195,7 @@ func TestStateRoundTripLarge(t *testing.T) {
 func TestStateSharesEqualSections(t *testing.T) {
 	_, _, rs, st := savedState(t, (sectionElements+52)*rules.Shards)
 	for k := uint32(0); k < rules.Shards; k++ {
-		tcp, udp := st.ruleset.Set(rules.PortsSet(rules.TCP, k)).Elements, st.ruleset.Set(rules.PortsSet(rules.UDP, k)).Elements
+		tcp, udp := st.Ruleset().Set(rules.PortsSet(rules.TCP, k)).Elements, st.Ruleset().Set(rules.PortsSet(rules.UDP, k)).Elements
 		if !slices.Equal(tcp, rs.Set(rules.PortsSet(rules.TCP, k)).Elements) {
 			t.Fatalf("shard %d read back differs", k)
 		}
@@ -227,7 +225,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 	before := files()
 	// udp_ports_0 changed, tcp_ports_0 (same elements before) shared
 	// with the recorded state.
-	next := rules.Overlay(st.ruleset, st.ruleset)
+	next := rules.Overlay(st.Ruleset(), st.Ruleset())
 	for i, s := range next.Sets {
 		if s.Name == rules.PortsSet(rules.UDP, 0) {
 			c := *s
@@ -235,7 +233,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 			next.Sets[i] = &c
 		}
 	}
-	if err := prepareState(dir, backgroundDigest(p), next, st).commit(nil); err != nil {
+	if err := Prepare(dir, "test", p.Digest, next, st).Commit(nil); err != nil {
 		t.Fatal(err)
 	}
 	after := files()
@@ -250,8 +248,8 @@ func TestSectionsFollowTheState(t *testing.T) {
 	if len(before) != rules.Shards || len(after) != len(before)+1 || kept != len(before) || added != 1 {
 		t.Errorf("section files before %v, after %v: want the unchanged one kept, one new, the old one gone", before, after)
 	}
-	got, err := loadState(dir)
-	if err != nil || !rules.Diff(got.ruleset, next).Empty() {
+	got, err := Load(dir)
+	if err != nil || !rules.Diff(got.Ruleset(), next).Empty() {
 		t.Errorf("read back: %v", err)
 	}
 }
@@ -266,14 +264,14 @@ func TestStateReadsFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureStateDir(dir); err != nil {
+	if err := ensureDir(dir); err != nil {
 		t.Fatal(err)
 	}
-	rj, err := rules.MarshalRuleset(rs)
+	rj, err := marshalRulesetV1(rs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v1 := stateFile{Format: 1, Version: "old", Table: rs.Table, RulesetDigest: digest([]byte(rules.RenderString(rs))), RecordDigest: digest(rj), Ruleset: rj}
+	v1 := State{Format: 1, Version: "old", Table: rs.Table, RulesetDigest: digest([]byte(rules.RenderString(rs))), RecordDigest: digest(rj), RulesetJSON: rj}
 	b, err := json.Marshal(v1)
 	if err != nil {
 		t.Fatal(err)
@@ -281,12 +279,12 @@ func TestStateReadsFormat1(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, stateNameV1), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	st, err := loadState(dir)
+	st, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rules.Diff(st.ruleset, rs).Empty() || st.verifyRendered() != nil || st.Version != "old" {
-		t.Errorf("format 1 read back as a different ruleset (render check: %v)", st.verifyRendered())
+	if !rules.Diff(st.Ruleset(), rs).Empty() || st.VerifyRendered() != nil || st.Version != "old" {
+		t.Errorf("format 1 read back as a different ruleset (render check: %v)", st.VerifyRendered())
 	}
 	tampered := strings.Replace(string(b), `100001\t10001\t10001`, `100001\t10001\t10002`, 1)
 	if tampered == string(b) {
@@ -295,16 +293,16 @@ func TestStateReadsFormat1(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, stateNameV1), []byte(tampered), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadState(dir); err == nil || !strings.Contains(err.Error(), "record digest") {
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "record digest") {
 		t.Errorf("tampered format 1: loadState = %v, want a record digest error", err)
 	}
-	if err := saveState(dir, p, rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, stateNameV1)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("saving format 2 left %s behind (stat: %v)", stateNameV1, err)
 	}
-	if st, err := loadState(dir); err != nil || st.Format != stateFormat {
+	if st, err := Load(dir); err != nil || st.Format != stateFormat {
 		t.Errorf("after the save: %v, format %v", err, st)
 	}
 }
@@ -320,91 +318,68 @@ func TestStateRefusesSymlinkAndMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, rs := testRuleset(t)
-	if err := saveState(link, p, rs, nil); err == nil || !strings.Contains(err.Error(), "symlink") {
+	if err := Save(link, "test", p.Digest(), rs, nil); err == nil || !strings.Contains(err.Error(), "symlink") {
 		t.Errorf("saveState through a symlinked directory: %v", err)
 	}
-	if _, err := loadState(real); !errors.Is(err, errNoState) {
-		t.Errorf("loadState of an empty directory: %v, want errNoState", err)
-	}
-}
-
-func TestRemovalGuardUnit(t *testing.T) {
-	mk := func(n int) *rules.Ruleset {
-		s := &rules.Set{Name: "tcp_ports", Key: rules.KeyUIDPort, Interval: true}
-		for i := 0; i < n; i++ {
-			s.Elements = append(s.Elements, rules.Element{UID: uint32(2000 + i), Lo: uint16(40010 + i), Hi: uint16(40010 + i), Comment: fmt.Sprint("s", i)})
-		}
-		return &rules.Ruleset{Table: "nftpol", Sets: []*rules.Set{s}}
-	}
-	cases := []struct {
-		installed, kept int
-		refused         bool
-	}{
-		{10, 0, false}, // 10 or fewer installed: no guard
-		{11, 6, false}, // 5 of 11 removed
-		{11, 5, true},  // 6 of 11 removed: more than half
-		{12, 6, false}, // exactly half
-		{12, 5, true},
-		{100, 0, true},
-	}
-	for _, c := range cases {
-		cur, want := mk(c.installed), mk(c.kept)
-		err := removalGuard(rules.Diff(cur, want), cur)
-		if (err != nil) != c.refused {
-			t.Errorf("%d installed, %d kept: err = %v, want refused=%v", c.installed, c.kept, err, c.refused)
-		}
+	if _, err := Load(real); !errors.Is(err, ErrNoState) {
+		t.Errorf("loadState of an empty directory: %v, want ErrNoState", err)
 	}
 }
 
 // TestPrefetchedStateIsCheckedUnderTheLock: a state read before the lock is
 // used only while the file is still the one read; replaced (by another
-// apply) or newly written, the current one is read again.
+// apply) or newly written, Take says so and the caller reads it again.
 func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	p1, p2 := manyAccounts(3), manyAccounts(5)
 	rs1, _ := compiler.Compile(p1)
 	rs2, _ := compiler.Compile(p2)
-	newApp := func() *app {
-		a := &app{v: viper.New()}
-		a.v.Set("state-dir", dir)
-		return a
-	}
-	accounts := func(a *app) int {
-		st, err := a.recordedState()
+	accounts := func(st *State, err error) int {
+		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return len(installedAccounts(st.ruleset))
+		return len(rules.Accounts(st.Ruleset())[rules.TCP])
 	}
 
-	// Nothing there when prefetched, written before the lock.
-	a := newApp()
-	a.prefetchState()
-	if err := saveState(dir, p1, rs1, nil); err != nil {
+	// Nothing there when prefetched, written before Take.
+	pf := StartPrefetch(dir)
+	if _, err := Load(dir); !errors.Is(err, ErrNoState) {
+		t.Fatalf("Load of a new directory: %v", err)
+	}
+	pf.ch <- <-pf.ch // the prefetch has found nothing
+	if err := Save(dir, "test", p1.Digest(), rs1, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := accounts(a); n != 3 {
-		t.Errorf("state written after an empty prefetch: %d accounts read, want 3", n)
+	if _, _, ok := pf.Take(); ok {
+		t.Error("a state written after an empty prefetch: Take says the prefetch is current")
 	}
 
 	// Unchanged: the prefetched state is used.
-	a = newApp()
-	a.prefetchState()
-	if n := accounts(a); n != 3 {
+	pf = StartPrefetch(dir)
+	st, err, ok := pf.Take()
+	if !ok {
+		t.Fatal("unchanged state: Take says the prefetch is stale")
+	}
+	if n := accounts(st, err); n != 3 {
 		t.Errorf("unchanged state: %d accounts, want 3", n)
 	}
 
-	// Replaced between the prefetch and the lock.
-	a = newApp()
-	a.prefetchState()
-	a.prefetched <- <-a.prefetched // the prefetch has read the old state
-	if err := saveState(dir, p2, rs2, nil); err != nil {
+	// Replaced between the prefetch and Take.
+	pf = StartPrefetch(dir)
+	pf.ch <- <-pf.ch // the prefetch has read the old state
+	if err := Save(dir, "test", p2.Digest(), rs2, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := accounts(a); n != 5 {
-		t.Errorf("state replaced after the prefetch: %d accounts read, want 5", n)
+	if _, _, ok := pf.Take(); ok {
+		t.Error("state replaced after the prefetch: Take says the prefetch is current")
 	}
-	a.dropPrefetch()
+	if n := accounts(Load(dir)); n != 5 {
+		t.Errorf("state replaced after the prefetch: %d accounts read again, want 5", n)
+	}
+
+	// Dropped without Take.
+	StartPrefetch(dir).Close()
 }
 
 // TestStateReusesUnchangedSets: a set the new ruleset shares with the
@@ -413,7 +388,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 func TestStateReusesUnchangedSets(t *testing.T) {
 	dir, p, _, st := savedState(t, 3000)
 	// Laid over the recorded state: tcp_ports_0 shared, tcp_open changed.
-	changed := rules.Overlay(st.ruleset, st.ruleset)
+	changed := rules.Overlay(st.Ruleset(), st.Ruleset())
 	for i, s := range changed.Sets {
 		if s.Name == rules.OpenSet(rules.TCP) {
 			c := *s
@@ -427,8 +402,8 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 	if _, ok := st.elementText(changed.Set(rules.OpenSet(rules.TCP))); ok {
 		t.Fatal("the changed tcp_open is reused")
 	}
-	body := func(from *stateFile) string {
-		if err := prepareState(dir, backgroundDigest(p), changed, from).commit(nil); err != nil {
+	body := func(from *State) string {
+		if err := Prepare(dir, "test", p.Digest, changed, from).Commit(nil); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(filepath.Join(dir, stateName))
@@ -442,8 +417,8 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 	if reused, formatted := body(st), body(nil); reused != formatted {
 		t.Errorf("the state written from the text read differs from the one formatted (%d and %d bytes)", len(reused), len(formatted))
 	}
-	got, err := loadState(dir)
-	if err != nil || !rules.Diff(got.ruleset, changed).Empty() {
-		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.Diff(got.ruleset, changed).Empty())
+	got, err := Load(dir)
+	if err != nil || !rules.Diff(got.Ruleset(), changed).Empty() {
+		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.Diff(got.Ruleset(), changed).Empty())
 	}
 }

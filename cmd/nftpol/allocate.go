@@ -69,7 +69,7 @@ the include directory), so they never hand out the same ports. Run
 			}{res.Name, res.UID, res.User, ports, res.Ports.Lo, res.Ports.Hi, res.File})
 		}
 		fmt.Fprintf(a.stdout, "%s (uid %d): %s (%d %s)\n", res.Name, res.UID, ports,
-			*size, plural(*size, "port", "ports"))
+			*size, noun(*size, "port", "ports"))
 		if res.File != "" {
 			fmt.Fprintf(a.stdout, "Wrote %s; run `nftpol apply` to enforce it.\n", res.File)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/reconcile"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
 )
@@ -49,7 +50,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
-	a.dropPrefetch()
+	if a.eng != nil {
+		a.eng.Close()
+	}
 	var ec exitCodeError
 	switch {
 	case err == nil:
@@ -66,36 +69,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type app struct {
 	v              *viper.Viper
 	stdout, stderr io.Writer
-
-	// The state as it was when the command started, read once: at 50,000
-	// accounts reading it costs tens of milliseconds.
-	state     *stateFile
-	stateErr  error
-	stateRead bool
-	// prefetched delivers the state read in the background while the
-	// policy loads (prefetchState).
-	prefetched chan statePrefetch
+	// eng is the sync engine, made on first use (the flags are parsed
+	// by then).
+	eng *reconcile.Engine
 }
 
-// recordedState returns the state the last apply recorded, reading it on
-// first use. Commands that write the state do so only at their end.
-func (a *app) recordedState() (*stateFile, error) {
-	if !a.stateRead {
-		if a.prefetched != nil {
-			p := <-a.prefetched
-			a.prefetched = nil
-			if p.current() {
-				a.state, a.stateErr, a.stateRead = p.st, p.err, true
-			}
-			p.close()
-		}
-		if !a.stateRead {
-			a.state, a.stateErr = loadState(a.stateDir())
-			a.stateRead = true
-		}
-		phase("state read")
+// engine returns the sync engine for the global settings.
+func (a *app) engine() *reconcile.Engine {
+	if a.eng == nil {
+		a.eng = reconcile.New(reconcile.Config{
+			StateDir:    a.stateDir(),
+			Version:     version,
+			FullRead:    a.v.GetBool("full-read"),
+			LockTimeout: a.v.GetDuration("lock-timeout"),
+			Open:        a.openKernel,
+			Warn:        a.stderr,
+			Phase:       phase,
+		})
 	}
-	return a.state, a.stateErr
+	return a.eng
 }
 
 // baseMemoryLimit is the soft memory limit (see main) for policies of up to
@@ -114,28 +106,6 @@ func fitMemoryLimit(accounts int) {
 		return
 	}
 	debug.SetMemoryLimit(int64(baseMemoryLimit) * int64(accounts) / memoryLimitAccounts)
-}
-
-// prefetchState starts reading the state in the background, for a command
-// that loads the policy before it takes the lock: at 50,000 accounts each
-// takes tens of milliseconds, and on two CPUs they overlap. recordedState
-// uses what was read only if the file is still the same under the lock.
-func (a *app) prefetchState() {
-	ch := make(chan statePrefetch, 1)
-	dir := a.stateDir()
-	go func() {
-		st, f, err := readState(dir)
-		ch <- statePrefetch{dir: dir, st: st, err: err, f: f}
-	}()
-	a.prefetched = ch
-}
-
-// dropPrefetch closes a prefetched state nobody asked for.
-func (a *app) dropPrefetch() {
-	if a.prefetched != nil {
-		(<-a.prefetched).close()
-		a.prefetched = nil
-	}
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -201,29 +171,28 @@ func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.
 
 func (a *app) stateDir() string { return a.v.GetString("state-dir") }
 
-// lock takes the state directory's lock for command.
-func (a *app) lock(ctx context.Context, command string) (*dirLock, error) {
-	return lockStateDir(ctx, a.stateDir(), command, a.v.GetDuration("lock-timeout"))
-}
-
-// injectFailureEnv, set to 1, makes every batch end with an operation the
-// kernel refuses; set to "last", only the last transaction of an apply that
-// takes two (see commit). Only for tests of what a refused transaction
-// leaves behind; not a documented setting.
-const injectFailureEnv = "NFTPOL_TEST_INJECT_FAILURE"
-
-func (a *app) openKernel() (*kernel.Kernel, error) {
+// openKernel connects to the kernel of the namespace --netns names, or of
+// our own.
+func (a *app) openKernel() (reconcile.Kernel, error) {
 	var opts []kernel.Option
 	if ns := a.v.GetString("netns"); ns != "" {
 		opts = append(opts, kernel.WithNetNS(ns))
 	}
-	if os.Getenv(injectFailureEnv) == "1" {
-		opts = append(opts, kernel.WithInjectedFailure())
-	}
 	return kernel.Open(opts...)
 }
 
-func plural(n int, one, many string) string {
+// policyTable is the table the policy names, for commands that prefer the
+// one the state records.
+func (a *app) policyTable() (string, error) {
+	p, _, err := a.load()
+	if err != nil {
+		return "", err
+	}
+	return p.Table, nil
+}
+
+// noun is one or many, as n says.
+func noun(n int, one, many string) string {
 	if n == 1 {
 		return one
 	}

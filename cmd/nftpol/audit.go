@@ -113,7 +113,7 @@ socket in it was bound on purpose.`,
 		}
 		if unreadable > 0 {
 			fmt.Fprintf(a.stderr, "nftpol: warning: the descriptors of %d %s could not be read (run as root to see every process behind a socket)\n",
-				unreadable, plural(unreadable, "process", "processes"))
+				unreadable, noun(unreadable, "process", "processes"))
 		}
 		if *out == "json" {
 			err = r.writeJSON(a.stdout)
@@ -124,7 +124,7 @@ socket in it was bound on purpose.`,
 			return err
 		}
 		if n := r.unfinished(); n > 0 {
-			return fmt.Errorf("--terminate could not end %d %s; see the report above", n, plural(n, "process", "processes"))
+			return fmt.Errorf("--terminate could not end %d %s; see the report above", n, noun(n, "process", "processes"))
 		}
 		if r.count(audit.Blocked) > 0 {
 			return exitCodeError{exitBlocked}
@@ -196,7 +196,7 @@ func (r *auditReport) writeText(w io.Writer) error {
 	for i, v := range audit.Verdicts {
 		counts[i] = fmt.Sprintf("%d %s", r.count(v), v)
 	}
-	fmt.Fprintf(w, "\n%d %s: %s.\n", len(r.findings), plural(len(r.findings), "socket", "sockets"), strings.Join(counts, ", "))
+	fmt.Fprintf(w, "\n%d %s: %s.\n", len(r.findings), noun(len(r.findings), "socket", "sockets"), strings.Join(counts, ", "))
 
 	if !r.terminate {
 		return nil

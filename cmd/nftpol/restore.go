@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/nftpol/nftpol/rules"
 )
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -26,27 +24,11 @@ an error and leaves the kernel untouched.`,
 		if err := checkOutput(*out); err != nil {
 			return err
 		}
-		k, end, err := a.session(cmd.Context(), "restore")
+		res, st, err := a.engine().Restore(cmd.Context(), *adopt)
 		if err != nil {
 			return err
 		}
-		defer end()
-		st, err := a.recordedState()
-		if err == nil {
-			err = st.verifyRendered()
-		}
-		if err != nil {
-			return fmt.Errorf("restore: %w", err)
-		}
-		desired := st.ruleset
-		// Always a full read: at boot the state cannot vouch for a kernel
-		// it has never seen.
-		plan, stats, _, _, err := a.converge(k, desired.Table, false, func(current *rules.Ruleset) (*rules.Plan, error) {
-			return ownedPlan(current, desired, *adopt, "restore --adopt replaces it")
-		})
-		if err != nil {
-			return err
-		}
+		plan, stats, desired := res.Plan, res.Sent, st.Ruleset()
 		if err := a.printPlan(plan, *out, planExtras{Applied: &stats, KernelRead: "full"}); err != nil {
 			return err
 		}

@@ -27,8 +27,8 @@ func (a *app) validateCommand() *cobra.Command {
 				elems += len(s.Elements)
 			}
 			fmt.Fprintf(a.stdout, "%s: valid: %d %s, %d port %s, table inet %s (%d set elements)\n",
-				a.configFile(), len(p.Accounts), plural(len(p.Accounts), "account", "accounts"),
-				ranges, plural(ranges, "range", "ranges"), p.Table, elems)
+				a.configFile(), len(p.Accounts), noun(len(p.Accounts), "account", "accounts"),
+				ranges, noun(ranges, "range", "ranges"), p.Table, elems)
 			return nil
 		},
 	}
@@ -47,11 +47,11 @@ later applies included.`,
 	applied := cmd.Flags().Bool("applied", false, "print the ruleset the last apply recorded instead of the policy's")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if *applied {
-			st, err := a.recordedState()
+			st, err := a.engine().Recorded()
 			if err != nil {
 				return err
 			}
-			return rules.Render(a.stdout, st.ruleset)
+			return rules.Render(a.stdout, st.Ruleset())
 		}
 		_, rs, err := a.load()
 		if err != nil {

@@ -1,0 +1,258 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
+	"github.com/nftpol/nftpol/state"
+)
+
+// The removal guard: an apply that would remove more than half of the
+// installed accounts, when more than guardMinAccounts are installed, is
+// refused unless AllowRemovals. A broken config-management run that
+// renders an empty include directory must not close every account's ports.
+const guardMinAccounts = 10
+
+// ApplyOptions are apply's choices.
+type ApplyOptions struct {
+	// Adopt replaces a same-named table that nftpol did not create.
+	Adopt bool
+	// AllowRemovals lets an apply remove more than half of the installed
+	// accounts.
+	AllowRemovals bool
+}
+
+// Applied is an apply the kernel committed. The lock is still held and the
+// state not yet recorded: call Record, then Close.
+type Applied struct {
+	Result
+	s       *session
+	pending *state.Pending
+	after   kernel.Identity
+	dir     string
+}
+
+// DigestInBackground starts computing p.Digest() and returns a function that
+// waits for it. An apply starts it as soon as the policy is loaded: at
+// 50,000 accounts the digest takes a few milliseconds, which otherwise
+// stood between the commit and the end of the apply.
+func DigestInBackground(p *policies.Policy) func() string {
+	done := make(chan struct{})
+	var sum string
+	go func() {
+		defer close(done)
+		sum = p.Digest()
+	}()
+	return func() string {
+		<-done
+		return sum
+	}
+}
+
+// Apply brings the kernel in line with desired (compiled from the policy
+// whose digest policyDigest returns), in one transaction (two when
+// accounts move). On success the kernel holds the result; Record then
+// writes the state.
+func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest func() string, opt ApplyOptions) (*Applied, error) {
+	s, err := e.open(ctx, "apply")
+	if err != nil {
+		return nil, err
+	}
+	// What the commit installs is desired laid over the kernel's table
+	// (rules.Overlay), and its state is written while the kernel works.
+	// When the state proves the kernel unchanged since the last apply
+	// (the usual case), the kernel's table is the recorded one, so the
+	// writing starts before the kernel is even asked.
+	var pending *state.Pending
+	var laidOver *rules.Ruleset // the table pending's ruleset was laid over
+	fail := func(err error) (*Applied, error) {
+		if pending != nil {
+			pending.Discard()
+		}
+		s.end()
+		return nil, err
+	}
+	if st, err := e.Recorded(); err == nil && !e.cfg.FullRead {
+		laidOver = st.Ruleset()
+		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, rules.Overlay(laidOver, desired), st)
+	}
+	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
+		if pending == nil || current != laidOver {
+			if pending != nil {
+				pending.Discard()
+			}
+			laidOver = current
+			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, rules.Overlay(current, desired), nil)
+		}
+		plan, err := e.planTo(s.k, current, pending.Ruleset(), opt.Adopt)
+		if err == nil && !opt.AllowRemovals {
+			err = removalGuard(plan, current)
+		}
+		return plan, err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir}, nil
+}
+
+// Record writes the state of the applied ruleset, so restore installs it at
+// boot and the next plan can trust it.
+func (a *Applied) Record() error {
+	a.s.phase("committed")
+	defer a.s.phase("state saved")
+	if err := a.pending.Commit(&a.after); err != nil {
+		return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
+			"restore would install the previous ruleset until an apply succeeds", a.dir, err)
+	}
+	return nil
+}
+
+// Close discards a state that was not recorded, closes the kernel and
+// releases the lock.
+func (a *Applied) Close() {
+	a.pending.Discard()
+	a.s.end()
+}
+
+// Restore installs the ruleset the last apply recorded: the difference from
+// what the kernel holds, always read in full (at boot the state cannot
+// vouch for a kernel it has never seen). It returns what it did and the
+// state it installed.
+func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State, error) {
+	s, err := e.open(ctx, "restore")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.end()
+	st, err := e.Recorded()
+	if err == nil {
+		err = st.VerifyRendered()
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("restore: %w", err)
+	}
+	desired := st.Ruleset()
+	res, _, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Plan, error) {
+		return ownedPlan(current, desired, adopt, "restore --adopt replaces it")
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return res, st, nil
+}
+
+// Removed is what Remove did.
+type Removed struct {
+	// Table is the table nftpol manages.
+	Table string
+	// Absent is set when the table was not installed.
+	Absent bool
+	// Deleted is set when the table was there and is now deleted, with
+	// Accounts accounts installed in it.
+	Deleted  bool
+	Accounts int
+	// Purged is set when the state was deleted too.
+	Purged bool
+}
+
+// Remove deletes nftpol's table (TableName says which) and, with purge, the
+// recorded state. A same-named table nftpol did not create is refused.
+// What was done before an error is in the result.
+func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (string, error)) (Removed, error) {
+	var r Removed
+	s, err := e.open(ctx, "remove")
+	if err != nil {
+		return r, err
+	}
+	defer s.end()
+	if r.Table, err = e.TableName(policyTable); err != nil {
+		return r, err
+	}
+	current, err := s.k.Read(r.Table)
+	if err != nil {
+		return r, err
+	}
+	if current == nil {
+		r.Absent = true
+	} else {
+		if !current.Owned() {
+			return r, fmt.Errorf("table inet %s was not created by nftpol; refusing to delete it", r.Table)
+		}
+		if err := s.k.Delete(r.Table); err != nil {
+			return r, err
+		}
+		r.Deleted, r.Accounts = true, len(installedAccounts(current))
+	}
+	if purge {
+		if err := state.Purge(e.cfg.StateDir); err != nil {
+			return r, fmt.Errorf("purging state: %w", err)
+		}
+		r.Purged = true
+	}
+	return r, nil
+}
+
+// TableName is the table nftpol manages: the one recorded by the last apply,
+// else the one the policy names (policyTable reads it). Commands that only
+// look at or remove the table must work without a readable policy when
+// there is state.
+func (e *Engine) TableName(policyTable func() (string, error)) (string, error) {
+	st, err := e.Recorded()
+	if err == nil {
+		return st.Table, nil
+	}
+	table, lerr := policyTable()
+	if lerr != nil {
+		if errors.Is(err, state.ErrNoState) {
+			return "", fmt.Errorf("no state in %s and the policy cannot be read: %w", e.cfg.StateDir, lerr)
+		}
+		return "", fmt.Errorf("%v; and the policy cannot be read: %w", err, lerr)
+	}
+	return table, nil
+}
+
+// installedAccounts returns the UIDs that are enforced with ports in rs.
+func installedAccounts(rs *rules.Ruleset) map[uint32]bool {
+	uids := map[uint32]bool{}
+	for _, es := range rules.Accounts(rs) {
+		for _, e := range es {
+			uids[e.UID] = true
+		}
+	}
+	return uids
+}
+
+// removalGuard refuses plan when it removes more than half of the accounts
+// installed in current, when more than guardMinAccounts are.
+func removalGuard(plan *rules.Plan, current *rules.Ruleset) error {
+	var removed []string
+	for _, ac := range plan.Accounts {
+		if ac.Action == rules.ActionRemove {
+			removed = append(removed, fmt.Sprintf("%s (uid %d)", ac.DisplayName(), ac.UID))
+		}
+	}
+	if len(removed) <= guardMinAccounts/2 {
+		return nil // cannot be more than half of more than guardMinAccounts
+	}
+	// Counting the installed accounts costs a map of every UID: only
+	// when it can matter.
+	installed := len(installedAccounts(current))
+	if installed <= guardMinAccounts || 2*len(removed) <= installed {
+		return nil
+	}
+	const show = 20
+	list := removed
+	more := ""
+	if len(list) > show {
+		list, more = list[:show], fmt.Sprintf(" and %d more", len(removed)-show)
+	}
+	return fmt.Errorf("refusing to remove %d of the %d installed accounts (more than half): %s%s\n"+
+		"nftpol: if the policy really lost them (not a failed render of the include directory), run apply --allow-removals",
+		len(removed), installed, strings.Join(list, ", "), more)
+}

@@ -1,0 +1,364 @@
+// Package reconcile keeps the kernel's nftpol table equal to what the
+// policy (or, at boot, the recorded state) says: it reads what the kernel
+// holds, or takes the state's word for it when the state proves the kernel
+// unchanged, plans the difference, commits it (in two transactions when
+// accounts move, taking the first back when the second is refused, and
+// planning again when somebody else committed in between), records what it
+// applied, and reports how the kernel differs.
+//
+// Where it sits:
+//
+//	policies.Load -> compiler.Compile -> desired rules.Ruleset ─┐
+//	Kernel.Read (or state.Load, when the state vouches) ───────┴─> rules.Diff -> rules.Plan
+//	rules.Plan -> Kernel.Apply (one batch each) -> state.Prepare/Commit
+//
+// It talks to the kernel through Kernel, a small interface that
+// rules/kernel implements on netlink and that its tests fake, so commit,
+// undo, retry and the removal guard are tested without root. The CLI
+// (cmd/nftpol) drives it, and so will the agent.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
+	"github.com/nftpol/nftpol/state"
+)
+
+// Kernel is what the engine needs of the kernel's nf_tables. *kernel.Kernel
+// implements it on netlink.
+type Kernel interface {
+	// Identity identifies the kernel's ruleset as it is now: boot,
+	// network namespace and ruleset generation. While it is unchanged,
+	// nobody has committed anything.
+	Identity() (kernel.Identity, error)
+	// Read returns table inet <table> as the kernel holds it, nil when
+	// there is none.
+	Read(table string) (*rules.Ruleset, error)
+	// Apply commits p as one transaction, only while the ruleset
+	// generation is still generation (0: whatever it is); otherwise it
+	// returns kernel.ErrGenerationChanged. On any error nothing of p is in
+	// effect.
+	Apply(p *rules.Plan, generation uint32) (kernel.Stats, error)
+	// Delete deletes table inet <table> in one transaction.
+	Delete(table string) error
+	// Hits returns the elements of the dynamic set <set> of the table.
+	Hits(table, set string) ([]kernel.Hit, error)
+	// Close releases the connection.
+	Close() error
+}
+
+// Config is how an Engine reaches the kernel and the state directory.
+type Config struct {
+	// StateDir is the state directory (state.Acquire, state.Load).
+	StateDir string
+	// Version is nftpol's version, recorded in the state.
+	Version string
+	// FullRead makes plan and apply read the kernel's table even when the
+	// state proves it unchanged.
+	FullRead bool
+	// LockTimeout bounds the wait for another nftpol's lock.
+	LockTimeout time.Duration
+	// Open connects to the kernel.
+	Open func() (Kernel, error)
+	// Warn receives warnings and retries, one line each.
+	Warn io.Writer
+	// Phase, when set, is told when each phase of the work ends (timings).
+	Phase func(name string)
+}
+
+// Engine plans and applies for one command. It reads the state once and
+// keeps it; it is not for concurrent use.
+type Engine struct {
+	cfg Config
+
+	// The state as it was when the command started, read once: at 50,000
+	// accounts reading it costs tens of milliseconds.
+	recorded    *state.State
+	recordedErr error
+	stateRead   bool
+	prefetch    *state.Prefetch
+}
+
+// New returns an engine for cfg.
+func New(cfg Config) *Engine {
+	if cfg.Warn == nil {
+		cfg.Warn = io.Discard
+	}
+	if cfg.Phase == nil {
+		cfg.Phase = func(string) {}
+	}
+	return &Engine{cfg: cfg}
+}
+
+// maxAttempts bounds how often apply and restore plan again when somebody
+// else commits between their read and their write.
+const maxAttempts = 5
+
+// Prefetch starts reading the state in the background, for a command that
+// loads the policy before it takes the lock; Recorded uses what was read
+// only if the file is still the same under the lock.
+func (e *Engine) Prefetch() {
+	if e.prefetch == nil && !e.stateRead {
+		e.prefetch = state.StartPrefetch(e.cfg.StateDir)
+	}
+}
+
+// Close drops a prefetched state nobody asked for.
+func (e *Engine) Close() {
+	if e.prefetch != nil {
+		e.prefetch.Close()
+		e.prefetch = nil
+	}
+}
+
+// Recorded returns the state the last apply recorded, reading it on first
+// use (state.ErrNoState when nothing was applied yet). Commands that write
+// the state do so only at their end.
+func (e *Engine) Recorded() (*state.State, error) {
+	if !e.stateRead {
+		if e.prefetch != nil {
+			st, err, ok := e.prefetch.Take()
+			e.prefetch = nil
+			if ok {
+				e.recorded, e.recordedErr, e.stateRead = st, err, true
+			}
+		}
+		if !e.stateRead {
+			e.recorded, e.recordedErr = state.Load(e.cfg.StateDir)
+			e.stateRead = true
+		}
+		e.cfg.Phase("state read")
+	}
+	return e.recorded, e.recordedErr
+}
+
+// session is the state directory's lock and an open kernel.
+type session struct {
+	k     Kernel
+	lock  *state.Lock
+	phase func(string)
+}
+
+// open takes the state directory's lock for command and opens the kernel.
+func (e *Engine) open(ctx context.Context, command string) (*session, error) {
+	lock, err := state.Acquire(ctx, e.cfg.StateDir, command, e.cfg.LockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	k, err := e.cfg.Open()
+	if err != nil {
+		lock.Release()
+		return nil, err
+	}
+	return &session{k: k, lock: lock, phase: e.cfg.Phase}, nil
+}
+
+// end closes the kernel and releases the lock.
+func (s *session) end() {
+	s.k.Close()
+	s.phase("kernel closed")
+	s.lock.Release()
+}
+
+// Source says where the kernel's content a plan started from came from.
+type Source string
+
+// Sources of a plan's kernel content.
+const (
+	// FromKernel: read from the kernel.
+	FromKernel Source = "full"
+	// FromState: the kernel was provably unchanged since the last apply,
+	// so the recorded ruleset is what it holds.
+	FromState Source = "state"
+)
+
+// snapshot is what the kernel holds, as the start of a plan: the table's
+// content, the identity (with the generation) it was read at, and where it
+// came from.
+type snapshot struct {
+	current *rules.Ruleset
+	id      kernel.Identity
+	source  Source
+}
+
+// read reads table from the kernel. When the state proves the kernel
+// unchanged since the last apply (same boot, same namespace, same ruleset
+// generation: no transaction by anybody since), the recorded ruleset is the
+// kernel's and the full read is skipped; a read of 50,000 elements is the
+// most expensive part of an apply. allowState false forces the full read.
+func (e *Engine) read(k Kernel, table string, allowState bool) (snapshot, error) {
+	snap := snapshot{source: FromKernel}
+	id, err := k.Identity()
+	if err != nil {
+		return snap, err
+	}
+	snap.id = id
+	if allowState && !e.cfg.FullRead {
+		if st, err := e.Recorded(); err == nil && st.Kernel != nil && *st.Kernel == id && st.Table == table {
+			snap.current, snap.source = st.Ruleset(), FromState
+			return snap, nil
+		}
+	}
+	snap.current, err = k.Read(table)
+	return snap, err
+}
+
+// Result is what a plan or a commit did.
+type Result struct {
+	// Plan is the change, account by account and object by object.
+	Plan *rules.Plan
+	// Sent is what the commit sent (zero for a plan).
+	Sent kernel.Stats
+	// Source is where the kernel's content the plan started from came
+	// from.
+	Source Source
+}
+
+// Plan says what Apply would change to make the kernel hold desired.
+func (e *Engine) Plan(ctx context.Context, desired *rules.Ruleset, adopt bool) (*Result, error) {
+	s, err := e.open(ctx, "plan")
+	if err != nil {
+		return nil, err
+	}
+	defer s.end()
+	snap, err := e.read(s.k, desired.Table, true)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := e.planTo(s.k, snap.current, rules.Overlay(snap.current, desired), adopt)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Plan: plan, Source: snap.source}, nil
+}
+
+// planTo diffs the kernel's table against desired. A table of the same
+// name that nftpol did not create is refused unless adopt is set; adopting
+// replaces it whole, inside one transaction. When the policy renamed the
+// table, the table applied before (named in the state) is deleted in the
+// same transaction, if it is still there and nftpol's: a rename must not
+// leave the old rules enforcing beside the new ones.
+func (e *Engine) planTo(k Kernel, current, desired *rules.Ruleset, adopt bool) (*rules.Plan, error) {
+	plan, err := ownedPlan(current, desired, adopt, "rename the table in the policy, or run apply --adopt to replace it")
+	if err != nil {
+		return nil, err
+	}
+	if prev := e.previousTable(); prev != "" && prev != desired.Table {
+		old, err := k.Read(prev)
+		if err != nil {
+			return nil, err
+		}
+		if old != nil && old.Owned() {
+			plan.Retire = prev
+		}
+	}
+	return plan, nil
+}
+
+// ownedPlan diffs current against desired when current is nftpol's (or
+// absent). A same-named table nftpol did not create is refused, saying what
+// to do (hint), unless adopt is set: then it is replaced whole, in one
+// transaction.
+func ownedPlan(current, desired *rules.Ruleset, adopt bool, hint string) (*rules.Plan, error) {
+	switch {
+	case current == nil || current.Owned():
+		return rules.Diff(current, desired), nil
+	case !adopt:
+		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (%s)", desired.Table, hint)
+	}
+	plan := rules.Diff(nil, desired)
+	plan.TableAction = rules.TableReplace
+	plan.Accounts = rules.Diff(current, desired).Accounts
+	return plan, nil
+}
+
+// previousTable returns the table name of the last apply recorded in the
+// state directory, or "" when there is none or it cannot be read (then
+// there is nothing to retire that nftpol knows of; say so).
+func (e *Engine) previousTable() string {
+	st, err := e.Recorded()
+	if errors.Is(err, state.ErrNoState) {
+		return ""
+	}
+	if err != nil {
+		fmt.Fprintf(e.cfg.Warn, "nftpol: warning: %v; a table renamed since the last apply will not be removed\n", err)
+		return ""
+	}
+	return st.Table
+}
+
+// converge reads table from the kernel, plans with makePlan and commits the
+// plan at the ruleset generation it read. The lock keeps other nftpol
+// processes out; the generation catches everybody else (nft, other tools)
+// who commits between our read and our write: the kernel then refuses the
+// batch whole, and converge reads (fully) and plans again. It returns what
+// was planned and sent, and the kernel's identity right after the commit
+// (one generation later, unless nothing was sent).
+func (e *Engine) converge(k Kernel, table string, allowState bool,
+	makePlan func(current *rules.Ruleset) (*rules.Plan, error)) (*Result, kernel.Identity, error) {
+	for attempt := 1; ; attempt++ {
+		snap, err := e.read(k, table, allowState && attempt == 1)
+		if err != nil {
+			return nil, kernel.Identity{}, err
+		}
+		e.cfg.Phase("kernel read (" + string(snap.source) + ")")
+		plan, err := makePlan(snap.current)
+		if err != nil {
+			return nil, kernel.Identity{}, err
+		}
+		e.cfg.Phase("planned")
+		sent, after, err := commit(k, snap, plan)
+		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
+			fmt.Fprintf(e.cfg.Warn, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
+			continue
+		}
+		if err != nil {
+			return nil, kernel.Identity{}, err
+		}
+		return &Result{Plan: plan, Sent: sent, Source: snap.source}, after, nil
+	}
+}
+
+// commit sends plan to the kernel read in snap. A plan that moves accounts
+// (rules.Overlay) goes in two transactions: first the moved accounts' new
+// elements, which change no verdict yet (rules.PrepareMoves says why), then
+// the rest, at the generation the first one made. If the second is refused
+// the first is taken back, so the kernel is as it was. It returns what was
+// sent and the kernel's identity after it.
+func commit(k Kernel, snap snapshot, plan *rules.Plan) (kernel.Stats, kernel.Identity, error) {
+	after := snap.id
+	var sent kernel.Stats
+	pre, rest := rules.PrepareMoves(snap.current, plan)
+	if pre != nil {
+		var err error
+		if sent, err = k.Apply(pre, after.Generation); err != nil {
+			return kernel.Stats{}, kernel.Identity{}, err
+		}
+		after.Generation = kernel.NextGeneration(after.Generation)
+	}
+	if rest.Operations() > 0 || rest.TableAction != rules.TableUpdate {
+		more, err := k.Apply(rest, after.Generation)
+		if err != nil && pre != nil && !errors.Is(err, kernel.ErrGenerationChanged) {
+			// Refused: take the first transaction back too, so the
+			// kernel is as it was (the elements were inert anyway).
+			if _, uerr := k.Apply(rules.Undo(pre), after.Generation); uerr != nil {
+				err = fmt.Errorf("%w; and taking back the moved ports sent before it failed too (they change no verdict; the next apply removes them): %v", err, uerr)
+			}
+		}
+		if err != nil {
+			return kernel.Stats{}, kernel.Identity{}, err
+		}
+		if !rest.Empty() {
+			after.Generation = kernel.NextGeneration(after.Generation)
+		}
+		sent.Messages += more.Messages
+		sent.Elements += more.Elements
+	}
+	return sent, after, nil
+}

@@ -1,0 +1,142 @@
+package reconcile
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nftpol/nftpol/compiler"
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/state"
+)
+
+// Report is what `nftpol status` knows; its JSON form is part of the
+// interface to monitoring, fields are only ever added.
+type Report struct {
+	Table     string         `json:"table"`
+	Installed bool           `json:"installed"`
+	Owned     bool           `json:"owned"`
+	Dormant   bool           `json:"dormant,omitempty"`
+	InSync    *bool          `json:"in_sync"` // null: no state to compare with
+	Drift     []string       `json:"drift"`
+	Accounts  int            `json:"accounts"`
+	Elements  map[string]int `json:"elements"`
+	LastApply *LastApply     `json:"last_apply"`
+	StateErr  string         `json:"state_error,omitempty"`
+	Top       []Violator     `json:"violations"`
+}
+
+// LastApply is what the state says of the last apply.
+type LastApply struct {
+	Time         time.Time `json:"time"`
+	Version      string    `json:"version"`
+	PolicyDigest string    `json:"policy_sha256"`
+	// StateDigest is the sha256 the state file ends with (format 1: of
+	// its ruleset record).
+	StateDigest string `json:"state_sha256"`
+}
+
+// Violator is a UID seen serving from a port it does not own, from the
+// table's violation sets.
+type Violator struct {
+	UID      uint32    `json:"uid"`
+	Account  string    `json:"account,omitempty"`
+	Proto    string    `json:"proto"`
+	Port     uint16    `json:"port"`
+	Packets  uint64    `json:"packets"`
+	Bytes    uint64    `json:"bytes"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// Status reports whether nftpol's table (TableName says which) is
+// installed and in sync with the last apply, and the top violators, most
+// packets first. It takes no lock: it only reads.
+func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, error) {
+	table, err := e.TableName(policyTable)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Table: table, Elements: map[string]int{}, Drift: []string{}, Top: []Violator{}}
+	st, serr := e.Recorded()
+	switch {
+	case serr == nil:
+		r.LastApply = &LastApply{Time: st.AppliedAt, Version: st.Version, PolicyDigest: st.PolicyDigest, StateDigest: st.Digest()}
+	case !errors.Is(serr, state.ErrNoState):
+		r.StateErr = serr.Error()
+	}
+
+	k, err := e.cfg.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer k.Close()
+	current, err := k.Read(table)
+	if err != nil {
+		return nil, err
+	}
+	if current == nil {
+		if st != nil {
+			f := false
+			r.InSync = &f
+			r.Drift = append(r.Drift, "the table is not installed (run nftpol restore or nftpol apply)")
+		}
+		return r, nil
+	}
+	r.Installed, r.Owned, r.Dormant = true, current.Owned(), current.Dormant
+	names := map[uint32]string{}
+	for _, s := range current.Sets {
+		if !s.Dynamic {
+			r.Elements[s.Name] = len(s.Elements)
+		}
+	}
+	for _, es := range rules.Accounts(current) {
+		for _, e := range es {
+			names[e.UID] = e.Comment
+		}
+	}
+	r.Accounts = len(installedAccounts(current))
+	if st != nil {
+		plan := rules.Diff(current, st.Ruleset())
+		sync := plan.Empty()
+		r.InSync = &sync
+		r.Drift = plan.Drift()
+	}
+
+	now := time.Now()
+	for _, s := range current.Sets {
+		if !s.Dynamic {
+			continue
+		}
+		proto, ok := strings.CutSuffix(s.Name, "_violations")
+		if !ok {
+			continue
+		}
+		hits, err := k.Hits(table, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range hits {
+			timeout := s.Timeout
+			if timeout == 0 {
+				timeout = compiler.ViolationTimeout
+			}
+			r.Top = append(r.Top, Violator{
+				UID: h.UID, Account: names[h.UID], Proto: proto, Port: h.Port,
+				Packets: h.Packets, Bytes: h.Bytes,
+				LastSeen: now.Add(-(timeout - h.Expires)).UTC().Truncate(time.Second),
+			})
+		}
+	}
+	slices.SortFunc(r.Top, func(x, y Violator) int {
+		if c := cmp.Compare(y.Packets, x.Packets); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.UID, y.UID)
+	})
+	if len(r.Top) > top {
+		r.Top = r.Top[:top]
+	}
+	return r, nil
+}

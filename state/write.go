@@ -1,0 +1,282 @@
+//go:build linux
+
+package state
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nftpol/nftpol/internal/durable"
+	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
+)
+
+func Save(dir, version, policyDigest string, rs *rules.Ruleset, id *kernel.Identity) error {
+	return Prepare(dir, version, func() string { return policyDigest }, rs, nil).Commit(id)
+}
+
+type Pending struct {
+	dir     string
+	version string        // nftpol's, recorded in the header
+	digest  func() string // the policy's digest (policies.Policy.Digest)
+	rs      *rules.Ruleset
+	from    *State // the recorded state rs was laid over, or nil
+	done    chan struct{}
+	err     error
+	body    *os.File  // the state up to its header
+	hash    hash.Hash // of body's content so far
+	policy  string    // digest()
+	def     []byte    // rs without elements, as JSON
+	stopped bool
+	// sections are the digests of the section files the state refers to.
+	sections []string
+	// written holds the digests of the section files this state wrote;
+	// text is the buffer they are formatted in.
+	written map[string]bool
+	text    []byte
+}
+
+func Prepare(dir, version string, digest func() string, rs *rules.Ruleset, from *State) *Pending {
+	ps := &Pending{dir: dir, version: version, digest: digest, rs: rs, from: from, done: make(chan struct{}), hash: sha256.New()}
+	go func() {
+		defer close(ps.done)
+		ps.err = ps.write()
+	}()
+	return ps
+}
+
+// Ruleset is the ruleset being recorded.
+func (ps *Pending) Ruleset() *rules.Ruleset { return ps.rs }
+
+func (ps *Pending) write() error {
+	if err := ensureDir(ps.dir); err != nil {
+		return err
+	}
+	var err error
+	ps.policy = ps.digest()
+	if ps.def, err = marshalDefinition(ps.rs); err != nil {
+		return err
+	}
+	ps.body, err = writeTemp(ps.dir, stateName, func(w io.Writer) error {
+		hw := io.MultiWriter(w, ps.hash)
+		b := []byte(stateMagic)
+		for _, s := range ps.rs.Sets {
+			if len(s.Elements) == 0 {
+				continue
+			}
+			if len(s.Elements) >= sectionElements {
+				sum, err := ps.section(s)
+				if err != nil {
+					return err
+				}
+				b = fmt.Appendf(b, "elements %s %d %s\n", s.Name, len(s.Elements), sum)
+				ps.sections = append(ps.sections, sum)
+				continue
+			}
+			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
+			if text, ok := ps.from.elementText(s); ok && text.sum == "" {
+				if _, err := hw.Write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+				if _, err := io.WriteString(hw, text.lines); err != nil {
+					return err
+				}
+				continue
+			}
+			// Write in slices of a few thousand elements: one buffer
+			// of the whole set would be megabytes more RSS.
+			for es := s.Elements; len(es) > 0; {
+				n := min(len(es), 4096)
+				b = appendElementLines(b, es[:n])
+				es = es[n:]
+				if _, err := hw.Write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+			}
+		}
+		_, err := hw.Write(b)
+		return err
+	})
+	if err == nil && len(ps.written) > 0 {
+		// The new section files are durable before the state that
+		// refers to them is renamed into place.
+		err = durable.SyncDir(ps.dir)
+	}
+	return err
+}
+
+const sectionElements = 2048
+
+type section struct {
+	lines, sum string
+}
+
+func sectionName(sum string) string { return "elements." + sum }
+
+func (ps *Pending) section(s *rules.Set) (string, error) {
+	if text, ok := ps.from.elementText(s); ok && text.sum != "" {
+		if _, err := os.Lstat(filepath.Join(ps.dir, sectionName(text.sum))); err == nil {
+			return text.sum, nil
+		}
+	}
+	// Formatted whole before it is written, for its name: a set equal to
+	// one this state already wrote (TCP's and UDP's shard k, for
+	// accounts that have both) is not written again.
+	ps.text = appendElementLines(ps.text[:0], s.Elements)
+	sum := digest(ps.text)
+	if ps.written[sum] {
+		return sum, nil
+	}
+	f, err := writeTemp(ps.dir, "elements", func(w io.Writer) error {
+		_, err := w.Write(ps.text)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := finishTemp(f, filepath.Join(ps.dir, sectionName(sum))); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	if ps.written == nil {
+		ps.written = map[string]bool{}
+	}
+	ps.written[sum] = true
+	return sum, nil
+}
+
+func removeStaleSections(dir string, keep []string) error {
+	names, err := filepath.Glob(filepath.Join(dir, "elements.*"))
+	if err != nil {
+		return err
+	}
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".elements.tmp*"))
+	for _, path := range append(names, tmps...) {
+		if slices.Contains(keep, strings.TrimPrefix(filepath.Base(path), "elements.")) {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (ps *Pending) Commit(id *kernel.Identity) error {
+	<-ps.done
+	defer ps.Discard()
+	if ps.err != nil {
+		return ps.err
+	}
+	head, err := json.Marshal(State{
+		Format: stateFormat, Version: ps.version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
+		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id,
+	})
+	if err != nil {
+		return err
+	}
+	head = append(head, '\n')
+	ps.hash.Write(head)
+	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, ps.hash.Sum(nil))
+	if _, err := ps.body.Write(tail); err != nil {
+		return fmt.Errorf("writing %s: %w", ps.body.Name(), err)
+	}
+	if err := finishTemp(ps.body, filepath.Join(ps.dir, stateName)); err != nil {
+		return err
+	}
+	// What nftpol before state format 2 wrote is superseded: state.json
+	// would be read should this file ever go missing, and ruleset.nft
+	// would show an old ruleset (`nftpol export --applied` shows this one).
+	for _, old := range []string{stateNameV1, oldRulesetName} {
+		if err := os.Remove(filepath.Join(ps.dir, old)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	if err := durable.SyncDir(ps.dir); err != nil {
+		return err
+	}
+	// Section files no state refers to any more; left behind they would
+	// only take space.
+	return removeStaleSections(ps.dir, ps.sections)
+}
+
+func (ps *Pending) Discard() {
+	<-ps.done
+	if ps.stopped {
+		return
+	}
+	ps.stopped = true
+	if ps.body != nil {
+		ps.body.Close()
+		os.Remove(ps.body.Name()) // no-op once renamed
+	}
+}
+
+func Purge(dir string) error {
+	for _, name := range []string{stateName, stateNameV1, oldRulesetName} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return removeStaleSections(dir, nil)
+}
+
+func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) {
+	f, err := os.CreateTemp(dir, "."+name+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("writing %s: %w", filepath.Join(dir, name), err)
+	}
+	fail := func(err error) (*os.File, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("writing %s: %w", f.Name(), err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fail(err)
+	}
+	bw := bufio.NewWriterSize(yielding{f}, 64<<10)
+	if err := write(bw); err != nil {
+		return fail(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fail(err)
+	}
+	// Not synced here: finishTemp syncs once, data and the header with it
+	// (two syncs cost two journal commits, measured ~2 ms more).
+	return f, nil
+}
+
+type yielding struct{ w io.Writer }
+
+func (y yielding) Write(p []byte) (int, error) {
+	n, err := y.w.Write(p)
+	runtime.Gosched()
+	return n, err
+}
+
+func finishTemp(f *os.File, path string) error {
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
