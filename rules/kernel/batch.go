@@ -177,6 +177,34 @@ func (b *batch) elements(add bool, ns *nftables.Set, s *rules.Set, es []rules.El
 	}
 }
 
+// maxElemsAttr bounds the payload of one NFTA_SET_ELEM_LIST_ELEMENTS
+// attribute. google/nftables v0.3.0 puts every element of one call into one
+// attribute whose length field has 16 bits: past 65,535 bytes the length
+// wraps and the kernel refuses the batch or keeps a truncated list. We stay
+// below with room for the attribute header.
+const maxElemsAttr = 65535 - 4
+
+// chunk splits es so that the sizes of no chunk's items add up to more than
+// maxElemsAttr bytes, the payload of one element list attribute. An
+// interval's start and end elements may land in different chunks: they are
+// still in the same batch, which is what the kernel needs.
+func chunk[E any](es []E, size func(E) int) [][]E {
+	var out [][]E
+	start, total := 0, 0
+	for i, e := range es {
+		n := size(e)
+		if total+n > maxElemsAttr && i > start {
+			out = append(out, es[start:i])
+			start, total = i, 0
+		}
+		total += n
+	}
+	if start < len(es) {
+		out = append(out, es[start:])
+	}
+	return out
+}
+
 // Delete deletes table inet <table> in one transaction. The caller checks
 // first that the table is nftpol's.
 func (k *Kernel) Delete(table string) error {

@@ -1,14 +1,13 @@
 package kernel
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
-	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpol/nftpol/rules"
@@ -206,213 +205,214 @@ func ruleUserData(r rules.Rule) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, rules.SanitizeComment(r.Comment))
 }
 
-// uidPortType is "uid . inet_service".
-var uidPortType = nftables.MustConcatSetType(nftables.TypeUID, nftables.TypeInetService)
-
-func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
-	ns := &nftables.Set{Table: t, Name: s.Name, Interval: s.Interval, Comment: rules.SanitizeComment(s.Comment)}
-	switch s.Key {
-	case rules.KeyUID:
-		ns.KeyType = nftables.TypeUID
-		ns.KeyByteOrder = binaryutil.NativeEndian
-	case rules.KeyPort:
-		ns.KeyType = nftables.TypeInetService
-		ns.KeyByteOrder = binaryutil.BigEndian
-	case rules.KeyUIDPort:
-		ns.KeyType = uidPortType
-		// As nft does: the concat flag (and the field sizes that come
-		// with it) only where the kernel needs them, for the pipapo
-		// backend of interval sets.
-		ns.Concatenation = s.Interval
-	default:
-		return nil, fmt.Errorf("set %s: unknown key type", s.Name)
+// decodeRule maps kernel expressions back to statements. It recognises
+// exactly the encodings encodeRule writes; anything else becomes a
+// rules.Unknown statement, which equals nothing, so the plan rewrites the
+// chain: somebody changed nftpol's table and apply puts it back.
+func decodeRule(exprs []expr.Any, ud []byte) rules.Rule {
+	var r rules.Rule
+	if c, ok := userdata.GetString(ud, userdata.TypeComment); ok {
+		r.Comment = c
 	}
-	if s.Interval && s.Key == rules.KeyUID {
-		return nil, fmt.Errorf("set %s: uid sets have no intervals", s.Name)
-	}
-	if s.Dynamic {
-		if s.Interval {
-			return nil, fmt.Errorf("set %s: a dynamic set cannot hold intervals", s.Name)
+	var proto rules.Proto
+	for i := 0; i < len(exprs); {
+		s, n, p := decodeStmt(exprs[i:], proto)
+		if n == 0 {
+			desc := fmt.Sprintf("%T", exprs[i])
+			if o, ok := exprs[i].(opaque); ok {
+				desc = o.Name
+			}
+			r.Stmts = append(r.Stmts, rules.Unknown{Desc: desc})
+			return r
 		}
-		ns.Dynamic, ns.HasTimeout, ns.Timeout, ns.Size, ns.Counter = true, true, s.Timeout, s.Size, s.Counter
+		if p != "" {
+			proto = p
+		}
+		r.Stmts = append(r.Stmts, s)
+		i += n
 	}
-	return ns, nil
+	return r
 }
 
-// maxElemsAttr bounds the payload of one NFTA_SET_ELEM_LIST_ELEMENTS
-// attribute. google/nftables v0.3.0 puts every element of one call into one
-// attribute whose length field has 16 bits: past 65,535 bytes the length
-// wraps and the kernel refuses the batch or keeps a truncated list. We stay
-// below with room for the attribute header.
-const maxElemsAttr = 65535 - 4
-
-func align4(n int) int { return (n + 3) &^ 3 }
-
-// modelElementSize is the encoded size of the kernel elements one model
-// element becomes (elementSize of each of encodeElements' output), computed
-// without encoding it.
-func modelElementSize(s *rules.Set, e rules.Element) int {
-	comment := 0
-	if c := rules.SanitizeComment(e.Comment); c != "" {
-		comment = 4 + align4(2+len(c)+1)
+// decodeStmt decodes the statement at the head of es. proto is the
+// transport protocol already matched earlier in the rule. It returns the
+// statement, how many expressions it took (0: not recognised) and the
+// protocol the statement matched, if any.
+func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto) {
+	if len(es) == 0 {
+		return nil, 0, ""
 	}
-	switch {
-	case s.Key == rules.KeyUID:
-		return 4 + 8 + 4 + comment
-	case s.Key == rules.KeyUIDPort:
-		return 4 + 2*(8+8) + comment
-	case s.Interval:
-		n := 4 + 8 + 4 + comment
-		if e.Hi < 0xffff {
-			n += 4 + 8 + 8 + 4
+	// A transport protocol match, possibly the dependency of what follows.
+	if p, ok := l4proto(es); ok {
+		rest := es[2:]
+		if s, n, _ := decodeStmt(rest, p); n > 0 {
+			switch s := s.(type) {
+			case rules.SkuidSportInSet, rules.DportRange, rules.DportNotInSet, rules.UpdateSet:
+				return s, n + 2, p
+			}
 		}
-		return n
-	default:
-		return 4 + 8 + 4 + comment
+		return rules.L4Proto{Proto: p}, 2, p
 	}
-}
-
-// chunk splits es so that the sizes of no chunk's items add up to more than
-// maxElemsAttr bytes, the payload of one element list attribute. An
-// interval's start and end elements may land in different chunks: they are
-// still in the same batch, which is what the kernel needs.
-func chunk[E any](es []E, size func(E) int) [][]E {
-	var out [][]E
-	start, total := 0, 0
-	for i, e := range es {
-		n := size(e)
-		if total+n > maxElemsAttr && i > start {
-			out = append(out, es[start:i])
-			start, total = i, 0
+	switch e := es[0].(type) {
+	case opaque:
+		return nil, 0, ""
+	case *expr.Meta:
+		switch {
+		case (e.Key == expr.MetaKeyIIF || e.Key == expr.MetaKeyOIF) && e.Register == reg1 && len(es) >= 2:
+			if isCmp(es[1], expr.CmpOpEq, binaryutil.NativeEndian.PutUint32(loIfindex)) {
+				return rules.Loopback{Out: e.Key == expr.MetaKeyOIF}, 2, ""
+			}
+		case e.Key == expr.MetaKeySKUID && e.Register == reg1 && len(es) >= 2:
+			if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.IsDestRegSet {
+				return rules.SkuidInSet{Set: l.SetName, Not: l.Invert}, 2, ""
+			}
+			if b, ok := es[1].(*expr.Bitwise); ok && len(es) >= 3 && b.SourceRegister == reg1 && b.DestRegister == reg1 &&
+				b.Len == 4 && len(b.Mask) == 4 && bytes.Equal(b.Xor, make([]byte, 4)) {
+				if c, ok := es[2].(*expr.Cmp); ok && c.Op == expr.CmpOpEq && c.Register == reg1 && len(c.Data) == 4 {
+					return rules.SkuidMask{Mask: binary.NativeEndian.Uint32(b.Mask), Value: binary.NativeEndian.Uint32(c.Data)}, 3, ""
+				}
+			}
+			if proto != "" && len(es) >= 3 && isSport(es[1]) {
+				if d, ok := es[2].(*expr.Dynset); ok && isUpdate(d) {
+					return rules.UpdateSet{Proto: proto, Set: d.SetName}, 3, ""
+				}
+			}
+			if !isHton(es[1]) {
+				break
+			}
+			rest := es[2:]
+			const n = 2 // meta skuid, hton
+			if len(rest) >= 1 {
+				if c, ok := rest[0].(*expr.Cmp); ok && c.Register == reg1 && len(c.Data) == 4 {
+					uid := binary.BigEndian.Uint32(c.Data)
+					switch c.Op {
+					case expr.CmpOpLt:
+						return rules.SkuidCmp{Op: rules.Lt, UID: uid}, n + 1, ""
+					case expr.CmpOpGte:
+						return rules.SkuidCmp{Op: rules.Ge, UID: uid}, n + 1, ""
+					}
+				}
+			}
+			if proto != "" && len(rest) >= 2 {
+				if isSport(rest[0]) {
+					if l, ok := rest[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && !l.Invert && !l.IsDestRegSet {
+						return rules.SkuidSportInSet{Proto: proto, Set: l.SetName}, n + 2, ""
+					}
+				}
+			}
 		}
-		total += n
-	}
-	if start < len(es) {
-		out = append(out, es[start:])
-	}
-	return out
-}
-
-// Element messages are the bulk of a large batch (100,000 elements at
-// 50,000 accounts), and google/nftables builds each element from a dozen
-// allocations (attribute slices, marshalled keys, userdata) that are then
-// copied again into the message. appendElemMsg writes the same bytes
-// straight into the batch's buffer: TestElemMsgMatchesGoogleNftables holds it
-// to google/nftables' encoding (SetAddElements and SetDeleteElements, set.go
-// makeElemList), byte for byte.
-
-// nftaSetElemKeyEnd is NFTA_SET_ELEM_KEY_END (not in x/sys/unix).
-const nftaSetElemKeyEnd = 10
-
-// elemMsgType is the message type of an element operation.
-func elemMsgType(add bool) netlink.HeaderType {
-	if add {
-		return netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
-	}
-	return netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM)
-}
-
-// elemMsgFlags are the flags google/nftables gives both element operations.
-const elemMsgFlags = netlink.Request | netlink.Acknowledge | netlink.Create
-
-// appendElemMsg appends the payload of an element message for es of set s
-// (kernel set ns) to b: the nfgenmsg header, the set, its batch ID, the
-// table, and the element list.
-func appendElemMsg(b []byte, ns *nftables.Set, s *rules.Set, es []rules.Element) []byte {
-	b = append(b, byte(ns.Table.Family), unix.NFNETLINK_V0, 0, 0)
-	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_SET, ns.Name)
-	b = appendAttr(b, unix.NFTA_SET_ELEM_LIST_SET_ID, binary.BigEndian.AppendUint32(nil, ns.ID))
-	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_TABLE, ns.Table.Name)
-	list := beginAttr(&b, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED)
-	n := 0
-	item := func(key, keyEnd []byte, intervalEnd bool, comment string) {
-		n++
-		it := beginAttr(&b, uint16(n)|unix.NLA_F_NESTED)
-		if intervalEnd {
-			b = appendAttr(b, unix.NFTA_SET_ELEM_FLAGS|unix.NLA_F_NESTED, binary.BigEndian.AppendUint32(nil, unix.NFT_SET_ELEM_INTERVAL_END))
-		}
-		k := beginAttr(&b, unix.NFTA_SET_ELEM_KEY|unix.NLA_F_NESTED)
-		b = appendAttr(b, unix.NFTA_DATA_VALUE, key)
-		endAttr(b, k)
-		if keyEnd != nil {
-			k := beginAttr(&b, nftaSetElemKeyEnd|unix.NLA_F_NESTED)
-			b = appendAttr(b, unix.NFTA_DATA_VALUE, keyEnd)
-			endAttr(b, k)
-		}
-		if comment != "" {
-			// userdata: one TLV, NFTNL_UDATA_SET_ELEM_COMMENT (0),
-			// the comment with its NUL.
-			ud := beginAttr(&b, unix.NFTA_SET_ELEM_USERDATA)
-			b = append(b, 0, byte(len(comment)+1))
-			b = append(append(b, comment...), 0)
-			endAttr(b, ud)
-			b = pad4(b)
-		}
-		endAttr(b, it)
-	}
-	var k, ke [8]byte
-	for _, e := range es {
-		c := e.Comment
-		if !rules.ValidComment(c) {
-			c = rules.SanitizeComment(c)
+	case *expr.Ct:
+		if e.Register != reg1 || e.SourceRegister || len(es) < 2 {
+			break
 		}
 		switch {
-		case s.Key == rules.KeyUID:
-			binary.NativeEndian.PutUint32(k[:], e.UID)
-			item(k[:4], nil, false, c)
-		case s.Key == rules.KeyUIDPort:
-			binary.BigEndian.PutUint32(k[:], e.UID)
-			binary.BigEndian.PutUint32(k[4:], uint32(e.Lo)<<16)
-			binary.BigEndian.PutUint32(ke[:], e.UID)
-			binary.BigEndian.PutUint32(ke[4:], uint32(e.Hi)<<16)
-			item(k[:], ke[:], false, c)
-		case s.Key == rules.KeyPort && s.Interval:
-			binary.BigEndian.PutUint16(k[:], e.Lo)
-			item(k[:2], nil, false, c)
-			if e.Hi < 0xffff {
-				binary.BigEndian.PutUint16(k[:], e.Hi+1)
-				item(k[:2], nil, true, "")
+		case e.Key == expr.CtKeyDIRECTION && isCmp(es[1], expr.CmpOpEq, []byte{ctDirOriginal}):
+			return rules.CtDirectionOriginal{}, 2, ""
+		case e.Key == expr.CtKeyDIRECTION && isCmp(es[1], expr.CmpOpEq, []byte{ctDirReply}):
+			return rules.CtDirectionReply{}, 2, ""
+		case e.Key == expr.CtKeySTATE && isCmp(es[1], expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(ctStateNew)):
+			return rules.CtStateNotNew{}, 2, ""
+		}
+	case *expr.Payload:
+		if proto == "" || *e != *dport() || len(es) < 2 {
+			break
+		}
+		if l, ok := es[1].(*expr.Lookup); ok && l.SourceRegister == reg1 && l.Invert && !l.IsDestRegSet {
+			return rules.DportNotInSet{Proto: proto, Set: l.SetName}, 2, ""
+		}
+		if len(es) >= 3 {
+			lo, ok1 := cmpData(es[1], expr.CmpOpGte, 2)
+			hi, ok2 := cmpData(es[2], expr.CmpOpLte, 2)
+			if ok1 && ok2 {
+				return rules.DportRange{Proto: proto, Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}, 3, ""
 			}
-		default:
-			binary.BigEndian.PutUint16(k[:], e.Lo)
-			item(k[:2], nil, false, c)
+		}
+	case *expr.Counter:
+		return rules.Counter{}, 1, ""
+	case *expr.Limit:
+		if e.Type != expr.LimitTypePkts || e.Over || e.Burst != limitBurst {
+			break
+		}
+		for u, t := range limitUnits {
+			if t == e.Unit {
+				return rules.Limit{Rate: e.Rate, Unit: u}, 1, ""
+			}
+		}
+	case *expr.Log:
+		// The kernel reports the default level (warn) it filled in.
+		if e.Flags == expr.LogFlagsUID && e.Group == 0 && (e.Level == 0 || e.Level == expr.LogLevelWarning) &&
+			e.Key&^(1<<unix.NFTA_LOG_PREFIX|1<<unix.NFTA_LOG_FLAGS|1<<unix.NFTA_LOG_LEVEL) == 0 {
+			return rules.Log{Prefix: string(e.Data)}, 1, ""
+		}
+	case *expr.Verdict:
+		switch {
+		case e.Kind == expr.VerdictAccept && e.Chain == "":
+			return rules.Verdict{Kind: rules.Accept}, 1, ""
+		case e.Kind == expr.VerdictDrop && e.Chain == "":
+			return rules.Verdict{Kind: rules.Drop}, 1, ""
+		}
+	case *expr.Reject:
+		switch {
+		case e.Type == unix.NFT_REJECT_TCP_RST && e.Code == 0:
+			return rules.Verdict{Kind: rules.RejectTCPReset}, 1, ""
+		case e.Type == unix.NFT_REJECT_ICMPX_UNREACH && e.Code == unix.NFT_REJECT_ICMPX_PORT_UNREACH:
+			return rules.Verdict{Kind: rules.RejectPortUnreachable}, 1, ""
 		}
 	}
-	endAttr(b, list)
-	return b
+	return nil, 0, ""
 }
 
-// appendAttr appends a netlink attribute: length, type, data, padding.
-func appendAttr(b []byte, typ uint16, data []byte) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(data)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, data...)
-	return pad4(b)
+// isSport is the source port loaded into the second word of reg 1, for a
+// concatenation after the UID.
+func isSport(e expr.Any) bool {
+	p, ok := e.(*expr.Payload)
+	return ok && *p == expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2}
 }
 
-func appendStringAttr(b []byte, typ uint16, s string) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+len(s)+1))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(append(b, s...), 0)
-	return pad4(b)
-}
-
-// beginAttr starts a nested attribute in *b and returns its offset;
-// endAttr fills in its length once its content is appended.
-func beginAttr(b *[]byte, typ uint16) int {
-	off := len(*b)
-	*b = binary.NativeEndian.AppendUint16(*b, 0)
-	*b = binary.NativeEndian.AppendUint16(*b, typ)
-	return off
-}
-
-func endAttr(b []byte, off int) {
-	binary.NativeEndian.PutUint16(b[off:], uint16(len(b)-off))
-}
-
-func pad4(b []byte) []byte {
-	for len(b)%4 != 0 {
-		b = append(b, 0)
+// isUpdate is a dynset update keyed by reg 1. The kernel reports the set's
+// counter template as the dynset's expression; nftpol writes none.
+func isUpdate(d *expr.Dynset) bool {
+	if d.SrcRegKey != reg1 || d.SrcRegData != 0 || d.Operation != unix.NFT_DYNSET_OP_UPDATE || d.Timeout != 0 || d.Invert {
+		return false
 	}
-	return b
+	for _, x := range d.Exprs {
+		if _, ok := x.(*expr.Counter); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func l4proto(es []expr.Any) (rules.Proto, bool) {
+	if len(es) < 2 {
+		return "", false
+	}
+	m, ok := es[0].(*expr.Meta)
+	if !ok || m.Key != expr.MetaKeyL4PROTO || m.Register != reg1 || m.SourceRegister {
+		return "", false
+	}
+	for _, p := range []rules.Proto{rules.TCP, rules.UDP} {
+		if isCmp(es[1], expr.CmpOpEq, []byte{p.Number()}) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func isHton(e expr.Any) bool {
+	b, ok := e.(*expr.Byteorder)
+	return ok && *b == expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4}
+}
+
+func isCmp(e expr.Any, op expr.CmpOp, data []byte) bool {
+	c, ok := e.(*expr.Cmp)
+	return ok && c.Op == op && c.Register == reg1 && bytes.Equal(c.Data, data)
+}
+
+func cmpData(e expr.Any, op expr.CmpOp, n int) ([]byte, bool) {
+	c, ok := e.(*expr.Cmp)
+	if !ok || c.Op != op || c.Register != reg1 || len(c.Data) != n {
+		return nil, false
+	}
+	return c.Data, true
 }
