@@ -120,15 +120,9 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		ch := &nftables.Chain{Name: cc.Name, Table: t}
 		switch cc.Action {
 		case rules.ActionCreate:
-			hook := nftables.ChainHookInput
-			if cc.Chain.Hook == rules.HookOutput {
-				hook = nftables.ChainHookOutput
-			} else if cc.Chain.Hook != rules.HookInput {
-				return nil, fmt.Errorf("chain %s: unknown hook %q", cc.Name, cc.Chain.Hook)
+			if err := encodeChain(ch, cc.Chain); err != nil {
+				return nil, err
 			}
-			prio := nftables.ChainPriority(cc.Chain.Priority)
-			policy := nftables.ChainPolicyAccept
-			ch.Type, ch.Hooknum, ch.Priority, ch.Policy = nftables.ChainTypeFilter, hook, &prio, &policy
 			b.add("add chain "+ch.Name, func(c *nftables.Conn) error { c.AddChain(ch); return nil })
 		}
 		for i, r := range cc.Chain.Rules {

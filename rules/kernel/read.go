@@ -96,23 +96,3 @@ func (k *Kernel) Read(table string) (*rules.Ruleset, error) {
 	}
 	return rs, nil
 }
-
-func decodeChain(ch *nftables.Chain) *rules.Chain {
-	mc := &rules.Chain{Name: ch.Name}
-	switch {
-	case ch.Hooknum == nil || ch.Priority == nil || ch.Type != nftables.ChainTypeFilter:
-		mc.Hook = "none"
-	case ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept:
-		mc.Hook = "policy-drop"
-	case *ch.Hooknum == *nftables.ChainHookInput:
-		mc.Hook = rules.HookInput
-	case *ch.Hooknum == *nftables.ChainHookOutput:
-		mc.Hook = rules.HookOutput
-	default:
-		mc.Hook = rules.Hook(fmt.Sprintf("hook-%d", *ch.Hooknum))
-	}
-	if ch.Priority != nil {
-		mc.Priority = int32(*ch.Priority)
-	}
-	return mc
-}
