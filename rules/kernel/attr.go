@@ -7,6 +7,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Netlink attributes straight in byte slices, as the element messages write
+// them (appendAttr and the others) and the dump parsers read them
+// (walkAttrs): a 2-byte length and a 2-byte type in host byte order, the
+// payload, padding to 4 bytes.
+
+// align4 rounds n up to netlink's 4-byte alignment.
 func align4(n int) int { return (n + 3) &^ 3 }
 
 // appendAttr appends a netlink attribute: length, type, data, padding.

@@ -1,8 +1,3 @@
-// Package kernel connects nftpol's ruleset model to the kernel's nf_tables
-// through netlink. It is the only package that imports google/nftables: it
-// encodes the model into netlink messages, decodes nftpol's table back into
-// the model, and applies a plan as one batch, which the kernel commits as one
-// transaction: all of it or nothing.
 package kernel
 
 import (
