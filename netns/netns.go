@@ -1,6 +1,5 @@
-// Package netns opens network namespaces by name, for the packages that
-// talk netlink to a namespace other than the process's own (the kernel's
-// nf_tables, sock_diag).
+//go:build linux
+
 package netns
 
 import (

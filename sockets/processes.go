@@ -1,3 +1,5 @@
+//go:build linux
+
 package sockets
 
 import (
@@ -9,16 +11,6 @@ import (
 	"strconv"
 	"strings"
 )
-
-// Process is a process that holds a socket (has a file descriptor for it).
-// Several processes can hold one socket: a daemon's workers after fork, or
-// a service manager that passed the socket on.
-type Process struct {
-	PID int
-	// Command is the process's name as /proc/PID/comm gives it (at most 15
-	// bytes), "" if it could not be read.
-	Command string
-}
 
 // Holders finds, under procRoot (normally "/proc"), the processes that hold
 // each of inodes. It returns them by inode, sorted by PID, and the number of

@@ -1,10 +1,11 @@
+//go:build linux
+
 package kernel
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -129,27 +130,6 @@ func encode(ops []op) (batch []netlink.Message, fill []*rawMsg, err error) {
 	return batch, fill, nil
 }
 
-// dial opens a netfilter netlink socket in the Kernel's namespace.
-func (k *Kernel) dial() (*netlink.Conn, error) {
-	var cfg netlink.Config
-	if k.ns != nil {
-		cfg.NetNS = int(k.ns.Fd())
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &cfg)
-	if err != nil {
-		return nil, noNetfilter(err)
-	}
-	return conn, nil
-}
-
-// noNetfilter explains the error of a kernel without netfilter netlink.
-func noNetfilter(err error) error {
-	if errors.Is(err, unix.EPROTONOSUPPORT) {
-		return fmt.Errorf("this kernel has no nf_tables netlink interface (modules nfnetlink, nf_tables): %w", err)
-	}
-	return fmt.Errorf("netlink: %w", err)
-}
-
 // marshalBatch writes the batch into one buffer, raw messages encoded in
 // place: the netlink package would marshal each message and then the whole
 // batch again, megabytes of copies at 50,000 accounts. rawBytes is the
@@ -253,33 +233,6 @@ func (k *Kernel) commit(ops []op, genID uint32, bytes int) error {
 	return nil
 }
 
-// conn returns the socket that the Kernel's commits and generation
-// requests go over, opened on first use and kept until Close. Opening one
-// in another namespace costs a thread's trip into it; and closing a
-// netfilter socket right after a commit that freed something makes the
-// kernel wait for that commit's cleanup, an RCU grace period
-// (nft_rcv_nl_event flushes the transaction destroy work): 5-20 ms here.
-// Closed at the end of the command, after the state is saved, the wait has
-// partly passed, and it is paid once.
-func (k *Kernel) conn() (*netlink.Conn, error) {
-	if k.commitConn == nil {
-		c, err := k.dial()
-		if err != nil {
-			return nil, err
-		}
-		k.commitConn = c
-	}
-	return k.commitConn, nil
-}
-
-// dropConn closes the kept socket, after a failed exchange on it.
-func (k *Kernel) dropConn() {
-	if k.commitConn != nil {
-		k.commitConn.Close()
-		k.commitConn = nil
-	}
-}
-
 // exchange sends batch on conn and waits for the kernel's verdict on it.
 func (k *Kernel) exchange(conn *netlink.Conn, batch []netlink.Message, fill []*rawMsg, ops []op, bytes int) error {
 	// The whole batch goes out in one sendmsg(2), so the send buffer must
@@ -380,111 +333,4 @@ func describeFailure(o op, i, n int, oe *netlink.OpError) error {
 		e.Modules = o.modules
 	}
 	return e
-}
-
-// Generation returns the ruleset generation of the Kernel's namespace. It
-// changes with every committed transaction, whoever commits it.
-func (k *Kernel) Generation() (uint32, error) {
-	if k.fake != nil {
-		return 0, nil
-	}
-	conn, err := k.conn()
-	if err != nil {
-		return 0, err
-	}
-	g, err := generation(conn)
-	if err != nil {
-		k.dropConn()
-	}
-	return g, err
-}
-
-func generation(conn *netlink.Conn) (uint32, error) {
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
-			// No acknowledgement: the reply is the answer, an error
-			// comes back without asking, and an ack would stay
-			// unread on the kept socket (Kernel.conn) for the next
-			// request to trip over.
-			Flags: netlink.Request,
-		},
-		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
-	if err != nil {
-		return 0, fmt.Errorf("reading the ruleset generation: %w", err)
-	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return 0, err
-		}
-		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_GEN_ID {
-				return ad.Uint32(), nil
-			}
-		}
-	}
-	return 0, errors.New("reading the ruleset generation: no generation in the kernel's answer")
-}
-
-// soNetnsCookie is SO_NETNS_COOKIE (asm-generic/socket.h, Linux 5.14), not
-// yet named by golang.org/x/sys/unix.
-const soNetnsCookie = 71
-
-// Identity says which kernel ruleset a generation number belongs to. A
-// generation alone is not enough: it restarts at every boot and in every new
-// namespace. The boot ID changes with every boot; the namespace cookie is
-// never reused within a boot.
-type Identity struct {
-	BootID      string `json:"boot_id"`
-	NetnsCookie uint64 `json:"netns_cookie"`
-	Generation  uint32 `json:"generation"`
-}
-
-// Identity returns the identity of the Kernel's ruleset as it is now.
-func (k *Kernel) Identity() (Identity, error) {
-	var id Identity
-	if k.fake != nil {
-		return id, errors.New("no identity for a test dial")
-	}
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return id, fmt.Errorf("reading the boot id: %w", err)
-	}
-	id.BootID = strings.TrimSpace(string(b))
-	conn, err := k.conn()
-	if err != nil {
-		return id, err
-	}
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return id, err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		id.NetnsCookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, soNetnsCookie)
-	}); err != nil {
-		return id, err
-	}
-	if serr != nil {
-		return id, fmt.Errorf("reading the network namespace cookie: %w", serr)
-	}
-	if id.Generation, err = generation(conn); err != nil {
-		k.dropConn()
-	}
-	return id, err
-}
-
-// NextGeneration is the generation a commit made at generation g leaves
-// behind: the kernel increments it once per transaction, skipping 0.
-func NextGeneration(g uint32) uint32 {
-	if g+1 == 0 {
-		return 1
-	}
-	return g + 1
 }
