@@ -34,9 +34,6 @@ func (k *Kernel) Apply(p *rules.Plan, genID uint32) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	if k.failLast {
-		b.injectFailure(p.Table)
-	}
 	if err := k.commit(b.ops, genID, b.bytes); err != nil {
 		if errors.Is(err, ErrGenerationChanged) {
 			return Stats{}, err
@@ -56,11 +53,6 @@ type batch struct {
 func (b *batch) add(desc string, call func(*nftables.Conn) error) {
 	b.ops = append(b.ops, op{desc: desc, call: call})
 	b.stats.Messages++
-}
-
-func (b *batch) injectFailure(table string) {
-	s := &nftables.Set{Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}, Name: "nftpol_injected_failure"}
-	b.add("delete set nftpol_injected_failure (an injected failure)", func(c *nftables.Conn) error { c.DelSet(s); return nil })
 }
 
 // buildBatch orders the plan's operations so that every reference is valid

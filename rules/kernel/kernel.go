@@ -21,9 +21,6 @@ type Kernel struct {
 	ns   *os.File
 	// fake receives the batches Apply would send (WithTestDial).
 	fake nltest.Func
-	// failLast appends an operation the kernel must refuse to every batch
-	// (WithInjectedFailure).
-	failLast bool
 	// commitConn is the socket commits are sent on, open until Close.
 	commitConn *netlink.Conn
 }
@@ -52,20 +49,6 @@ func WithTestDial(f nltest.Func) Option {
 	return func(k *Kernel) error {
 		k.opts = append(k.opts, nftables.WithTestDial(f))
 		k.fake = f
-		return nil
-	}
-}
-
-// InjectFailure turns the injected failure (WithInjectedFailure) on or off
-// for the batches sent from now on.
-func (k *Kernel) InjectFailure(on bool) { k.failLast = on }
-
-// WithInjectedFailure ends every batch with an operation the kernel must
-// refuse (deleting a set that does not exist), after all the valid ones.
-// It exists for tests of what a refused transaction leaves behind: nothing.
-func WithInjectedFailure() Option {
-	return func(k *Kernel) error {
-		k.failLast = true
 		return nil
 	}
 }
