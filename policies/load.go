@@ -435,7 +435,7 @@ func (l *loader) account(file string, pos int, v any) {
 		l.addAccount(&a, pos, "name", "missing; every account needs a name, used in plans, logs and comments")
 	}
 	if m["ports"] == nil {
-		l.addAccount(&a, pos, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", formatRange(l.p.Zone)))
+		l.addAccount(&a, pos, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", l.p.Zone.String()))
 	}
 	l.uid(&a, &md, m["uid"], m["user"])
 	l.accounts = append(l.accounts, a)
@@ -467,7 +467,7 @@ func (l *loader) ports(a *Account, pos int, v any) {
 		return
 	}
 	if len(list) == 0 {
-		l.addAccount(a, pos, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", formatRange(l.p.Zone)))
+		l.addAccount(a, pos, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", l.p.Zone.String()))
 		return
 	}
 	zone := l.p.Zone
@@ -478,9 +478,9 @@ func (l *loader) ports(a *Account, pos int, v any) {
 		case msg != "":
 			l.addAccount(a, pos, "ports", msg)
 		case l.zoneOK && r.Lo == r.Hi && !zone.Contains(r.Lo):
-			l.addAccount(a, pos, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, zone.String()))
 		case l.zoneOK && !(zone.Contains(r.Lo) && zone.Contains(r.Hi)):
-			l.addAccount(a, pos, "ports", fmt.Sprintf("range %s is not inside the zone %s", formatRange(r), formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("range %s is not inside the zone %s", r.String(), zone.String()))
 		default:
 			rs = append(rs, r)
 		}

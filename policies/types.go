@@ -7,6 +7,8 @@
 // a ruleset without further checks.
 package policies
 
+import "strconv"
+
 // Protocol is a transport protocol an account can be given ports for.
 type Protocol string
 
@@ -52,6 +54,15 @@ type PortRange struct {
 
 // Contains reports whether p lies within r.
 func (r PortRange) Contains(p uint16) bool { return p >= r.Lo && p <= r.Hi }
+
+// String writes r the way a policy file does: "40500" for a single port,
+// "40010-40019" for a range.
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
+}
 
 // Policy is a loaded, validated and resolved policy.
 type Policy struct {

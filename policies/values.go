@@ -129,18 +129,10 @@ func mergeInPlace(rs []PortRange) []PortRange {
 	return out
 }
 
-// formatRange writes r the way a policy file does.
-func formatRange(r PortRange) string {
-	if r.Lo == r.Hi {
-		return strconv.Itoa(int(r.Lo))
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
-}
-
 func formatRanges(rs []PortRange) string {
 	s := make([]string, len(rs))
 	for i, r := range rs {
-		s[i] = formatRange(r)
+		s[i] = r.String()
 	}
 	return strings.Join(s, ", ")
 }
