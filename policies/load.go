@@ -486,7 +486,7 @@ func (l *loader) ports(a *Account, pos int, v any) {
 		}
 	}
 	l.ranges = rs
-	a.Ports = l.keep(mergeInPlace(rs))
+	a.Ports = l.keep(MergeInPlace(rs))
 }
 
 // keep copies an account's merged ports out of the scratch space into l.slab,

@@ -348,7 +348,7 @@ func (l *loader) plainAccount(file string, pos int, pa *plainAccount) bool {
 	a.Name = string(pa.text(pa.name))
 	// Merged in the scratch space, as ports does.
 	l.ranges = append(l.ranges[:0], pa.portList()...)
-	a.Ports = l.keep(mergeInPlace(l.ranges))
+	a.Ports = l.keep(MergeInPlace(l.ranges))
 	l.accounts = append(l.accounts, a)
 	l.meta = append(l.meta, md)
 	return true
