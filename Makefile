@@ -56,12 +56,13 @@ demo: deps
 	./scripts/demo.sh
 
 # Fuzzing: runs each fuzz target for FUZZTIME (go test -fuzz takes one target
-# at a time): the policy loader, and compile -> export -> nft -c -f. Their
-# seed corpora (testdata/fuzz/) also run as plain tests in `make test`. New
-# failing inputs are written to testdata/fuzz/ for review.
+# at a time): the policy loader, the fast YAML decoding against yaml.v3, and
+# compile -> export -> nft -c -f. Their seed corpora (testdata/fuzz/) also
+# run as plain tests in `make test`. New failing inputs are written to
+# testdata/fuzz/ for review.
 FUZZTIME    ?= 30s
 FUZZTIMEOUT ?= 1h
-FUZZ_TARGETS = policies:FuzzLoad compiler:FuzzCompileExport
+FUZZ_TARGETS = policies:FuzzLoad policies/internal/document:FuzzPlainYAML compiler:FuzzCompileExport
 
 .PHONY: fuzz
 fuzz:

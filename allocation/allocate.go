@@ -149,7 +149,7 @@ func checkNew(p *policies.Policy, req Request, opts []policies.Option) (policies
 	defer os.RemoveAll(dir)
 	file := filepath.Join(dir, "account.yaml")
 	var b strings.Builder
-	fmt.Fprintf(&b, "zone: %q\nmin_uid: %d\nexempt: [", formatRange(p.Zone), p.MinUID)
+	fmt.Fprintf(&b, "zone: %q\nmin_uid: %d\nexempt: [", p.Zone.String(), p.MinUID)
 	for i, u := range p.Exempt {
 		if i > 0 {
 			b.WriteString(", ")
@@ -205,7 +205,7 @@ func accountFile(r Result) string {
 	} else {
 		fmt.Fprintf(&b, "    uid: %d\n", r.UID)
 	}
-	fmt.Fprintf(&b, "    ports: [%q]\n", formatRange(r.Ports))
+	fmt.Fprintf(&b, "    ports: [%q]\n", r.Ports.String())
 	return b.String()
 }
 

@@ -46,10 +46,10 @@ type FullError struct {
 
 func (e *FullError) Error() string {
 	if e.Free == 0 {
-		return fmt.Sprintf("no free block of %d ports: every port of the zone %s belongs to an account; free some or widen the zone", e.Size, formatRange(e.Zone))
+		return fmt.Sprintf("no free block of %d ports: every port of the zone %s belongs to an account; free some or widen the zone", e.Size, e.Zone.String())
 	}
 	return fmt.Sprintf("no free block of %d ports in the zone %s: %d ports are free, the largest free block is %s (%d ports); ask for at most %d, free some ports or widen the zone",
-		e.Size, formatRange(e.Zone), e.Free, formatRange(e.Largest), size(e.Largest), size(e.Largest))
+		e.Size, e.Zone.String(), e.Free, e.Largest.String(), size(e.Largest), size(e.Largest))
 }
 
 // Find returns the lowest block of size ports in zone that overlaps no range
@@ -59,7 +59,7 @@ func (e *FullError) Error() string {
 // all, the error is a *FullError.
 func Find(zone policies.PortRange, used []policies.PortRange, n int) (policies.PortRange, error) {
 	if n < 1 || n > size(zone) {
-		return policies.PortRange{}, fmt.Errorf("size %d is not between 1 and the zone's %d ports (%s)", n, size(zone), formatRange(zone))
+		return policies.PortRange{}, fmt.Errorf("size %d is not between 1 and the zone's %d ports (%s)", n, size(zone), zone.String())
 	}
 	free := Free(zone, used)
 	for _, f := range free {
@@ -91,12 +91,4 @@ func size(r policies.PortRange) int {
 		return 0
 	}
 	return int(r.Hi) - int(r.Lo) + 1
-}
-
-// formatRange writes r the way a policy file does.
-func formatRange(r policies.PortRange) string {
-	if r.Lo == r.Hi {
-		return fmt.Sprint(r.Lo)
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
 }

@@ -174,7 +174,7 @@ func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.
 		}
 		union = append(union, merged...)
 	}
-	for _, r := range mergeInPlace(union) {
+	for _, r := range policies.MergeInPlace(union) {
 		open.Elements = append(open.Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 	}
 	// Clipped: the protocols may share these elements, and an append to
@@ -280,32 +280,7 @@ func Merge(rs []policies.PortRange) []policies.PortRange {
 	if len(rs) == 0 {
 		return nil
 	}
-	return mergeInPlace(slices.Clone(rs))
-}
-
-// mergeInPlace is Merge in rs's own space: it returns a prefix of rs.
-func mergeInPlace(s []policies.PortRange) []policies.PortRange {
-	if len(s) == 0 {
-		return s
-	}
-	slices.SortFunc(s, func(a, b policies.PortRange) int {
-		if a.Lo != b.Lo {
-			return int(a.Lo) - int(b.Lo)
-		}
-		return int(a.Hi) - int(b.Hi)
-	})
-	out := s[:1]
-	for _, r := range s[1:] {
-		last := &out[len(out)-1]
-		if uint32(r.Lo) <= uint32(last.Hi)+1 {
-			if r.Hi > last.Hi {
-				last.Hi = r.Hi
-			}
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
+	return policies.MergeInPlace(slices.Clone(rs))
 }
 
 // isMerged reports whether rs is what Merge would make of it, as the ports of

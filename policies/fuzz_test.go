@@ -11,6 +11,8 @@ import (
 	"unicode"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/nftpol/nftpol/policies/internal/document"
 )
 
 // fuzzFormats are the extensions FuzzLoad writes its input with, chosen by
@@ -221,10 +223,8 @@ func checkProblems(t *testing.T, ve *ValidationError) {
 	}
 }
 
-// loadSplit is Load with every YAML file that can be split into chunks
-// (see splitYAML) split into chunks of one account.
+// loadSplit is Load with every file that can be split into chunks (see
+// the document package's split.go) split into chunks of one account.
 func loadSplit(file string, opts ...Option) (*Policy, error) {
-	defer func(threshold, chunk int) { splitThreshold, chunkBytes = threshold, chunk }(splitThreshold, chunkBytes)
-	splitThreshold, chunkBytes = 0, 0
-	return Load(file, opts...)
+	return Load(file, append(opts, decodeWith(document.WithSplit(0, 0)))...)
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/nftpol/nftpol/policies/internal/document"
 )
 
 // includeReader reads the files of one include directory. Its read runs on
@@ -12,6 +14,7 @@ import (
 // and leaves everything that reports a problem to the loader.
 type includeReader struct {
 	dir        string
+	dec        *document.Decoder
 	checkPerms bool
 	// The include directory's absolute path (or why there is none) and,
 	// when realOK, where it leads once symbolic links are resolved: the
@@ -24,7 +27,7 @@ type includeReader struct {
 }
 
 func (l *loader) newIncludeReader(dir string) *includeReader {
-	in := &includeReader{dir: dir, checkPerms: l.checkPerms}
+	in := &includeReader{dir: dir, dec: l.dec, checkPerms: l.checkPerms}
 	if in.checkPerms {
 		in.absDir, in.absErr = filepath.Abs(dir)
 		if in.absErr == nil {
@@ -47,7 +50,7 @@ type includeRead struct {
 	real   string
 	// The decoded file, or why it could not be read or decoded. Set only
 	// when it is a regular file other than the main file.
-	doc *document
+	doc *document.Document
 	err error
 }
 
@@ -83,19 +86,19 @@ func (in *includeReader) read(e includeEntry, mainInfo fs.FileInfo) *includeRead
 			}
 		}
 	}
-	r.doc, r.err = readIncludeFile(r.path, r.fi.Size())
+	r.doc, r.err = in.readFile(r.path, r.fi.Size())
 	return r
 }
 
-// readIncludeFile is readFile for an include file, a regular file of about
-// size bytes whose name has the extension of a format (include filtered
-// them by name).
-func readIncludeFile(path string, size int64) (*document, error) {
+// readFile is readFile for an include file, a regular file of about size
+// bytes whose name has the extension of a format (include filtered them by
+// name).
+func (in *includeReader) readFile(path string, size int64) (*document.Document, error) {
 	b, err := readRegular(path, size)
 	if err != nil {
 		return nil, err
 	}
-	return decodeDocument(format(path), b, true)
+	return decodeFile(in.dec, format(path), b)
 }
 
 // readRegular reads the regular file path, of about size bytes, as

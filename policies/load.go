@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nftpol/nftpol/policies/internal/document"
 )
 
 // Option changes how Load works.
@@ -73,7 +75,8 @@ func Load(file string, opts ...Option) (*Policy, error) {
 	for _, o := range opts {
 		o(l)
 	}
-	doc, err := readFile(file, true)
+	l.dec = document.NewDecoder(append([]document.Option{document.WithProtocols(protocolNames...)}, l.decoding...)...)
+	doc, err := readFile(l.dec, file)
 	var bad badFile
 	switch {
 	case errors.As(err, &bad):
@@ -85,23 +88,21 @@ func Load(file string, opts ...Option) (*Policy, error) {
 	}
 	l.checkPath(file, "", file, policyFile)
 	mark := len(l.problems)
-	if doc.split != nil {
+	if split := doc.Split; split != nil {
 		if l.load(file, doc) {
 			doc = nil
 		} else {
 			// The accounts did not decode a chunk at a time: start
 			// over from the file decoded whole, which reports why.
 			l.problems, l.accounts, l.meta = l.problems[:mark], nil, nil
-			top, err := decode(doc.format, doc.raw)
-			if errors.As(err, &bad) {
-				l.add(file, "", "", bad.msg)
+			if doc, err = split.Whole(); err != nil {
+				l.add(file, "", "", parseError(err).msg)
 				return nil, &ValidationError{Problems: l.problems}
 			}
-			doc = &document{top: top}
 		}
 	}
 	if doc != nil {
-		if doc.empty() {
+		if empty(doc) {
 			// Most likely a write cut short: loading it would close
 			// the whole zone to every account.
 			l.add(file, "", "", "empty: no settings and no accounts; if a policy without accounts is meant, write accounts: []")
@@ -129,6 +130,10 @@ type loader struct {
 	checkedDirs map[string]bool
 	permMsgs    map[string]bool
 	euid        int
+	// dec decodes every file, made from decoding, the options tests
+	// give it (see document.Option).
+	dec      *document.Decoder
+	decoding []document.Option
 
 	p *Policy
 	// zoneOK is false when the zone is broken; ports are then not checked
@@ -196,7 +201,7 @@ func ref(a *Account, pos int) string {
 // load reads the main file's document into l.p. It returns false when the
 // document is split and a chunk of its accounts did not decode; l is then
 // in no state to go on.
-func (l *loader) load(file string, d *document) bool {
+func (l *loader) load(file string, d *document.Document) bool {
 	l.p = &Policy{
 		File:      file,
 		Table:     defaultTable,
@@ -207,7 +212,7 @@ func (l *loader) load(file string, d *document) bool {
 		Protocols: l.protocolList(protocolMask(Protocols)),
 	}
 	l.zoneOK = true
-	doc := d.top
+	doc := d.Top
 	for _, key := range slices.Sorted(maps.Keys(doc)) {
 		if v := doc[key]; v != nil {
 			l.setting(file, key, v)
@@ -328,26 +333,49 @@ func (l *loader) exempt(file string, v any) {
 
 // accountsOf parses the accounts list of one file's document. It returns
 // false when the document is split and a chunk did not decode.
-func (l *loader) accountsOf(file string, d *document) bool {
-	if d.split == nil {
-		l.accountList(file, d.top["accounts"])
-		return true
+func (l *loader) accountsOf(file string, d *document.Document) bool {
+	switch {
+	case d.Split != nil:
+		if !l.splitAccounts(file, d.Split) {
+			return false
+		}
+		// The file's text is no longer needed (only a failed chunk
+		// needs it, to decode the file whole): let it go before the
+		// checks of all accounts, which need memory of their own.
+		d.Split = nil
+	case d.Accounts != nil:
+		l.grow(len(d.Accounts))
+		for i, it := range d.Accounts {
+			l.item(file, i, it)
+		}
+	default:
+		l.accountList(file, d.Top["accounts"])
 	}
-	l.grow(d.split.items)
+	return true
+}
+
+// splitAccounts parses the accounts list of a split file, a chunk at a
+// time, decoding chunks in parallel. It returns false, having stopped
+// early, when a chunk does not decode to the items it should hold; the file
+// must then be decoded whole.
+func (l *loader) splitAccounts(file string, sp *document.Split) bool {
+	l.grow(sp.Len())
 	pos := 0
-	if !d.split.each(func(items []any) {
-		for _, a := range items {
-			l.account(file, pos, a)
+	ok := true
+	// A few chunks ahead keep both cores busy; more would only hold memory.
+	ordered(sp.Chunks(), 4, sp.Decode, func(_ int, c document.Chunk) bool {
+		if !c.OK {
+			ok = false
+			return false
+		}
+		for _, it := range c.Items {
+			l.item(file, pos, it)
 			pos++
 		}
-	}) {
-		return false
-	}
-	// The file's text is no longer needed (only a failed chunk needs it,
-	// to decode the file whole): let it go before the checks of all
-	// accounts, which need memory of their own.
-	d.split, d.raw = nil, nil
-	return true
+		c.Release()
+		return true
+	})
+	return ok
 }
 
 // accountList parses the accounts list of one file.
@@ -377,12 +405,6 @@ func (l *loader) grow(n int) {
 // adds it to l.accounts, even when it has problems: its name and UID still
 // count as taken.
 func (l *loader) account(file string, pos int, v any) {
-	if pa, ok := v.(*plainAccount); ok {
-		if l.plainAccount(file, pos, pa) {
-			return
-		}
-		v = pa.generic()
-	}
 	m, ok := asMap(v)
 	if !ok {
 		l.add(file, "", fmt.Sprintf("accounts[%d]", pos), fmt.Sprintf("must be a mapping with name, uid or user, and ports; not %s", describe(v)))
@@ -435,7 +457,7 @@ func (l *loader) account(file string, pos int, v any) {
 		l.addAccount(&a, pos, "name", "missing; every account needs a name, used in plans, logs and comments")
 	}
 	if m["ports"] == nil {
-		l.addAccount(&a, pos, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", formatRange(l.p.Zone)))
+		l.addAccount(&a, pos, "ports", fmt.Sprintf("missing; list the account's ports in the zone %s, like [40010, \"40020-40029\"]", l.p.Zone.String()))
 	}
 	l.uid(&a, &md, m["uid"], m["user"])
 	l.accounts = append(l.accounts, a)
@@ -467,7 +489,7 @@ func (l *loader) ports(a *Account, pos int, v any) {
 		return
 	}
 	if len(list) == 0 {
-		l.addAccount(a, pos, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", formatRange(l.p.Zone)))
+		l.addAccount(a, pos, "ports", fmt.Sprintf("empty; list at least one port or range in the zone %s", l.p.Zone.String()))
 		return
 	}
 	zone := l.p.Zone
@@ -478,15 +500,15 @@ func (l *loader) ports(a *Account, pos int, v any) {
 		case msg != "":
 			l.addAccount(a, pos, "ports", msg)
 		case l.zoneOK && r.Lo == r.Hi && !zone.Contains(r.Lo):
-			l.addAccount(a, pos, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("port %d is outside the zone %s", r.Lo, zone.String()))
 		case l.zoneOK && !(zone.Contains(r.Lo) && zone.Contains(r.Hi)):
-			l.addAccount(a, pos, "ports", fmt.Sprintf("range %s is not inside the zone %s", formatRange(r), formatRange(zone)))
+			l.addAccount(a, pos, "ports", fmt.Sprintf("range %s is not inside the zone %s", r.String(), zone.String()))
 		default:
 			rs = append(rs, r)
 		}
 	}
 	l.ranges = rs
-	a.Ports = l.keep(mergeInPlace(rs))
+	a.Ports = l.keep(MergeInPlace(rs))
 }
 
 // keep copies an account's merged ports out of the scratch space into l.slab,
@@ -651,7 +673,7 @@ func (l *loader) include(file string, v any) {
 
 // includeFile adds what one include file says, from its document d or the
 // error reading it.
-func (l *loader) includeFile(path string, d *document, err error) {
+func (l *loader) includeFile(path string, d *document.Document, err error) {
 	if err != nil {
 		// Only here: bad escapes, so each file would allocate one.
 		var bad badFile
@@ -662,35 +684,35 @@ func (l *loader) includeFile(path string, d *document, err error) {
 		l.add(path, "", "", "cannot read: "+printable(err.Error()))
 		return
 	}
-	if d.empty() {
+	if empty(d) {
 		// Most likely a write cut short: its accounts would lose their
 		// ports.
 		l.add(path, "", "", "empty: no accounts; if none are meant, write accounts: [] or remove the file")
 		return
 	}
 	problems, accounts := len(l.problems), len(l.accounts)
+	split := d.Split
 	if l.includeDoc(path, d) {
 		return
 	}
 	// A chunk of a split file did not decode: forget what the others
 	// added, and decode the file whole.
 	l.problems, l.accounts, l.meta = l.problems[:problems], l.accounts[:accounts], l.meta[:accounts]
-	top, err := decode(d.format, d.raw)
-	var bad badFile
-	if errors.As(err, &bad) {
-		l.add(path, "", "", bad.msg)
+	d, err = split.Whole()
+	if err != nil {
+		l.add(path, "", "", parseError(err).msg)
 		return
 	}
-	l.includeDoc(path, &document{top: top})
+	l.includeDoc(path, d)
 }
 
 // includeDoc checks the keys of an include file and adds its accounts. It
 // returns false when d is split and a chunk did not decode.
-func (l *loader) includeDoc(path string, d *document) bool {
+func (l *loader) includeDoc(path string, d *document.Document) bool {
 	// The keys sorted in scratch space: 50,000 include files would
 	// otherwise make 150,000 pieces of garbage.
 	keys := l.keys[:0]
-	for key := range d.top {
+	for key := range d.Top {
 		keys = append(keys, key)
 	}
 	slices.Sort(keys)

@@ -106,3 +106,21 @@ func TestProblemStringPlain(t *testing.T) {
 		t.Errorf("printable = %s", got)
 	}
 }
+
+// TestPortRangeString: a range prints the way a policy file writes it, which
+// messages quote back to the reader.
+func TestPortRangeString(t *testing.T) {
+	for _, tc := range []struct {
+		r    PortRange
+		want string
+	}{
+		{PortRange{40500, 40500}, "40500"},
+		{PortRange{40010, 40019}, "40010-40019"},
+		{PortRange{1, 65535}, "1-65535"},
+		{PortRange{}, "0"},
+	} {
+		if got := tc.r.String(); got != tc.want {
+			t.Errorf("%#v.String() = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}

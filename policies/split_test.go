@@ -6,9 +6,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/nftpol/nftpol/policies/internal/document"
 )
 
-// TestLoadSplit loads files that splitYAML splits, or must refuse to split,
+// TestLoadSplit loads files that the decoder splits, or must refuse to split,
 // both ways: split into one-account chunks and decoded whole. Load must say
 // the same either way, problems and their order included.
 func TestLoadSplit(t *testing.T) {
@@ -79,10 +81,12 @@ func TestLoadSplit(t *testing.T) {
 					t.Errorf("%s: errors differ:\nwhole: %v\nsplit: %v", file, err, spErr)
 				}
 			}
-			defer func(threshold, chunk int) { splitThreshold, chunkBytes = threshold, chunk }(splitThreshold, chunkBytes)
-			splitThreshold, chunkBytes = 0, 0
-			d, err := decodeDocument(format("x"+ext), []byte(tc.text), true)
-			if got := err == nil && d.split != nil && d.split.each(func([]any) {}); got != tc.split {
+			d, err := document.NewDecoder(document.WithProtocols(protocolNames...), document.WithSplit(0, 0)).Decode(format("x"+ext), []byte(tc.text))
+			got := err == nil && d.Split != nil
+			for i := 0; got && i < d.Split.Chunks(); i++ {
+				got = d.Split.Decode(i).OK
+			}
+			if got != tc.split {
 				t.Errorf("split and decoded = %v, want %v", got, tc.split)
 			}
 		})

@@ -1,11 +1,23 @@
 // Package policies holds nftpol's policy: which account (a Unix UID) may
-// serve on which ports of the zone. It loads the main policy file and the
-// include directory, validates them and resolves user names through NSS.
+// serve on which ports of the zone. It is the first step of the flow:
+//
+//	policy files -> policies: load, validate, resolve users -> Policy
+//	  -> compiler -> rules (the table as data) -> rules/kernel
+//
+// Load reads the main policy file and the files of its include directory
+// (read.go, include.go; decoding the text is internal/document's), checks
+// each setting and account (load.go, values.go, names.go; typedaccount.go
+// for the accounts the decoder typed), then what accounts share (check.go),
+// checks who may change the files (perms.go) and resolves user names
+// through NSS (users.go). Every problem is reported with its file and field
+// (errors.go), all of them at once. The types it returns are in types.go.
 //
 // Nothing in this package touches the kernel: a Policy that Load returns
 // without error is complete and consistent, and the compiler can turn it into
 // a ruleset without further checks.
 package policies
+
+import "strconv"
 
 // Protocol is a transport protocol an account can be given ports for.
 type Protocol string
@@ -52,6 +64,15 @@ type PortRange struct {
 
 // Contains reports whether p lies within r.
 func (r PortRange) Contains(p uint16) bool { return p >= r.Lo && p <= r.Hi }
+
+// String writes r the way a policy file does: "40500" for a single port,
+// "40010-40019" for a range.
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
+}
 
 // Policy is a loaded, validated and resolved policy.
 type Policy struct {

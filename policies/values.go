@@ -102,15 +102,19 @@ func parseRange(s string) (PortRange, string) {
 // mergeRanges sorts rs and merges ranges that overlap or touch, so that an
 // account's ports come out in one canonical form however they were written.
 func mergeRanges(rs []PortRange) []PortRange {
-	out := mergeInPlace(slices.Clone(rs))
+	out := MergeInPlace(slices.Clone(rs))
 	if len(out) == 0 {
 		return nil
 	}
 	return out
 }
 
-// mergeInPlace is mergeRanges in rs's own space: it returns a prefix of rs.
-func mergeInPlace(rs []PortRange) []PortRange {
+// MergeInPlace sorts rs and joins ranges that overlap or touch (40010-40019
+// and 40020-40029 become 40010-40029), in rs's own space: it returns a
+// prefix of rs, whose elements after that prefix are left in no particular
+// state. The loader merges each account's ports with it, and the compiler
+// the union of all accounts' ports; neither allocates.
+func MergeInPlace(rs []PortRange) []PortRange {
 	slices.SortFunc(rs, func(a, b PortRange) int {
 		if a.Lo != b.Lo {
 			return int(a.Lo) - int(b.Lo)
@@ -129,18 +133,10 @@ func mergeInPlace(rs []PortRange) []PortRange {
 	return out
 }
 
-// formatRange writes r the way a policy file does.
-func formatRange(r PortRange) string {
-	if r.Lo == r.Hi {
-		return strconv.Itoa(int(r.Lo))
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
-}
-
 func formatRanges(rs []PortRange) string {
 	s := make([]string, len(rs))
 	for i, r := range rs {
-		s[i] = formatRange(r)
+		s[i] = r.String()
 	}
 	return strings.Join(s, ", ")
 }

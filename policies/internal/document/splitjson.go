@@ -1,4 +1,4 @@
-package policies
+package document
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 // piece is decoded by encoding/json exactly as it would be in place. Any
 // error in a piece (a number out of range, a key given twice) refuses the
 // split, and the file decoded whole reports it.
-func splitJSON(b []byte) *document {
+func (d *Decoder) splitJSON(b []byte) *Document {
 	if !json.Valid(b) {
 		return nil
 	}
@@ -55,7 +55,7 @@ func splitJSON(b []byte) *document {
 	if len(starts) == 0 {
 		return nil
 	}
-	return &document{top: top, split: chunk(b, starts, end, decodeJSONChunk), format: "json", raw: b}
+	return &Document{Top: top, Split: d.chunk(b, "json", starts, end, decodeJSONChunk)}
 }
 
 // jsonItems returns where the items of the array at b[i] start, and where
@@ -77,15 +77,15 @@ func jsonItems(b []byte, i int) (starts []int, end int) {
 // decodeJSONChunk decodes a chunk of a JSON accounts list: its items and the
 // commas between them (and after the last, but for the last chunk), made a
 // list again.
-func decodeJSONChunk(chunk []byte, _ int) ([]any, bool) {
+func decodeJSONChunk(chunk []byte, _ int) ([]Item, *buffers, bool) {
 	chunk = bytes.TrimSuffix(bytes.TrimRight(chunk, " \t\r\n"), []byte(","))
 	list := make([]byte, 0, len(chunk)+2)
 	list = append(append(append(list, '['), chunk...), ']')
 	var items []any
 	if json.Unmarshal(list, &items) != nil || checkJSONKeys(json.NewDecoder(bytes.NewReader(list))) != nil {
-		return nil, false
+		return nil, nil, false
 	}
-	return items, true
+	return genericItems(items), nil, true
 }
 
 // The skip functions move past JSON text known to be valid.

@@ -1,4 +1,4 @@
-package policies
+package document
 
 import "bytes"
 
@@ -18,7 +18,7 @@ import "bytes"
 //   - each chunk decodes to a document holding only accounts, with exactly
 //     as many tables as it has "[[accounts]]" lines: a chunk cut inside a
 //     multi-line string or array would not decode, or count fewer.
-func splitTOML(b []byte) *document {
+func (d *Decoder) splitTOML(b []byte) *Document {
 	if bytes.IndexByte(b, '\r') >= 0 {
 		return nil
 	}
@@ -56,7 +56,7 @@ func splitTOML(b []byte) *document {
 		return nil
 	}
 	top["accounts"] = nil
-	return &document{top: top, split: chunk(b, starts, tail, decodeTOMLChunk), format: "toml", raw: b}
+	return &Document{Top: top, Split: d.chunk(b, "toml", starts, tail, decodeTOMLChunk)}
 }
 
 // isAccountsTable reports whether line (without its indentation) is
@@ -68,11 +68,14 @@ func isAccountsTable(line []byte) bool {
 }
 
 // decodeTOMLChunk decodes a chunk of "[[accounts]]" tables.
-func decodeTOMLChunk(chunk []byte, _ int) ([]any, bool) {
+func decodeTOMLChunk(chunk []byte, _ int) ([]Item, *buffers, bool) {
 	doc := map[string]any{}
 	if decodeTOML(chunk, doc) != nil || len(doc) != 1 {
-		return nil, false
+		return nil, nil, false
 	}
 	items, ok := doc["accounts"].([]any)
-	return items, ok
+	if !ok {
+		return nil, nil, false
+	}
+	return genericItems(items), nil, true
 }

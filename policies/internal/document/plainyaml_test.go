@@ -1,6 +1,7 @@
-package policies
+package document
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,7 +13,8 @@ import (
 
 // plainSeeds are documents in and around the plain subset of YAML that
 // plainMapping and plainList decode: each must decode as yaml.v3 does, or be
-// refused.
+// refused. With the corpus in testdata/fuzz/FuzzPlainYAML and the items of
+// testdata/account-items.txt, they seed FuzzPlainYAML.
 var plainSeeds = []string{
 	"",
 	"# only a comment\n",
@@ -95,25 +97,31 @@ var plainSeeds = []string{
 	"a: {" + strings.Repeat("k", 1100) + ": 1}\n",
 }
 
-// FuzzPlainYAML checks the plain-YAML fast path against yaml.v3: whatever
-// plainMapping or plainList decodes must be exactly what yaml.Unmarshal
-// decodes into a map or a list (same types, same values). With accounts
-// decoded as plainAccounts, they must take the same documents, to the same
-// values (checkTyped).
+// examples are the policy files nftpol ships as examples, which must take
+// the fast paths.
+var examples = []string{"../../../examples/nftpol.yaml", "../../../examples/policies.d/site13.yaml"}
+
+// FuzzPlainYAML checks the plain-YAML fast path against yaml.v3, the
+// generic path: whatever plainMapping or plainList decodes must be exactly
+// what yaml.Unmarshal decodes into a map or a list (same types, same
+// values). With accounts decoded as Accounts, they must take the same
+// documents, to the same values (checkTyped). And a Decoder, splitting or
+// not, must give what yaml.v3 gives, or its error (checkDecode).
 func FuzzPlainYAML(f *testing.F) {
 	for _, s := range plainSeeds {
 		f.Add([]byte(s))
 	}
-	for _, s := range plainAccountSeeds {
+	for _, s := range accountItems(f) {
 		f.Add([]byte("accounts:\n  - " + s + "\n"))
 	}
-	for _, name := range []string{"../examples/nftpol.yaml", "../examples/policies.d/site13.yaml"} {
+	for _, name := range examples {
 		if b, err := os.ReadFile(name); err == nil {
 			f.Add(b)
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkTyped(t, b)
+		checkDecode(t, b)
 		if got, ok := plainMapping(b); ok {
 			want := map[string]any{}
 			if err := yaml.Unmarshal(b, &want); err != nil {
@@ -123,7 +131,7 @@ func FuzzPlainYAML(f *testing.F) {
 				t.Fatalf("plainMapping decoded\n%q\nas %#v, yaml.v3 as %#v", b, got, want)
 			}
 		}
-		if got, ok := plainList(b); ok {
+		if got, ok := plainList(b, 0); ok {
 			var want []any
 			if err := yaml.Unmarshal(b, &want); err != nil {
 				t.Fatalf("plainList decoded what yaml.v3 refuses (%v):\n%q", err, b)
@@ -135,11 +143,43 @@ func FuzzPlainYAML(f *testing.F) {
 	})
 }
 
+// checkDecode fails t unless Decode, with every fast path on, whole and
+// split into chunks of one item, gives what yaml.v3 does: the same values
+// once the accounts are put back (generic), or the same error. A split
+// file's error shows once a chunk does not decode: then the file decoded
+// whole gives it, as it does for the loader.
+func checkDecode(t *testing.T, b []byte) {
+	t.Helper()
+	want := map[string]any{}
+	wantErr := decodeYAML(b, want)
+	for _, dec := range []*Decoder{
+		NewDecoder(WithProtocols(testProtocols...)),
+		NewDecoder(WithProtocols(testProtocols...), WithSplit(0, 0)),
+	} {
+		var got map[string]any
+		d, err := dec.Decode("yaml", b)
+		if err == nil {
+			var ok bool
+			if got, ok = generic(t, d); !ok {
+				if d, err = d.Split.Whole(); err == nil {
+					got, _ = generic(t, d)
+				}
+			}
+		}
+		if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+			t.Fatalf("Decode(%q) split=%v: error %v, yaml.v3's %v", b, dec.splitThreshold == 0, err, wantErr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("Decode(%q) split=%v: %#v, yaml.v3 %#v", b, dec.splitThreshold == 0, got, want)
+		}
+	}
+}
+
 // TestPlainYAMLTakesTheUsualShapes makes sure the fast path is taken for the
 // way policy files are usually written, so that it does not silently stop
 // being fast.
 func TestPlainYAMLTakesTheUsualShapes(t *testing.T) {
-	for _, name := range []string{"../examples/nftpol.yaml", "../examples/policies.d/site13.yaml"} {
+	for _, name := range examples {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
@@ -153,7 +193,7 @@ func TestPlainYAMLTakesTheUsualShapes(t *testing.T) {
 			t.Errorf("%q does not take the plain-YAML path", s)
 		}
 	}
-	if _, ok := plainList([]byte("  - {name: x, uid: 1}\n  - name: y\n    ports:\n      - 1\n      - \"2-3\"\n")); !ok {
+	if _, ok := plainList([]byte("  - {name: x, uid: 1}\n  - name: y\n    ports:\n      - 1\n      - \"2-3\"\n"), 0); !ok {
 		t.Error("a list of accounts does not take the plain-YAML path")
 	}
 }

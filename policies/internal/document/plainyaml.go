@@ -1,4 +1,4 @@
-package policies
+package document
 
 import (
 	"bytes"
@@ -40,23 +40,32 @@ import (
 
 // plainMapping decodes b as a document whose root is a block mapping at the
 // first column, or nothing at all (an empty map then, as yaml.v3 leaves the
-// map it decodes into).
+// map it decodes into), without typed accounts.
 func plainMapping(b []byte) (m map[string]any, ok bool) {
-	return plainMappingOf(b, false)
-}
-
-// plainPolicy is plainMapping for a policy file: the items of the list that
-// the top-level key accounts holds come as *plainAccount where they can
-// (see plainAccount), unless typedAccounts is off.
-func plainPolicy(b []byte) (m map[string]any, ok bool) {
-	return plainMappingOf(b, typedAccounts)
-}
-
-func plainMappingOf(b []byte, typed bool) (m map[string]any, ok bool) {
-	p, ok := newPlainParser(b, typed)
+	p, ok := newParser(b, false, nil)
 	if !ok {
 		return nil, false
 	}
+	return p.document()
+}
+
+// plainDocument is plainMapping for a policy file: with typed accounts, a
+// block list under the top-level key accounts comes apart from m, in
+// accounts, its items as Accounts where they can be (see Account).
+func (d *Decoder) plainDocument(b []byte) (m map[string]any, accounts []Item, ok bool) {
+	p, ok := newParser(b, d.typed, d.protocols)
+	if !ok {
+		return nil, nil, false
+	}
+	if m, ok = p.document(); !ok {
+		return nil, nil, false
+	}
+	return m, p.accountItems, true
+}
+
+// document decodes the parser's text as a document whose root is a block
+// mapping, or nothing.
+func (p *parser) document() (m map[string]any, ok bool) {
 	defer p.recover(&ok)
 	p.advance()
 	if p.eof {
@@ -73,41 +82,49 @@ func plainMappingOf(b []byte, typed bool) (m map[string]any, ok bool) {
 }
 
 // plainList decodes b as a document whose root is a block list, whatever its
-// indentation.
-func plainList(b []byte) (list []any, ok bool) {
-	return plainListOf(b, false, 0)
-}
-
-// plainAccountList is plainList for a piece of an accounts list (see
-// split.go), of n items: its items come as *plainAccount where they can,
-// unless typedAccounts is off.
-func plainAccountList(b []byte, n int) (list []any, ok bool) {
-	return plainListOf(b, typedAccounts, n)
-}
-
-// plainListOf is plainList, with accounts as plainAccounts when typed, and
-// room made for n items at once.
-func plainListOf(b []byte, typed bool, n int) (list []any, ok bool) {
-	p, ok := newPlainParser(b, typed)
+// indentation, with room made for n items at once.
+func plainList(b []byte, n int) (list []any, ok bool) {
+	p, ok := newParser(b, false, nil)
 	if !ok {
 		return nil, false
 	}
-	p.items = n
+	p.room = n
 	defer p.recover(&ok)
 	p.advance()
 	if p.eof || !isItem(p.line[p.indent:]) {
 		p.fail()
 	}
-	list = p.list(p.indent, typed)
+	list = p.list(p.indent)
 	if !p.eof {
 		p.fail()
 	}
 	return list, true
 }
 
-// plainParser reads a document line by line. Nothing it refuses is an error:
-// fail unwinds to plainMapping or plainList, which report !ok.
-type plainParser struct {
+// plainAccountList is plainList for a piece of an accounts list (see
+// split.go), of n items, with typed accounts: its items are Accounts where
+// they can be, in buffers taken from the pool (see Chunk.Release).
+func (d *Decoder) plainAccountList(b []byte, n int) (items []Item, bufs *buffers, ok bool) {
+	p, ok := newParser(b, true, d.protocols)
+	if !ok {
+		return nil, nil, false
+	}
+	p.room = n
+	defer p.recover(&ok)
+	p.advance()
+	if p.eof || !isItem(p.line[p.indent:]) {
+		p.fail()
+	}
+	items = p.accountList(p.indent)
+	if !p.eof {
+		p.fail()
+	}
+	return items, p.bufs, true
+}
+
+// parser reads a document line by line. Nothing it refuses is an error:
+// fail unwinds to the function that started it, which reports !ok.
+type parser struct {
 	b    []byte
 	next int // offset of the line after the current one
 	// The current content line (not blank, not only a comment), without
@@ -116,85 +133,76 @@ type plainParser struct {
 	indent int
 	eof    bool
 	at     int // offset of the current line
-	// typed says the accounts list is decoded to plainAccounts where
-	// it can be; accounts and ports are where they are carved from.
-	typed    bool
-	accounts []plainAccount
-	ports    []PortRange
-	// items is the number of items the root list should have, when
+	// typed says the accounts list is decoded to Accounts where it can
+	// be, with protocols as the names their protocols may take;
+	// accounts and ports are where Accounts are carved from.
+	typed     bool
+	protocols []string
+	accounts  []Account
+	ports     []Range
+	// accountItems is the accounts list of the root mapping, when typed
+	// and a block list.
+	accountItems []Item
+	// room is the number of items the root list should have, when
 	// known: growing the list and the accounts step by step would make
 	// as much garbage as they hold.
-	items int
+	room int
 	// bufs, when set, is where the root list, the accounts and the
 	// ports are: memory of a chunk the loader is done with (see
-	// releasePlainItems).
-	bufs *plainBuffers
+	// Chunk.Release).
+	bufs *buffers
 }
 
-// plainBuffers is the memory one chunk of an accounts list decodes into.
-// A 50,000-account file is about 170 chunks, of which a handful are alive
-// at a time: reused, their memory is a few chunks' worth instead of the
-// whole file's (3 MB, a tenth of what a one-account apply allocated, and
-// as many page faults).
-type plainBuffers struct {
-	list     []any
-	accounts []plainAccount
-	ports    []PortRange
+// buffers is the memory one chunk of an accounts list decodes into. A
+// 50,000-account file is about 170 chunks, of which a handful are alive at
+// a time: reused, their memory is a few chunks' worth instead of the whole
+// file's (3 MB, a tenth of what a one-account apply allocated, and as many
+// page faults).
+type buffers struct {
+	list     []Item
+	accounts []Account
+	ports    []Range
 }
 
-var plainPool sync.Pool // of *plainBuffers
+var pool sync.Pool // of *buffers
 
-// takePlainBuffers returns buffers for a chunk of n items, with room for
-// as many port ranges.
-func takePlainBuffers(n int) *plainBuffers {
-	b, _ := plainPool.Get().(*plainBuffers)
+// takeBuffers returns buffers for a chunk of n items, with room for as many
+// port ranges.
+func takeBuffers(n int) *buffers {
+	b, _ := pool.Get().(*buffers)
 	if b == nil || cap(b.list) < n || cap(b.accounts) < n {
-		b = &plainBuffers{list: make([]any, 0, n), accounts: make([]plainAccount, 0, n), ports: make([]PortRange, 0, n)}
+		b = &buffers{list: make([]Item, 0, n), accounts: make([]Account, 0, n), ports: make([]Range, 0, n)}
 	}
 	return b
 }
 
-// releasePlainItems gives the memory the items of one chunk (from
-// plainAccountList) were decoded into back, for chunks decoded later. The
-// caller must be done with the items, and with every *plainAccount among
-// them: the loader copies what it keeps.
-func releasePlainItems(items []any) {
-	for _, it := range items {
-		pa, ok := it.(*plainAccount)
-		if !ok {
-			continue
-		}
-		b := pa.p.bufs
-		if b == nil {
-			return
-		}
-		pa.p.bufs = nil
-		// Cleared, so that the pool holds no pointer into the file.
-		clear(b.list[:cap(b.list)])
-		clear(b.accounts[:cap(b.accounts)])
-		b.list, b.accounts, b.ports = b.list[:0], b.accounts[:0], b.ports[:0]
-		plainPool.Put(b)
-		return
-	}
+// release gives b back for chunks decoded later. Nothing may use what was
+// decoded into it any more.
+func (b *buffers) release() {
+	// Cleared, so that the pool holds no pointer into the file.
+	clear(b.list[:cap(b.list)])
+	clear(b.accounts[:cap(b.accounts)])
+	b.list, b.accounts, b.ports = b.list[:0], b.accounts[:0], b.ports[:0]
+	pool.Put(b)
 }
 
-// plainRefused is what fail panics with.
-type plainRefused struct{}
+// refused is what fail panics with.
+type refused struct{}
 
-func newPlainParser(b []byte, typed bool) (*plainParser, bool) {
+func newParser(b []byte, typed bool, protocols []string) (*parser, bool) {
 	if !printableLines(b) {
 		return nil, false
 	}
-	// Offsets into b are kept as uint32 (see plainAccount).
+	// Offsets into b are kept as uint32 (see Account).
 	typed = typed && uint64(len(b)) <= math.MaxUint32
-	return &plainParser{b: b, typed: typed}, true
+	return &parser{b: b, typed: typed, protocols: protocols}, true
 }
 
-func (p *plainParser) fail() { panic(plainRefused{}) }
+func (p *parser) fail() { panic(refused{}) }
 
-func (p *plainParser) recover(ok *bool) {
+func (p *parser) recover(ok *bool) {
 	if r := recover(); r != nil {
-		if _, refused := r.(plainRefused); !refused {
+		if _, refused := r.(refused); !refused {
 			panic(r)
 		}
 		*ok = false
@@ -202,7 +210,7 @@ func (p *plainParser) recover(ok *bool) {
 }
 
 // advance moves to the next content line.
-func (p *plainParser) advance() {
+func (p *parser) advance() {
 	for p.next < len(p.b) {
 		at := p.next
 		line := p.b[p.next:]
@@ -225,10 +233,10 @@ func (p *plainParser) advance() {
 }
 
 // block decodes the mapping or list whose first line is the current one, at
-// indentation n. A list is an accounts list when accounts is set.
-func (p *plainParser) block(n int, accounts bool) any {
+// indentation n.
+func (p *parser) block(n int) any {
 	if isItem(p.line[n:]) {
-		return p.list(n, accounts)
+		return p.list(n)
 	}
 	return p.mapping(n, p.line[n:])
 }
@@ -236,16 +244,13 @@ func (p *plainParser) block(n int, accounts bool) any {
 // mapping decodes a block mapping at indentation n whose first key starts
 // text, the rest of the current line (an item's line holds a key after its
 // "- "). It returns at the first line indented less than n.
-func (p *plainParser) mapping(n int, text []byte) map[string]any {
+func (p *parser) mapping(n int, text []byte) map[string]any {
 	m := map[string]any{}
 	for {
 		key, rest := p.key(text)
 		if _, dup := m[key]; dup {
 			p.fail()
 		}
-		// Only the root mapping starts at the first column: the items
-		// of a list start after "- ", a nested mapping further in.
-		accounts := p.typed && n == 0 && key == "accounts"
 		if value, found := p.inline(rest); found {
 			m[key] = value
 			p.advance()
@@ -255,14 +260,19 @@ func (p *plainParser) mapping(n int, text []byte) map[string]any {
 		} else {
 			p.advance()
 			switch {
-			case p.eof || p.indent < n:
+			case p.eof || p.indent < n || p.indent == n && !isItem(p.line[n:]):
 				m[key] = nil
-			case p.indent > n:
-				m[key] = p.block(p.indent, accounts)
-			case isItem(p.line[n:]):
-				m[key] = p.list(n, accounts)
+			case !isItem(p.line[p.indent:]):
+				m[key] = p.mapping(p.indent, p.line[p.indent:])
+			// A list, further in or at the key's own indentation.
+			// Only the root mapping starts at the first column: the
+			// items of a list start after "- ", a nested mapping
+			// further in.
+			case p.typed && n == 0 && key == "accounts":
+				m[key] = nil
+				p.accountItems = p.accountList(p.indent)
 			default:
-				m[key] = nil
+				m[key] = p.list(p.indent)
 			}
 		}
 		switch {
@@ -277,21 +287,15 @@ func (p *plainParser) mapping(n int, text []byte) map[string]any {
 
 // list decodes a block list whose items start at indentation n. It returns
 // at the first line indented less than n, or at a line indented n that is
-// not an item (the next key of the mapping the list is the value of). The
-// items of an accounts list come as *plainAccount where they can.
-func (p *plainParser) list(n int, accounts bool) []any {
+// not an item (the next key of the mapping the list is the value of).
+func (p *parser) list(n int) []any {
 	list := []any{}
-	switch {
-	case p.items > 0 && accounts:
-		p.bufs = takePlainBuffers(p.items)
-		list, p.accounts, p.ports = p.bufs.list, p.bufs.accounts, p.bufs.ports
-		p.items = 0
-	case p.items > 0:
-		list = make([]any, 0, p.items)
-		p.items = 0
+	if p.room > 0 {
+		list = make([]any, 0, p.room)
+		p.room = 0
 	}
 	for {
-		list = append(list, p.item(n, accounts))
+		list = append(list, p.item(n))
 		switch {
 		case p.eof || p.indent < n || !isItem(p.line[n:]):
 			return list
@@ -301,25 +305,56 @@ func (p *plainParser) list(n int, accounts bool) []any {
 	}
 }
 
-// item decodes the item of a list at indentation n whose dash is on the
-// current line: as a *plainAccount when account is set and it can.
-func (p *plainParser) item(n int, account bool) any {
-	rest := p.line[n+1:]
-	col := n + 1
-	for col < len(p.line) && p.line[col] == ' ' {
-		col++
+// accountList is list for an accounts list: its items are Accounts where
+// they can be, decoded as list's are where they cannot.
+func (p *parser) accountList(n int) []Item {
+	list := []Item{}
+	if p.room > 0 {
+		p.bufs = takeBuffers(p.room)
+		list, p.accounts, p.ports = p.bufs.list, p.bufs.accounts, p.bufs.ports
+		p.room = 0
 	}
-	if account {
-		if a, ok := p.accountItem(n, col); ok {
-			return a
+	for {
+		var a *Account
+		ok := false
+		if p.typed {
+			a, ok = p.accountItem(n, itemText(p.line, n))
+		}
+		if ok {
+			list = append(list, Item{account: a})
+		} else {
+			list = append(list, Item{value: p.item(n)})
+		}
+		switch {
+		case p.eof || p.indent < n || !isItem(p.line[n:]):
+			return list
+		case p.indent > n:
+			p.fail()
 		}
 	}
+}
+
+// itemText returns the column where the text of the item whose dash is at
+// column n of line starts.
+func itemText(line []byte, n int) int {
+	col := n + 1
+	for col < len(line) && line[col] == ' ' {
+		col++
+	}
+	return col
+}
+
+// item decodes the item of a list at indentation n whose dash is on the
+// current line.
+func (p *parser) item(n int) any {
+	rest := p.line[n+1:]
+	col := itemText(p.line, n)
 	switch text := p.line[col:]; {
 	case len(text) == 0 || text[0] == '#':
 		// The item is on the lines below, or null.
 		p.advance()
 		if !p.eof && p.indent > n {
-			return p.block(p.indent, false)
+			return p.block(p.indent)
 		}
 		return nil
 	case text[0] == '-':
@@ -340,7 +375,7 @@ func (p *plainParser) item(n int, account bool) any {
 
 // key reads "name:" at the start of text and returns the name and the rest
 // of the line after the colon.
-func (p *plainParser) key(text []byte) (string, []byte) {
+func (p *parser) key(text []byte) (string, []byte) {
 	key, rest, ok := lexKey(text)
 	if !ok {
 		p.fail()
@@ -408,7 +443,7 @@ func keyLen(text []byte) int {
 // inline decodes the value that follows a key's colon (or an item's dash)
 // on the same line, up to an optional comment. found is false when there is
 // none: the value is on the lines below, or null.
-func (p *plainParser) inline(rest []byte) (value any, found bool) {
+func (p *parser) inline(rest []byte) (value any, found bool) {
 	text := skipSpaces(rest)
 	if len(text) == 0 || text[0] == '#' {
 		if len(text) > 0 && len(text) == len(rest) {
@@ -426,7 +461,7 @@ func (p *plainParser) inline(rest []byte) (value any, found bool) {
 
 // endOfLine accepts what is left of a line after a value: nothing, or
 // spaces and a comment.
-func (p *plainParser) endOfLine(text []byte) {
+func (p *parser) endOfLine(text []byte) {
 	if !lineEnds(text) {
 		p.fail()
 	}
@@ -441,7 +476,7 @@ func lineEnds(text []byte) bool {
 // scalarOrFlow decodes a value at the start of text: a flow list, a flow
 // mapping (when maps, so never inside a flow collection but a list in a
 // mapping) or a scalar; it returns the rest of text.
-func (p *plainParser) scalarOrFlow(text []byte, maps bool) (any, []byte) {
+func (p *parser) scalarOrFlow(text []byte, maps bool) (any, []byte) {
 	switch text[0] {
 	case '[':
 		return p.flowList(text[1:])
@@ -455,7 +490,7 @@ func (p *plainParser) scalarOrFlow(text []byte, maps bool) (any, []byte) {
 }
 
 // flowList decodes the elements of a flow list up to its "]".
-func (p *plainParser) flowList(text []byte) ([]any, []byte) {
+func (p *parser) flowList(text []byte) ([]any, []byte) {
 	list := []any{}
 	text = skipSpaces(text)
 	if len(text) > 0 && text[0] == ']' {
@@ -482,7 +517,7 @@ func (p *plainParser) flowList(text []byte) ([]any, []byte) {
 }
 
 // flowMapping decodes the pairs of a flow mapping up to its "}".
-func (p *plainParser) flowMapping(text []byte) (map[string]any, []byte) {
+func (p *parser) flowMapping(text []byte) (map[string]any, []byte) {
 	m := map[string]any{}
 	text = skipSpaces(text)
 	if len(text) > 0 && text[0] == '}' {
@@ -513,7 +548,7 @@ func (p *plainParser) flowMapping(text []byte) (map[string]any, []byte) {
 
 // scalar decodes a quoted string or a plain scalar at the start of text and
 // returns the rest.
-func (p *plainParser) scalar(text []byte) (any, []byte) {
+func (p *parser) scalar(text []byte) (any, []byte) {
 	v, rest, ok := lexScalar(text)
 	if !ok {
 		p.fail()
@@ -522,7 +557,7 @@ func (p *plainParser) scalar(text []byte) (any, []byte) {
 }
 
 // plainScalar is a scalar as lexScalar found it, before it becomes a value:
-// the typed path (plainAccount) looks at the bytes without making a string
+// the typed path (Account) looks at the bytes without making a string
 // or boxing a number.
 type plainScalar struct {
 	// s is the text of a string (without its quotes), or the digits of

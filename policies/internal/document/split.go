@@ -1,4 +1,4 @@
-package policies
+package document
 
 import (
 	"bytes"
@@ -14,7 +14,8 @@ import (
 // list (the header), then the items a chunk at a time, each chunk as a
 // document of its own. The loader walks each chunk's accounts and lets them
 // go before later ones are decoded, so memory no longer grows with the
-// file's decoded size; chunks decode in parallel. splitYAML cuts YAML,
+// file's decoded size; the loader decodes a few chunks at once (Split.Decode
+// may run in parallel). splitYAML cuts YAML,
 // splitJSON and splitTOML the other formats.
 //
 // Splitting must never change what the file says, so it is only done where
@@ -50,18 +51,10 @@ import (
 // lookup has no effect but its cost, and its result is cached for the
 // second pass.
 
-// splitThreshold is the size from which readFile splits a file, and
-// chunkBytes the size it aims at for each chunk: small, because a few chunks
-// per core are decoded ahead of the one being walked (64 KB chunks cost
-// 10 MB more peak RSS at 50,000 accounts than 16 KB ones, and were no
-// faster). Tests lower both to split every file into one-item chunks.
-var (
-	splitThreshold = 256 << 10
-	chunkBytes     = 16 << 10
-)
-
-// splitList is the accounts list of a split file.
-type splitList struct {
+// Split is the accounts list of a split file: its chunks, each to be
+// decoded by Decode, and what it takes to decode the file whole should one
+// of them not decode (Whole).
+type Split struct {
 	// chunks hold whole items of the list; counts[i] is the number of
 	// items chunks[i] must decode to.
 	chunks [][]byte
@@ -69,18 +62,64 @@ type splitList struct {
 	// items is the number of items in all chunks.
 	items int
 	// decode decodes one chunk to its items, of which there should be
-	// n, or reports !ok.
-	decode func(chunk []byte, n int) ([]any, bool)
+	// n, or reports !ok; bufs, when not nil, is where they are.
+	decode func(chunk []byte, n int) (items []Item, bufs *buffers, ok bool)
+	// The file's format and text, and the decoder it came from, for
+	// Whole.
+	dec    *Decoder
+	format string
+	raw    []byte
+}
+
+// Len returns the number of items in all chunks.
+func (s *Split) Len() int { return s.items }
+
+// Chunks returns the number of chunks.
+func (s *Split) Chunks() int { return len(s.chunks) }
+
+// Chunk is one chunk of a split accounts list, decoded.
+type Chunk struct {
+	// Items are the chunk's items, in order; OK is false, and Items
+	// nil, when the chunk did not decode to the items it holds: the
+	// file must then be decoded whole (Split.Whole).
+	Items []Item
+	OK    bool
+	bufs  *buffers
+}
+
+// Decode decodes chunk i. It may run for several chunks at once.
+func (s *Split) Decode(i int) Chunk {
+	items, bufs, ok := s.decode(s.chunks[i], s.counts[i])
+	if !ok || len(items) != s.counts[i] {
+		return Chunk{}
+	}
+	return Chunk{Items: items, OK: true, bufs: bufs}
+}
+
+// Release gives the memory c was decoded into back, for chunks decoded
+// later. The caller must be done with c's items, and with every Account
+// among them: what it keeps, it copies.
+func (c Chunk) Release() {
+	if c.bufs != nil {
+		c.bufs.release()
+	}
+}
+
+// Whole decodes the file whole, as Decode does a file too small to split:
+// after a chunk did not decode, this gives the values, or the error, the
+// file holds.
+func (s *Split) Whole() (*Document, error) {
+	return s.dec.whole(s.format, s.raw)
 }
 
 // chunk cuts b[starts[0]:end] into chunks of about chunkBytes, each starting
 // at one of starts (the offsets where items start), and returns them as a
-// splitList decoded by decode.
-func chunk(b []byte, starts []int, end int, decode func([]byte, int) ([]any, bool)) *splitList {
-	sp := &splitList{items: len(starts), decode: decode}
+// Split of b, a file of format f, decoded by decode.
+func (d *Decoder) chunk(b []byte, f string, starts []int, end int, decode func([]byte, int) ([]Item, *buffers, bool)) *Split {
+	sp := &Split{items: len(starts), decode: decode, dec: d, format: f, raw: b}
 	for i := 0; i < len(starts); {
 		j := i + 1
-		for j < len(starts) && starts[j]-starts[i] < chunkBytes {
+		for j < len(starts) && starts[j]-starts[i] < d.chunkBytes {
 			j++
 		}
 		e := end
@@ -96,9 +135,9 @@ func chunk(b []byte, starts []int, end int, decode func([]byte, int) ([]any, boo
 
 // splitYAML returns b decoded as header and chunks, or nil when b is not
 // worth splitting or cannot be split safely. The chunks are decoded later,
-// by splitList.each.
-func splitYAML(b []byte) *document {
-	if len(b) < splitThreshold ||
+// by Split.Decode.
+func (d *Decoder) splitYAML(b []byte) *Document {
+	if len(b) < d.splitThreshold ||
 		bytes.IndexByte(b, '*') >= 0 || bytes.IndexByte(b, '\r') >= 0 || bytes.IndexByte(b, 0) >= 0 ||
 		bytes.HasPrefix(b, []byte{0xfe, 0xff}) || bytes.HasPrefix(b, []byte{0xff, 0xfe}) {
 		return nil
@@ -193,16 +232,23 @@ func splitYAML(b []byte) *document {
 		}
 	}
 
-	return &document{top: top, split: chunk(b, starts, tail, decodeYAMLChunk), format: "yaml", raw: b}
+	return &Document{Top: top, Split: d.chunk(b, "yaml", starts, tail, d.decodeYAMLChunk)}
 }
 
 // decodeYAMLChunk decodes a chunk of a YAML accounts list of n items.
-func decodeYAMLChunk(chunk []byte, n int) ([]any, bool) {
-	if items, ok := plainAccountList(chunk, n); ok {
-		return items, true
+func (d *Decoder) decodeYAMLChunk(chunk []byte, n int) ([]Item, *buffers, bool) {
+	if d.typed {
+		if items, bufs, ok := d.plainAccountList(chunk, n); ok {
+			return items, bufs, true
+		}
+	} else if list, ok := plainList(chunk, n); ok {
+		return genericItems(list), nil, true
 	}
-	var items []any
-	return items, yaml.Unmarshal(chunk, &items) == nil
+	var list []any
+	if yaml.Unmarshal(chunk, &list) != nil {
+		return nil, nil, false
+	}
+	return genericItems(list), nil, true
 }
 
 // isAccountsKey reports whether line is "accounts:", maybe followed by
@@ -238,28 +284,4 @@ func emptyAccountsKey(root *yaml.Node, line int) bool {
 		}
 	}
 	return false
-}
-
-// each decodes the chunks, in parallel, and calls fn with the items of each
-// in order. It returns false, having stopped early, when a chunk does not
-// decode to the items it should hold; the file must then be decoded whole.
-func (sp *splitList) each(fn func(items []any)) bool {
-	ok := true
-	// A few chunks ahead keep both cores busy; more would only hold memory.
-	ordered(len(sp.chunks), 4, func(i int) []any {
-		items, ok := sp.decode(sp.chunks[i], sp.counts[i])
-		if !ok || len(items) != sp.counts[i] {
-			return nil
-		}
-		return items
-	}, func(i int, items []any) bool {
-		if items == nil {
-			ok = false
-			return false
-		}
-		fn(items)
-		releasePlainItems(items)
-		return true
-	})
-	return ok
 }
