@@ -3,63 +3,7 @@ package rules
 import (
 	"cmp"
 	"slices"
-	"strconv"
-	"strings"
 )
-
-// Set names follow a convention so that a plan can speak in accounts: the
-// sets PortsSet(p, k) hold "uid . port range" elements, one or more per
-// account that may serve protocol p; OpenSet(p) holds the union of those
-// ranges.
-
-// Shards is how many sets hold one protocol's per-account ports: an
-// account's elements are in PortsSet(p, Shard(uid)), which the output chain
-// looks up only for UIDs of that shard (`meta skuid & 7 == k`).
-//
-// Why: the kernel keeps these sets in pipapo tables, whose lookup ANDs
-// bitmaps as wide as the table for every 4 bits of the UID. At 50,000
-// accounts in one set that made a served packet measurably dearer than at
-// one account (1.12× the round trip, `make bench`); eight sets of 6,250
-// each cost what one small set costs. UIDs on a hosting node are handed out
-// in sequence, so their low bits spread them evenly.
-const Shards = 8
-
-// Shard is the shard of uid's per-account elements.
-func Shard(uid uint32) uint32 { return uid & (Shards - 1) }
-
-// PortsSet is the name of shard k of the per-account port sets of protocol
-// p.
-func PortsSet(p Proto, k uint32) string { return string(p) + "_ports_" + strconv.Itoa(int(k)) }
-
-// legacyPortsSet is the name of the one per-account port set of protocol p
-// that nftpol wrote before the sets were sharded; recorded states and
-// kernels may still hold it until the next apply replaces the table.
-func legacyPortsSet(p Proto) string { return string(p) + "_ports" }
-
-// parsePortsSet reports the protocol, shard and number of shards a
-// per-account set's name stands for: PortsSet(p, k) is shard k of Shards,
-// the legacy name the one shard of one.
-func parsePortsSet(name string) (p Proto, k, shards uint32, ok bool) {
-	if rest, found := strings.CutSuffix(name, "_ports"); found && rest != "" && !strings.HasSuffix(rest, "_moved") {
-		return Proto(rest), 0, 1, true
-	}
-	i := strings.LastIndexByte(name, '_')
-	if i < 0 {
-		return "", 0, 0, false
-	}
-	n, err := strconv.ParseUint(name[i+1:], 10, 32)
-	rest, found := strings.CutSuffix(name[:i], "_ports")
-	if err != nil || !found || rest == "" || n >= Shards || name[i+1:] != strconv.FormatUint(n, 10) || strings.HasSuffix(rest, "_moved") {
-		return "", 0, 0, false
-	}
-	return Proto(rest), uint32(n), Shards, true
-}
-
-// OpenSet is the name of the set of zone ports open for protocol p.
-func OpenSet(p Proto) string { return string(p) + "_open" }
-
-// ExemptSet is the name of the set of exempt UIDs.
-const ExemptSet = "exempt"
 
 // TableAction says what happens to the table as a whole.
 type TableAction string
