@@ -35,9 +35,6 @@ const (
 	LogRate = 10
 )
 
-// ViolationsSet names the dynamic set recording blocked serving of proto.
-func ViolationsSet(p rules.Proto) string { return string(p) + "_violations" }
-
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
 // accept here does not override a drop elsewhere, so the relative order with
 // the host's other filter chains does not weaken either of them.
@@ -63,10 +60,11 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	open := map[rules.Proto]*rules.Set{}
 	for i, proto := range protos {
 		for k := range ports[i] {
-			ports[i][k] = &rules.Set{Name: rules.PortsSet(proto, uint32(k)), Key: rules.KeyUIDPort, Interval: true,
+			ports[i][k] = &rules.Set{Name: rules.PortsSet(proto, uint32(k)), Role: rules.Role{Kind: rules.SetPorts, Proto: proto, Shard: uint32(k)},
+				Key: rules.KeyUIDPort, Interval: true,
 				Comment: rules.OwnerPrefix + fmt.Sprintf("ports each account with uid & %d == %d may serve %s from", rules.Shards-1, k, proto)}
 		}
-		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
+		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Role: rules.Role{Kind: rules.SetOpen, Proto: proto}, Key: rules.KeyPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
 	// The protocols' sets are independent: each is filled by a goroutine
@@ -98,12 +96,12 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	violations := map[rules.Proto]*rules.Set{}
 	for _, proto := range protos {
 		violations[proto] = &rules.Set{
-			Name: ViolationsSet(proto), Key: rules.KeyUIDPort, Dynamic: true,
+			Name: rules.ViolationsSet(proto), Role: rules.Role{Kind: rules.SetViolations, Proto: proto}, Key: rules.KeyUIDPort, Dynamic: true,
 			Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("uid . port of blocked %s serving, with counters", proto),
 		}
 	}
-	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
+	exempt := &rules.Set{Name: rules.ExemptSet, Role: rules.Role{Kind: rules.SetExempt}, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
 	for _, u := range p.Exempt {
 		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
 	}
@@ -126,14 +124,15 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// sets come after the large ones, so rebuilding one of them never
 	// rebuilds a large one.
 	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Key: rules.KeyUID,
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Role: rules.Role{Kind: rules.SetMoved, Proto: proto}, Key: rules.KeyUID,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("accounts whose %s ports changed since %s_ports_* were built", proto, proto)})
 	}
 	for i := range protos {
 		rs.Sets = append(rs.Sets, ports[i][:]...)
 	}
 	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Role: rules.Role{Kind: rules.SetMovedPorts, Proto: proto},
+			Key: rules.KeyUIDPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("ports those accounts may serve %s from now", proto)})
 	}
 
@@ -232,7 +231,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 				rules.Log{Prefix: fmt.Sprintf("nftpol: blocked %s serving: ", proto)})...))
 		rr = append(rr, rule(fmt.Sprintf("%s served outside the account's ports", proto),
 			append(slices.Clip(violation),
-				rules.UpdateSet{Proto: proto, Set: ViolationsSet(proto)},
+				rules.UpdateSet{Proto: proto, Set: rules.ViolationsSet(proto)},
 				rules.Counter{},
 				verdict(p.Action, proto))...))
 	}

@@ -243,6 +243,7 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 		if err != nil {
 			return nil, fmt.Errorf("set %s: %w", js.Name, err)
 		}
+		s.DeriveRole() // not stored: the JSON stays as it was
 		s.Elements = els
 		if !slices.IsSortedFunc(s.Elements, Element.Compare) {
 			s.Elements = SortElements(s.Elements)

@@ -40,6 +40,12 @@ func TestRulesetJSONRoundTrip(t *testing.T) {
 	if p := Diff(got, rs); !p.Empty() {
 		t.Errorf("round trip is not equal for Diff: %+v", p)
 	}
+	// Roles are not stored: the reader derives them.
+	for i, s := range got.Sets {
+		if want := RoleOf(rs.Sets[i]); s.Role != want {
+			t.Errorf("set %s read back with role %+v, want %+v", s.Name, s.Role, want)
+		}
+	}
 }
 
 func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {

@@ -7,10 +7,161 @@ import (
 	"strings"
 )
 
-// Set names follow a convention so that a plan can speak in accounts: the
-// sets PortsSet(p, k) hold "uid . port range" elements, one or more per
-// account that may serve protocol p; OpenSet(p) holds the union of those
-// ranges.
+// The layout of nftpol's table: which sets it holds, what each is for and
+// what it is called. Every set has a Role (its kind, protocol and shard);
+// the name is a function of the role (Role.Name) and the role of the name,
+// key and flags (RoleOf), here and nowhere else. The sets of one protocol p:
+//
+//	PortsSet(p, k)    "uid . port range" per account that may serve p, of
+//	                  the UIDs u with Shard(u) == k (the base)
+//	MovedSet(p)       UIDs whose elements are in MovedPortsSet(p) instead
+//	MovedPortsSet(p)  their elements now (see Overlay)
+//	OpenSet(p)        the union of the accounts' ranges
+//	ViolationsSet(p)  uid . port of blocked serving, filled by the packet path
+//
+// and, for all protocols, ExemptSet. A recorded state or a kernel may also
+// hold the one per-account set of the layout before shards
+// (SetLegacyPorts) until the next apply replaces the table.
+
+// SetKind is what a set of nftpol's table is for.
+type SetKind uint8
+
+// The kinds of sets. The zero kind is no role at all (see Set.Role).
+const (
+	// SetUnset: no role given. RoleOf derives one from the set's name,
+	// key and flags.
+	SetUnset SetKind = iota
+	// SetOther: no part in the layout, such as a set nftpol does not
+	// name, or one of its names with another key or flags. The layout
+	// ignores it; Diff replaces the table if the desired one lacks it.
+	SetOther
+	// SetPorts is shard Role.Shard of the per-account ports of
+	// Role.Proto (PortsSet).
+	SetPorts
+	// SetLegacyPorts is the one per-account port set of Role.Proto that
+	// nftpol wrote before the sets were sharded.
+	SetLegacyPorts
+	// SetMoved holds the moved UIDs of Role.Proto (MovedSet).
+	SetMoved
+	// SetMovedPorts holds the moved UIDs' elements (MovedPortsSet).
+	SetMovedPorts
+	// SetOpen holds the zone ports some account has for Role.Proto
+	// (OpenSet).
+	SetOpen
+	// SetExempt holds the exempt UIDs (ExemptSet).
+	SetExempt
+	// SetViolations records blocked serving of Role.Proto, with
+	// counters (ViolationsSet); the packet path fills it.
+	SetViolations
+)
+
+// Role is a set's part in the layout.
+type Role struct {
+	Kind SetKind
+	// Proto is the protocol of every kind but SetExempt and SetOther.
+	Proto Proto
+	// Shard is the shard of a SetPorts set: it holds the elements of the
+	// UIDs u with Shard(u) == Shard. Zero for every other kind.
+	Shard uint32
+}
+
+// Name is the name of the set of role r, "" for SetUnset and SetOther.
+func (r Role) Name() string {
+	switch r.Kind {
+	case SetPorts:
+		return PortsSet(r.Proto, r.Shard)
+	case SetLegacyPorts:
+		return legacyPortsSet(r.Proto)
+	case SetMoved:
+		return MovedSet(r.Proto)
+	case SetMovedPorts:
+		return MovedPortsSet(r.Proto)
+	case SetOpen:
+		return OpenSet(r.Proto)
+	case SetExempt:
+		return ExemptSet
+	case SetViolations:
+		return ViolationsSet(r.Proto)
+	}
+	return ""
+}
+
+// RoleOf returns s.Role, or when s has none (SetUnset) the role its name,
+// key and dynamic flag give it (see DeriveRole).
+func RoleOf(s *Set) Role {
+	if s.Role.Kind != SetUnset {
+		return s.Role
+	}
+	return derivedRole(s)
+}
+
+// DeriveRole sets s.Role to the role the layout gives a set of s's name, key
+// and dynamic flag, and returns s: SetOther unless the name is one of the
+// layout's and the key and flag are those of its kind. The decoders of the
+// state (UnmarshalRuleset) and of the kernel call it on every set they
+// make; it is the one place a set's name is read for its meaning.
+func (s *Set) DeriveRole() *Set {
+	s.Role = derivedRole(s)
+	return s
+}
+
+func derivedRole(s *Set) Role {
+	r := roleOfName(s.Name)
+	switch r.Kind {
+	case SetPorts, SetLegacyPorts, SetMovedPorts:
+		if s.Key == KeyUIDPort && !s.Dynamic {
+			return r
+		}
+	case SetMoved, SetExempt:
+		if s.Key == KeyUID && !s.Dynamic {
+			return r
+		}
+	case SetOpen:
+		if s.Key == KeyPort && !s.Dynamic {
+			return r
+		}
+	case SetViolations:
+		if s.Key == KeyUIDPort && s.Dynamic {
+			return r
+		}
+	}
+	return Role{Kind: SetOther}
+}
+
+// roleOfName is the role a set's name stands for, SetOther if none: the
+// inverse of Role.Name.
+func roleOfName(name string) Role {
+	proto := func(suffix string) (Proto, bool) {
+		p, ok := strings.CutSuffix(name, suffix)
+		return Proto(p), ok && p != ""
+	}
+	if name == ExemptSet {
+		return Role{Kind: SetExempt}
+	}
+	// "_moved_ports" before "_ports": tcp_moved_ports is not the legacy
+	// ports set of a protocol called tcp_moved.
+	for _, c := range []struct {
+		suffix string
+		kind   SetKind
+	}{{"_moved_ports", SetMovedPorts}, {"_moved", SetMoved}, {"_open", SetOpen}, {"_violations", SetViolations}} {
+		if p, ok := proto(c.suffix); ok {
+			return Role{Kind: c.kind, Proto: p}
+		}
+	}
+	if p, ok := proto("_ports"); ok && !strings.HasSuffix(string(p), "_moved") {
+		return Role{Kind: SetLegacyPorts, Proto: p}
+	}
+	i := strings.LastIndexByte(name, '_')
+	if i < 0 {
+		return Role{Kind: SetOther}
+	}
+	n, err := strconv.ParseUint(name[i+1:], 10, 32)
+	rest, found := strings.CutSuffix(name[:i], "_ports")
+	if err != nil || !found || rest == "" || n >= Shards || name[i+1:] != strconv.FormatUint(n, 10) || strings.HasSuffix(rest, "_moved") {
+		return Role{Kind: SetOther}
+	}
+	return Role{Kind: SetPorts, Proto: Proto(rest), Shard: uint32(n)}
+}
 
 // Shards is how many sets hold one protocol's per-account ports: an
 // account's elements are in PortsSet(p, Shard(uid)), which the output chain
@@ -36,30 +187,25 @@ func PortsSet(p Proto, k uint32) string { return string(p) + "_ports_" + strconv
 // kernels may still hold it until the next apply replaces the table.
 func legacyPortsSet(p Proto) string { return string(p) + "_ports" }
 
-// parsePortsSet reports the protocol, shard and number of shards a
-// per-account set's name stands for: PortsSet(p, k) is shard k of Shards,
-// the legacy name the one shard of one.
-func parsePortsSet(name string) (p Proto, k, shards uint32, ok bool) {
-	if rest, found := strings.CutSuffix(name, "_ports"); found && rest != "" && !strings.HasSuffix(rest, "_moved") {
-		return Proto(rest), 0, 1, true
-	}
-	i := strings.LastIndexByte(name, '_')
-	if i < 0 {
-		return "", 0, 0, false
-	}
-	n, err := strconv.ParseUint(name[i+1:], 10, 32)
-	rest, found := strings.CutSuffix(name[:i], "_ports")
-	if err != nil || !found || rest == "" || n >= Shards || name[i+1:] != strconv.FormatUint(n, 10) || strings.HasSuffix(rest, "_moved") {
-		return "", 0, 0, false
-	}
-	return Proto(rest), uint32(n), Shards, true
-}
-
 // OpenSet is the name of the set of zone ports open for protocol p.
 func OpenSet(p Proto) string { return string(p) + "_open" }
 
 // ExemptSet is the name of the set of exempt UIDs.
 const ExemptSet = "exempt"
+
+// ViolationsSet is the name of the dynamic set recording blocked serving of
+// protocol p.
+func ViolationsSet(p Proto) string { return string(p) + "_violations" }
+
+// SetOfRole returns the set of rs whose role is r, or nil.
+func (rs *Ruleset) SetOfRole(r Role) *Set {
+	for _, s := range rs.Sets {
+		if RoleOf(s) == r {
+			return s
+		}
+	}
+	return nil
+}
 
 // Why the per-account sets have an overlay. The kernel keeps a "uid .
 // inet_service" interval set in a pipapo table, and deleting one element
@@ -100,21 +246,24 @@ const MaxMoved = 256
 // shard order, or nil when rs lacks one.
 func shardSets(rs *Ruleset, p Proto) []*Set {
 	out := make([]*Set, Shards)
-	for k := range out {
-		s := rs.Set(PortsSet(p, uint32(k)))
-		if s == nil || s.Key != KeyUIDPort || s.Dynamic {
-			return nil
+	n := 0
+	for _, s := range rs.Sets {
+		if r := RoleOf(s); r.Kind == SetPorts && r.Proto == p && out[r.Shard] == nil {
+			out[r.Shard] = s
+			n++
 		}
-		out[k] = s
+	}
+	if n < Shards {
+		return nil
 	}
 	return out
 }
 
 // movedSets returns the moved and moved-ports sets of protocol p in rs, or
-// nils when rs lacks either or holds one of another kind.
+// nils when rs lacks either.
 func movedSets(rs *Ruleset, p Proto) (moved, movedPorts *Set) {
-	m, mp := rs.Set(MovedSet(p)), rs.Set(MovedPortsSet(p))
-	if m == nil || mp == nil || m.Key != KeyUID || mp.Key != KeyUIDPort || m.Dynamic || mp.Dynamic {
+	m, mp := rs.SetOfRole(Role{Kind: SetMoved, Proto: p}), rs.SetOfRole(Role{Kind: SetMovedPorts, Proto: p})
+	if m == nil || mp == nil {
 		return nil, nil
 	}
 	return m, mp
@@ -125,12 +274,12 @@ func movedSets(rs *Ruleset, p Proto) (moved, movedPorts *Set) {
 func overlayProtos(rs *Ruleset) []Proto {
 	var out []Proto
 	for _, s := range rs.Sets {
-		p, ok := strings.CutSuffix(s.Name, "_moved")
-		if !ok {
+		r := RoleOf(s)
+		if r.Kind != SetMoved {
 			continue
 		}
-		if m, _ := movedSets(rs, Proto(p)); m != nil && shardSets(rs, Proto(p)) != nil {
-			out = append(out, Proto(p))
+		if m, _ := movedSets(rs, r.Proto); m != nil && shardSets(rs, r.Proto) != nil {
+			out = append(out, r.Proto)
 		}
 	}
 	return out
@@ -307,10 +456,17 @@ func accountViews(rs *Ruleset) map[Proto]*accountView {
 		return m
 	}
 	for _, s := range rs.Sets {
-		p, k, shards, ok := parsePortsSet(s.Name)
-		if !ok || s.Key != KeyUIDPort || s.Dynamic {
+		r := RoleOf(s)
+		var k, shards uint32
+		switch r.Kind {
+		case SetPorts:
+			k, shards = r.Shard, Shards
+		case SetLegacyPorts:
+			k, shards = 0, 1
+		default:
 			continue
 		}
+		p := r.Proto
 		v := m[p]
 		if v == nil || uint32(len(v.bases)) < shards {
 			// The sharded layout wins over a stray set of the old

@@ -3,7 +3,6 @@ package rules
 import (
 	"cmp"
 	"slices"
-	"strings"
 )
 
 // PrepareMoves splits p in two: pre, what has to be in the kernel before p
@@ -30,11 +29,11 @@ func PrepareMoves(current *Ruleset, p *Plan) (pre, rest *Plan) {
 	r.Sets = slices.Clone(p.Sets)
 	for i := range r.Sets {
 		sc := &r.Sets[i]
-		proto, ok := strings.CutSuffix(sc.Name, "_moved_ports")
-		if !ok || sc.Action != ActionUpdate || len(sc.Add) == 0 {
+		role := RoleOf(sc.Set)
+		if role.Kind != SetMovedPorts || sc.Action != ActionUpdate || len(sc.Add) == 0 {
 			continue
 		}
-		moved := current.Set(MovedSet(Proto(proto)))
+		moved := current.SetOfRole(Role{Kind: SetMoved, Proto: role.Proto})
 		if moved == nil {
 			continue
 		}

@@ -47,18 +47,18 @@ func overlayTable(accounts map[uint32][2]uint16, moved map[uint32][2]uint16, bas
 func baseElements(rs *Ruleset) []Element {
 	var es []Element
 	for _, s := range rs.Sets {
-		if p, _, _, ok := parsePortsSet(s.Name); ok && p == TCP {
+		if r := RoleOf(s); isPorts(r) && r.Proto == TCP {
 			es = append(es, s.Elements...)
 		}
 	}
 	return SortElements(es)
 }
 
+// isPorts reports whether r is a per-account ports set's, sharded or not.
+func isPorts(r Role) bool { return r.Kind == SetPorts || r.Kind == SetLegacyPorts }
+
 // isBase reports whether a set change is to one of the base shards.
-func isBase(sc SetChange) bool {
-	_, _, _, ok := parsePortsSet(sc.Name)
-	return ok
-}
+func isBase(sc SetChange) bool { return isPorts(RoleOf(sc.Set)) }
 
 // TestOverlay: a change lays the desired accounts over the kernel's base
 // without deleting from it, the plan names exactly the changed accounts,
@@ -215,7 +215,7 @@ func TestAccountChangesSharedBase(t *testing.T) {
 	unshared := *installed
 	unshared.Sets = slices.Clone(installed.Sets)
 	for i, s := range unshared.Sets {
-		if _, _, _, ok := parsePortsSet(s.Name); ok && len(s.Elements) > 0 {
+		if isPorts(RoleOf(s)) && len(s.Elements) > 0 {
 			unshared.Sets[i] = withElements(s, slices.Clone(s.Elements))
 		}
 	}
@@ -290,32 +290,58 @@ func TestOverlayAcrossShards(t *testing.T) {
 	}
 }
 
-func TestParsePortsSet(t *testing.T) {
-	type parsed struct {
-		p         Proto
-		k, shards uint32
-		ok        bool
-	}
-	for name, want := range map[string]parsed{
-		"tcp_ports_0":       {TCP, 0, Shards, true},
-		"udp_ports_7":       {UDP, 7, Shards, true},
-		"tcp_ports":         {TCP, 0, 1, true},
-		"tcp_ports_8":       {},
-		"tcp_ports_03":      {},
-		"tcp_ports_":        {},
-		"tcp_ports_-1":      {},
-		"_ports_1":          {},
-		"tcp_moved_ports":   {},
-		"tcp_moved_ports_1": {},
-		"tcp_open":          {},
+// TestRoleOf: a set's role follows from its name, key and dynamic flag, and
+// the role names the set back.
+func TestRoleOf(t *testing.T) {
+	ports := func(p Proto, k uint32) Role { return Role{Kind: SetPorts, Proto: p, Shard: k} }
+	other := Role{Kind: SetOther}
+	for _, c := range []struct {
+		name    string
+		key     KeyType
+		dynamic bool
+		want    Role
+	}{
+		{"tcp_ports_0", KeyUIDPort, false, ports(TCP, 0)},
+		{"udp_ports_7", KeyUIDPort, false, ports(UDP, 7)},
+		{"tcp_ports", KeyUIDPort, false, Role{Kind: SetLegacyPorts, Proto: TCP}},
+		{"tcp_ports_8", KeyUIDPort, false, other},
+		{"tcp_ports_03", KeyUIDPort, false, other},
+		{"tcp_ports_", KeyUIDPort, false, other},
+		{"tcp_ports_-1", KeyUIDPort, false, other},
+		{"_ports_1", KeyUIDPort, false, other},
+		{"_ports", KeyUIDPort, false, other},
+		{"tcp_moved_ports_1", KeyUIDPort, false, other},
+		{"tcp_ports_0", KeyUID, false, other},
+		{"tcp_ports_0", KeyUIDPort, true, other},
+		{"tcp_moved", KeyUID, false, Role{Kind: SetMoved, Proto: TCP}},
+		{"tcp_moved", KeyUIDPort, false, other},
+		{"_moved", KeyUID, false, other},
+		{"udp_moved_ports", KeyUIDPort, false, Role{Kind: SetMovedPorts, Proto: UDP}},
+		{"udp_moved_ports", KeyUID, false, other},
+		{"tcp_open", KeyPort, false, Role{Kind: SetOpen, Proto: TCP}},
+		{"tcp_open", KeyUIDPort, false, other},
+		{"exempt", KeyUID, false, Role{Kind: SetExempt}},
+		{"exempt", KeyUID, true, other},
+		{"udp_violations", KeyUIDPort, true, Role{Kind: SetViolations, Proto: UDP}},
+		{"udp_violations", KeyUIDPort, false, other},
+		{"_violations", KeyUIDPort, true, other},
+		{"ports", KeyUIDPort, false, other},
+		{"strangers", KeyUID, false, other},
 	} {
-		p, k, shards, ok := parsePortsSet(name)
-		if got := (parsed{p, k, shards, ok}); got != want {
-			t.Errorf("parsePortsSet(%q) = %+v, want %+v", name, got, want)
+		s := &Set{Name: c.name, Key: c.key, Dynamic: c.dynamic}
+		if got := RoleOf(s); got != c.want {
+			t.Errorf("RoleOf(%q, %s, dynamic %v) = %+v, want %+v", c.name, c.key, c.dynamic, got, c.want)
 		}
-		if ok && name != legacyPortsSet(p) && name != PortsSet(p, k) {
-			t.Errorf("%q parsed as shard %d of %s, which is named %s", name, k, p, PortsSet(p, k))
+		if s.DeriveRole().Role != c.want {
+			t.Errorf("DeriveRole(%q) set %+v, want %+v", c.name, s.Role, c.want)
 		}
+		if c.want != other && c.want.Name() != c.name {
+			t.Errorf("%q has role %+v, which names %q", c.name, c.want, c.want.Name())
+		}
+	}
+	// A role given is kept, whatever the name.
+	if got := RoleOf(&Set{Name: "x", Role: ports(TCP, 3)}); got != ports(TCP, 3) {
+		t.Errorf("RoleOf kept %+v, want the role given", got)
 	}
 }
 

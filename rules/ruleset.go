@@ -86,6 +86,14 @@ func (k KeyType) String() string {
 type Set struct {
 	Name string
 	Key  KeyType
+	// Role is the set's part in nftpol's layout: what it holds, for which
+	// protocol and shard. It follows from Name, Key and Dynamic (RoleOf)
+	// and is not stored: the compiler sets it when it makes a set, the
+	// state's and the kernel's decoders when they read one. A set made
+	// without it (SetUnset, as a literal in a test) gets RoleOf's when
+	// the layout asks. Whoever renames a set or changes its key or flags
+	// must set Role again (or clear it).
+	Role Role
 	// Interval sets hold ranges (flags interval). KeyUID sets never do.
 	Interval bool
 	// Dynamic sets are filled by the packet path (flags dynamic,timeout),
