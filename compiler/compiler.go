@@ -119,7 +119,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
 	}
-	// The moved sets (see rules.Overlay) are empty in a compiled ruleset:
+	// The moved sets (see rules.Sync) are empty in a compiled ruleset:
 	// apply fills them from what the kernel holds. The small moved-ports
 	// sets come after the large ones, so rebuilding one of them never
 	// rebuilds a large one.

@@ -161,9 +161,10 @@ func (s *Set) KernelElements(es []Element) int {
 // 50,000). Both grow with the set, so the break-even count does not.
 const ReplaceThreshold = 8
 
-// Diff computes the plan from current (nil when the table does not exist)
-// to desired. Both must hold sorted elements (SortElements order).
-func Diff(current, desired *Ruleset) *Plan {
+// diff computes the plan from current (nil when the table does not exist)
+// to desired, exactly: desired is what the kernel holds after it. Both must
+// hold sorted elements (SortElements order).
+func diff(current, desired *Ruleset) *Plan {
 	p := &Plan{Table: desired.Table, Desired: desired}
 	switch {
 	case current == nil:
@@ -305,7 +306,7 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 }
 
 // sameElements reports whether a and b are the same elements in memory, as
-// a set Overlay left unchanged is: nothing to compare then.
+// a set the overlay left unchanged is: nothing to compare then.
 func sameElements(a, b []Element) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
@@ -340,7 +341,7 @@ func eachUID(a, b []Element, fn func(uid uint32, ga, gb []Element) bool) {
 // views of the same sharding, comparing shard with shard: no merged copy of
 // every account (at 50,000 accounts, a plan with nothing to change would
 // otherwise allocate megabytes). A shard both views hold in the same
-// memory (as Overlay keeps the kernel's) is not walked: only its moved
+// memory (as the overlay keeps the kernel's) is not walked: only its moved
 // UIDs can differ. The UIDs come in no particular order.
 func shardChanges(a, b *accountView) []uint32 {
 	var uids []uint32

@@ -186,17 +186,17 @@ func withMovedSets(rs *Ruleset) *Ruleset {
 }
 
 // BenchmarkOverlayPlan50kOneAccount is what a one-account apply plans at
-// 50,000 accounts: the compiled ruleset laid over the kernel's table (the
-// last account moved), then diffed, both ways (widen, narrow back).
+// 50,000 accounts (Sync): the compiled ruleset laid over the kernel's table
+// (the last account moved), then diffed, both ways (widen, narrow back).
 func BenchmarkOverlayPlan50kOneAccount(b *testing.B) {
 	base, wide := withMovedSets(benchRuleset(benchAccounts, false)), withMovedSets(benchRuleset(benchAccounts, true))
-	moved := Overlay(base, wide)
+	moved := Sync(base, wide).Target
 	b.ReportAllocs()
 	for b.Loop() {
-		if p := Diff(base, Overlay(base, wide)); len(p.Accounts) != 1 {
+		if p := Sync(base, wide).Plan; len(p.Accounts) != 1 {
 			b.Fatalf("widen: %d accounts", len(p.Accounts))
 		}
-		if p := Diff(moved, Overlay(moved, base)); len(p.Accounts) != 1 {
+		if p := Sync(moved, base).Plan; len(p.Accounts) != 1 {
 			b.Fatalf("narrow: %d accounts", len(p.Accounts))
 		}
 	}

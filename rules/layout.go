@@ -15,7 +15,7 @@ import (
 //	PortsSet(p, k)    "uid . port range" per account that may serve p, of
 //	                  the UIDs u with Shard(u) == k (the base)
 //	MovedSet(p)       UIDs whose elements are in MovedPortsSet(p) instead
-//	MovedPortsSet(p)  their elements now (see Overlay)
+//	MovedPortsSet(p)  their elements now (see overlay, below)
 //	OpenSet(p)        the union of the accounts' ranges
 //	ViolationsSet(p)  uid . port of blocked serving, filled by the packet path
 //
@@ -285,15 +285,16 @@ func overlayProtos(rs *Ruleset) []Proto {
 	return out
 }
 
-// Overlay returns the ruleset to install to bring the kernel from current to
+// overlay returns the ruleset to install to bring the kernel from current to
 // desired (a compiled ruleset, its moved sets empty) without deleting from
 // the base sets: desired with, per protocol, the base shards kept as current
 // has them plus new accounts' elements, and the accounts whose elements
 // differ from the base moved. It returns desired itself when current is not
 // nftpol's table of the same layout, and desired's layout for a protocol
 // that would move more than MaxMoved accounts. It does not change either
-// argument.
-func Overlay(current, desired *Ruleset) *Ruleset {
+// argument; the sets it returns share element slices with both (see
+// Set.Elements).
+func overlay(current, desired *Ruleset) *Ruleset {
 	if current == nil || !current.Owned() {
 		return desired
 	}
@@ -328,7 +329,7 @@ func Overlay(current, desired *Ruleset) *Ruleset {
 		if sameElements(cur, want) {
 			r = result{base: want, fits: true} // nothing to lay over
 		} else {
-			r.base, r.moved, r.movedPorts, r.fits = overlay(cur, want, uint32(k), room)
+			r.base, r.moved, r.movedPorts, r.fits = overlayShard(cur, want, uint32(k), room)
 		}
 		done[key] = r
 		return r
@@ -380,12 +381,12 @@ func withElements(s *Set, es []Element) *Set {
 	return &c
 }
 
-// overlay lays want (shard k's elements, sorted) over base (the kernel's
+// overlayShard lays want (shard k's elements, sorted) over base (the kernel's
 // elements of that shard): the base to keep, the moved UIDs (as elements
 // named after the account) and their elements. ok is false when more than
 // room accounts would be moved. Elements of a UID of another shard, which
 // no rule looks up, are dropped from the base.
-func overlay(base, want []Element, k uint32, room int) (newBase, moved, movedPorts []Element, ok bool) {
+func overlayShard(base, want []Element, k uint32, room int) (newBase, moved, movedPorts []Element, ok bool) {
 	var added []Element
 	var stray []uint32
 	ok = true
