@@ -2,6 +2,17 @@
 // kernel. It is pure and deterministic: the same policy always compiles to
 // the same ruleset, and so exports to byte-identical text.
 //
+// It holds Compile, the chains' rules (why each one is there, in its
+// comment) and the per-account and union sets it fills from the policy's
+// accounts (Merge joins an account's ranges). Where it sits:
+//
+//	policies.Load --> *policies.Policy --Compile--> *rules.Ruleset
+//
+// and the ruleset goes on to rules.Sync (plan, apply: laid over what the
+// kernel holds, then planned) or to rules.Render (export). The names of the
+// sets and their roles are rules' (layout.go): the compiler gives every set
+// it makes its rules.Role, and leaves the moved sets empty.
+//
 // The shape (see DESIGN.md): per-account data lives only in sets, so the cost
 // of a packet does not grow with the number of accounts, and changing one
 // account is a few element operations.
@@ -72,7 +83,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// every apply).
 	// When every account has both protocols (the default), their sets
 	// hold the same elements: compiled once, and shared (nothing changes
-	// a compiled set's elements in place).
+	// a set's elements in place: rules.Set.Elements).
 	both := true
 	for j := range p.Accounts {
 		if a := &p.Accounts[j]; !a.HasProtocol(policies.TCP) || !a.HasProtocol(policies.UDP) {
@@ -105,7 +116,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, u := range p.Exempt {
 		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
 	}
-	exempt.Elements = rules.SortElements(exempt.Elements)
+	exempt.Elements = slices.Clip(rules.SortElements(exempt.Elements))
 
 	// The per-account sets come last. A large change rebuilds them inside
 	// the transaction (see rules.ReplaceThreshold), and nft lists sets in
@@ -177,7 +188,7 @@ func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.
 		open.Elements = append(open.Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 	}
 	// Clipped: the protocols may share these elements, and an append to
-	// one set's must never write into another's.
+	// one set's must never write into another's (see rules.Set.Elements).
 	for _, set := range ports {
 		set.Elements = slices.Clip(rules.SortElements(set.Elements))
 	}

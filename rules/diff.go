@@ -306,7 +306,8 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 }
 
 // sameElements reports whether a and b are the same elements in memory, as
-// a set the overlay left unchanged is: nothing to compare then.
+// a set the overlay left unchanged is: nothing to compare then, since
+// nobody changes an element slice in place (see Set.Elements).
 func sameElements(a, b []Element) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

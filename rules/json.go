@@ -246,7 +246,7 @@ func UnmarshalRuleset(b []byte) (*Ruleset, error) {
 		s.DeriveRole() // not stored: the JSON stays as it was
 		s.Elements = els
 		if !slices.IsSortedFunc(s.Elements, Element.Compare) {
-			s.Elements = SortElements(s.Elements)
+			s.Elements = slices.Clip(SortElements(s.Elements)) // see Set.Elements
 		}
 		rs.Sets = append(rs.Sets, s)
 	}

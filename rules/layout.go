@@ -302,8 +302,8 @@ func overlay(current, desired *Ruleset) *Ruleset {
 	out.Sets = slices.Clone(desired.Sets)
 	// TCP's and UDP's shards hold the same elements when every account
 	// has both protocols (the default), and then share them in memory
-	// (as the compiler and the state reader leave them): one overlay of
-	// each pair serves both.
+	// (as the compiler and the state reader leave them, see
+	// Set.Elements): one overlay of each pair serves both.
 	type laid struct {
 		cur, want   *Element
 		ncur, nwant int
@@ -375,9 +375,11 @@ func overlay(current, desired *Ruleset) *Ruleset {
 	return &out
 }
 
+// withElements is a copy of s holding es, clipped: the overlay's sets share
+// their slices (see Set.Elements).
 func withElements(s *Set, es []Element) *Set {
 	c := *s
-	c.Elements = es
+	c.Elements = slices.Clip(es)
 	return &c
 }
 
