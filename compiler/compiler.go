@@ -2,6 +2,17 @@
 // kernel. It is pure and deterministic: the same policy always compiles to
 // the same ruleset, and so exports to byte-identical text.
 //
+// It holds Compile, the chains' rules (why each one is there, in its
+// comment) and the per-account and union sets it fills from the policy's
+// accounts (Merge joins an account's ranges). Where it sits:
+//
+//	policies.Load --> *policies.Policy --Compile--> *rules.Ruleset
+//
+// and the ruleset goes on to rules.Sync (plan, apply: laid over what the
+// kernel holds, then planned) or to rules.Render (export). The names of the
+// sets and their roles are rules' (layout.go): the compiler gives every set
+// it makes its rules.Role, and leaves the moved sets empty.
+//
 // The shape (see DESIGN.md): per-account data lives only in sets, so the cost
 // of a packet does not grow with the number of accounts, and changing one
 // account is a few element operations.
@@ -35,9 +46,6 @@ const (
 	LogRate = 10
 )
 
-// ViolationsSet names the dynamic set recording blocked serving of proto.
-func ViolationsSet(p rules.Proto) string { return string(p) + "_violations" }
-
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
 // accept here does not override a drop elsewhere, so the relative order with
 // the host's other filter chains does not weaken either of them.
@@ -63,10 +71,11 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	open := map[rules.Proto]*rules.Set{}
 	for i, proto := range protos {
 		for k := range ports[i] {
-			ports[i][k] = &rules.Set{Name: rules.PortsSet(proto, uint32(k)), Key: rules.KeyUIDPort, Interval: true,
+			ports[i][k] = &rules.Set{Name: rules.PortsSet(proto, uint32(k)), Role: rules.Role{Kind: rules.SetPorts, Proto: proto, Shard: uint32(k)},
+				Key: rules.KeyUIDPort, Interval: true,
 				Comment: rules.OwnerPrefix + fmt.Sprintf("ports each account with uid & %d == %d may serve %s from", rules.Shards-1, k, proto)}
 		}
-		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Key: rules.KeyPort, Interval: true,
+		open[proto] = &rules.Set{Name: rules.OpenSet(proto), Role: rules.Role{Kind: rules.SetOpen, Proto: proto}, Key: rules.KeyPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("zone ports some account has for %s", proto)}
 	}
 	// The protocols' sets are independent: each is filled by a goroutine
@@ -74,7 +83,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// every apply).
 	// When every account has both protocols (the default), their sets
 	// hold the same elements: compiled once, and shared (nothing changes
-	// a compiled set's elements in place).
+	// a set's elements in place: rules.Set.Elements).
 	both := true
 	for j := range p.Accounts {
 		if a := &p.Accounts[j]; !a.HasProtocol(policies.TCP) || !a.HasProtocol(policies.UDP) {
@@ -98,16 +107,16 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	violations := map[rules.Proto]*rules.Set{}
 	for _, proto := range protos {
 		violations[proto] = &rules.Set{
-			Name: ViolationsSet(proto), Key: rules.KeyUIDPort, Dynamic: true,
+			Name: rules.ViolationsSet(proto), Role: rules.Role{Kind: rules.SetViolations, Proto: proto}, Key: rules.KeyUIDPort, Dynamic: true,
 			Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("uid . port of blocked %s serving, with counters", proto),
 		}
 	}
-	exempt := &rules.Set{Name: rules.ExemptSet, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
+	exempt := &rules.Set{Name: rules.ExemptSet, Role: rules.Role{Kind: rules.SetExempt}, Key: rules.KeyUID, Comment: rules.OwnerPrefix + "uids never enforced"}
 	for _, u := range p.Exempt {
 		exempt.Elements = append(exempt.Elements, rules.Element{UID: u})
 	}
-	exempt.Elements = rules.SortElements(exempt.Elements)
+	exempt.Elements = slices.Clip(rules.SortElements(exempt.Elements))
 
 	// The per-account sets come last. A large change rebuilds them inside
 	// the transaction (see rules.ReplaceThreshold), and nft lists sets in
@@ -121,19 +130,20 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
 	}
-	// The moved sets (see rules.Overlay) are empty in a compiled ruleset:
+	// The moved sets (see rules.Sync) are empty in a compiled ruleset:
 	// apply fills them from what the kernel holds. The small moved-ports
 	// sets come after the large ones, so rebuilding one of them never
 	// rebuilds a large one.
 	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Key: rules.KeyUID,
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedSet(proto), Role: rules.Role{Kind: rules.SetMoved, Proto: proto}, Key: rules.KeyUID,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("accounts whose %s ports changed since %s_ports_* were built", proto, proto)})
 	}
 	for i := range protos {
 		rs.Sets = append(rs.Sets, ports[i][:]...)
 	}
 	for _, proto := range protos {
-		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Key: rules.KeyUIDPort, Interval: true,
+		rs.Sets = append(rs.Sets, &rules.Set{Name: rules.MovedPortsSet(proto), Role: rules.Role{Kind: rules.SetMovedPorts, Proto: proto},
+			Key: rules.KeyUIDPort, Interval: true,
 			Comment: rules.OwnerPrefix + fmt.Sprintf("ports those accounts may serve %s from now", proto)})
 	}
 
@@ -178,7 +188,7 @@ func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.
 		open.Elements = append(open.Elements, rules.Element{Lo: r.Lo, Hi: r.Hi})
 	}
 	// Clipped: the protocols may share these elements, and an append to
-	// one set's must never write into another's.
+	// one set's must never write into another's (see rules.Set.Elements).
 	for _, set := range ports {
 		set.Elements = slices.Clip(rules.SortElements(set.Elements))
 	}
@@ -232,7 +242,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 				rules.Log{Prefix: fmt.Sprintf("nftpol: blocked %s serving: ", proto)})...))
 		rr = append(rr, rule(fmt.Sprintf("%s served outside the account's ports", proto),
 			append(slices.Clip(violation),
-				rules.UpdateSet{Proto: proto, Set: ViolationsSet(proto)},
+				rules.UpdateSet{Proto: proto, Set: rules.ViolationsSet(proto)},
 				rules.Counter{},
 				verdict(p.Action, proto))...))
 	}

@@ -228,3 +228,30 @@ func TestCompileSharesProtocols(t *testing.T) {
 		t.Errorf("b without udp: udp_open = %s", got)
 	}
 }
+
+// TestCompiledRoles: the compiler gives every set the role its name, key and
+// flags stand for, which is also the one the state's and the kernel's
+// decoders derive, and the role names the set.
+func TestCompiledRoles(t *testing.T) {
+	p, err := policies.Load("../examples/nftpol.yaml", policies.WithLookup(fakeUsers), policies.WithPermissionCheck(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[rules.SetKind]int{}
+	for _, s := range rs.Sets {
+		bare := &rules.Set{Name: s.Name, Key: s.Key, Dynamic: s.Dynamic}
+		if want := bare.DeriveRole().Role; s.Role != want || s.Role.Name() != s.Name {
+			t.Errorf("set %s compiled with role %+v (naming %q), want %+v", s.Name, s.Role, s.Role.Name(), want)
+		}
+		kinds[s.Role.Kind]++
+	}
+	want := map[rules.SetKind]int{rules.SetPorts: 2 * rules.Shards, rules.SetOpen: 2, rules.SetExempt: 1,
+		rules.SetViolations: 2, rules.SetMoved: 2, rules.SetMovedPorts: 2}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Errorf("compiled sets by kind %v, want %v", kinds, want)
+	}
+}

@@ -159,7 +159,7 @@ func TestGenerationGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := rules.Diff(current, desired)
+	plan := rules.SyncExact(current, desired).Plan
 
 	nftLoad(t, ns, foreignTable) // somebody else commits in between
 	if _, err := k.Apply(plan, gen); !errors.Is(err, kernel.ErrGenerationChanged) {
@@ -176,7 +176,7 @@ func TestGenerationGuard(t *testing.T) {
 		t.Fatalf("Apply with the current generation: %v", err)
 	}
 	got, err := k.Read("nftpol")
-	if err != nil || !rules.Diff(got, desired).Empty() {
+	if err != nil || !rules.SyncExact(got, desired).Plan.Empty() {
 		t.Errorf("after the retry the kernel does not hold the plan (%v)", err)
 	}
 }

@@ -64,12 +64,13 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 		return nil, err
 	}
 	// What the commit installs is desired laid over the kernel's table
-	// (rules.Overlay), and its state is written while the kernel works.
+	// (rules.Sync), and its state is written while the kernel works.
 	// When the state proves the kernel unchanged since the last apply
 	// (the usual case), the kernel's table is the recorded one, so the
-	// writing starts before the kernel is even asked.
+	// change is made and its writing starts before the kernel is even
+	// asked.
 	var pending *state.Pending
-	var laidOver *rules.Ruleset // the table pending's ruleset was laid over
+	var ch *rules.Change // the change pending records the target of
 	fail := func(err error) (*Applied, error) {
 		if pending != nil {
 			pending.Discard()
@@ -78,22 +79,22 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 		return nil, err
 	}
 	if st, err := e.Recorded(); err == nil && !e.cfg.FullRead {
-		laidOver = st.Ruleset()
-		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, rules.Overlay(laidOver, desired), st)
+		ch = rules.Sync(st.Ruleset(), desired)
+		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, st)
 	}
-	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Plan, error) {
-		if pending == nil || current != laidOver {
+	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Change, error) {
+		if ch == nil || current != ch.Current {
 			if pending != nil {
 				pending.Discard()
 			}
-			laidOver = current
-			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, rules.Overlay(current, desired), nil)
+			ch = rules.Sync(current, desired)
+			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
 		}
-		plan, err := e.planTo(s.k, current, pending.Ruleset(), opt.Adopt)
+		planned, err := e.planTo(s.k, ch, opt.Adopt)
 		if err == nil && !opt.AllowRemovals {
-			err = removalGuard(plan, current)
+			err = removalGuard(planned.Plan, current)
 		}
-		return plan, err
+		return planned, err
 	})
 	if err != nil {
 		return fail(err)
@@ -138,8 +139,8 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	desired := st.Ruleset()
-	res, _, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Plan, error) {
-		return ownedPlan(current, desired, adopt, "restore --adopt replaces it")
+	res, _, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Change, error) {
+		return owned(rules.SyncExact(current, desired), adopt, "restore --adopt replaces it")
 	})
 	if err != nil {
 		return nil, nil, err

@@ -8,9 +8,9 @@
 //
 // Where it sits:
 //
-//	policies.Load -> compiler.Compile -> desired rules.Ruleset ─┐
-//	Kernel.Read (or state.Load, when the state vouches) ───────┴─> rules.Diff -> rules.Plan
-//	rules.Plan -> Kernel.Apply (one batch each) -> state.Prepare/Commit
+//	policies.Load -> compiler.Compile -> compiled rules.Ruleset ─┐
+//	Kernel.Read (or state.Load, when the state vouches) ────────┴─> rules.Sync -> rules.Change
+//	Change.Transactions -> Kernel.Apply (one batch each) -> state.Prepare/Commit of Change.Target
 //
 // It talks to the kernel through Kernel, a small interface that
 // rules/kernel implements on netlink and that its tests fake, so commit,
@@ -231,51 +231,48 @@ func (e *Engine) Plan(ctx context.Context, desired *rules.Ruleset, adopt bool) (
 	if err != nil {
 		return nil, err
 	}
-	plan, err := e.planTo(s.k, snap.current, rules.Overlay(snap.current, desired), adopt)
+	ch, err := e.planTo(s.k, rules.Sync(snap.current, desired), adopt)
 	if err != nil {
 		return nil, err
 	}
-	return &Result{Plan: plan, Source: snap.source}, nil
+	return &Result{Plan: ch.Plan, Source: snap.source}, nil
 }
 
-// planTo diffs the kernel's table against desired. A table of the same
-// name that nftpol did not create is refused unless adopt is set; adopting
-// replaces it whole, inside one transaction. When the policy renamed the
-// table, the table applied before (named in the state) is deleted in the
-// same transaction, if it is still there and nftpol's: a rename must not
-// leave the old rules enforcing beside the new ones.
-func (e *Engine) planTo(k Kernel, current, desired *rules.Ruleset, adopt bool) (*rules.Plan, error) {
-	plan, err := ownedPlan(current, desired, adopt, "rename the table in the policy, or run apply --adopt to replace it")
+// planTo checks and completes ch, a change to the policy's ruleset. A
+// table of the same name that nftpol did not create is refused unless adopt
+// is set; adopting replaces it whole, inside one transaction. When the
+// policy renamed the table, the table applied before (named in the state)
+// is deleted in the same transaction, if it is still there and nftpol's: a
+// rename must not leave the old rules enforcing beside the new ones.
+func (e *Engine) planTo(k Kernel, ch *rules.Change, adopt bool) (*rules.Change, error) {
+	ch, err := owned(ch, adopt, "rename the table in the policy, or run apply --adopt to replace it")
 	if err != nil {
 		return nil, err
 	}
-	if prev := e.previousTable(); prev != "" && prev != desired.Table {
+	if prev := e.previousTable(); prev != "" && prev != ch.Target.Table {
 		old, err := k.Read(prev)
 		if err != nil {
 			return nil, err
 		}
 		if old != nil && old.Owned() {
-			plan.Retire = prev
+			ch.Plan.Retire = prev
 		}
 	}
-	return plan, nil
+	return ch, nil
 }
 
-// ownedPlan diffs current against desired when current is nftpol's (or
-// absent). A same-named table nftpol did not create is refused, saying what
-// to do (hint), unless adopt is set: then it is replaced whole, in one
+// owned returns ch when the kernel's table is nftpol's (or absent). A
+// same-named table nftpol did not create is refused, saying what to do
+// (hint), unless adopt is set: then it is replaced whole, in one
 // transaction.
-func ownedPlan(current, desired *rules.Ruleset, adopt bool, hint string) (*rules.Plan, error) {
+func owned(ch *rules.Change, adopt bool, hint string) (*rules.Change, error) {
 	switch {
-	case current == nil || current.Owned():
-		return rules.Diff(current, desired), nil
+	case ch.Current == nil || ch.Current.Owned():
+		return ch, nil
 	case !adopt:
-		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (%s)", desired.Table, hint)
+		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (%s)", ch.Target.Table, hint)
 	}
-	plan := rules.Diff(nil, desired)
-	plan.TableAction = rules.TableReplace
-	plan.Accounts = rules.Diff(current, desired).Accounts
-	return plan, nil
+	return ch.Replace(), nil
 }
 
 // previousTable returns the table name of the last apply recorded in the
@@ -293,27 +290,27 @@ func (e *Engine) previousTable() string {
 	return st.Table
 }
 
-// converge reads table from the kernel, plans with makePlan and commits the
-// plan at the ruleset generation it read. The lock keeps other nftpol
+// converge reads table from the kernel, makes the change with sync and
+// commits it at the ruleset generation it read. The lock keeps other nftpol
 // processes out; the generation catches everybody else (nft, other tools)
 // who commits between our read and our write: the kernel then refuses the
 // batch whole, and converge reads (fully) and plans again. It returns what
 // was planned and sent, and the kernel's identity right after the commit
-// (one generation later, unless nothing was sent).
+// (one generation later per transaction sent).
 func (e *Engine) converge(k Kernel, table string, allowState bool,
-	makePlan func(current *rules.Ruleset) (*rules.Plan, error)) (*Result, kernel.Identity, error) {
+	sync func(current *rules.Ruleset) (*rules.Change, error)) (*Result, kernel.Identity, error) {
 	for attempt := 1; ; attempt++ {
 		snap, err := e.read(k, table, allowState && attempt == 1)
 		if err != nil {
 			return nil, kernel.Identity{}, err
 		}
 		e.cfg.Phase("kernel read (" + string(snap.source) + ")")
-		plan, err := makePlan(snap.current)
+		ch, err := sync(snap.current)
 		if err != nil {
 			return nil, kernel.Identity{}, err
 		}
 		e.cfg.Phase("planned")
-		sent, after, err := commit(k, snap, plan)
+		sent, after, err := commit(k, snap.id, ch)
 		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
 			fmt.Fprintf(e.cfg.Warn, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
 			continue
@@ -321,44 +318,41 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 		if err != nil {
 			return nil, kernel.Identity{}, err
 		}
-		return &Result{Plan: plan, Sent: sent, Source: snap.source}, after, nil
+		return &Result{Plan: ch.Plan, Sent: sent, Source: snap.source}, after, nil
 	}
 }
 
-// commit sends plan to the kernel read in snap. A plan that moves accounts
-// (rules.Overlay) goes in two transactions: first the moved accounts' new
-// elements, which change no verdict yet (rules.PrepareMoves says why), then
-// the rest, at the generation the first one made. If the second is refused
-// the first is taken back, so the kernel is as it was. It returns what was
-// sent and the kernel's identity after it.
-func commit(k Kernel, snap snapshot, plan *rules.Plan) (kernel.Stats, kernel.Identity, error) {
-	after := snap.id
+// commit sends ch's transactions to the kernel whose identity was id, each
+// at the generation the one before made. A change that moves accounts goes
+// in two: first the moved accounts' new elements, which change no verdict
+// yet (rules.Change.Transactions says why), then the rest. If a later one
+// is refused, the ones before are taken back, so the kernel is as it was. It
+// returns what was sent and the kernel's identity after it.
+func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, kernel.Identity, error) {
+	after := id
 	var sent kernel.Stats
-	pre, rest := rules.PrepareMoves(snap.current, plan)
-	if pre != nil {
-		var err error
-		if sent, err = k.Apply(pre, after.Generation); err != nil {
-			return kernel.Stats{}, kernel.Identity{}, err
-		}
-		after.Generation = kernel.NextGeneration(after.Generation)
-	}
-	if rest.Operations() > 0 || rest.TableAction != rules.TableUpdate {
-		more, err := k.Apply(rest, after.Generation)
-		if err != nil && pre != nil && !errors.Is(err, kernel.ErrGenerationChanged) {
-			// Refused: take the first transaction back too, so the
+	txs := ch.Transactions()
+	for i, tx := range txs {
+		st, err := k.Apply(tx, after.Generation)
+		if err != nil && i > 0 && !errors.Is(err, kernel.ErrGenerationChanged) {
+			// Refused: take the transactions before back too, so the
 			// kernel is as it was (the elements were inert anyway).
-			if _, uerr := k.Apply(rules.Undo(pre), after.Generation); uerr != nil {
-				err = fmt.Errorf("%w; and taking back the moved ports sent before it failed too (they change no verdict; the next apply removes them): %v", err, uerr)
+			for j := i - 1; j >= 0; j-- {
+				if _, uerr := k.Apply(ch.Undo(j), after.Generation); uerr != nil {
+					err = fmt.Errorf("%w; and taking back the moved ports sent before it failed too (they change no verdict; the next apply removes them): %v", err, uerr)
+					break
+				}
+				after.Generation = kernel.NextGeneration(after.Generation)
 			}
 		}
 		if err != nil {
 			return kernel.Stats{}, kernel.Identity{}, err
 		}
-		if !rest.Empty() {
+		if !tx.Empty() {
 			after.Generation = kernel.NextGeneration(after.Generation)
 		}
-		sent.Messages += more.Messages
-		sent.Elements += more.Elements
+		sent.Messages += st.Messages
+		sent.Elements += st.Elements
 	}
 	return sent, after, nil
 }

@@ -333,7 +333,7 @@ func TestRemovalGuardCounts(t *testing.T) {
 	}
 	for _, c := range cases {
 		cur, want := mk(c.installed), mk(c.kept)
-		err := removalGuard(rules.Diff(cur, want), cur)
+		err := removalGuard(rules.SyncExact(cur, want).Plan, cur)
 		if (err != nil) != c.refused {
 			t.Errorf("%d installed, %d kept: err = %v, want refused=%v", c.installed, c.kept, err, c.refused)
 		}

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nftpol/nftpol/compiler"
@@ -98,7 +97,7 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 	}
 	r.Accounts = len(installedAccounts(current))
 	if st != nil {
-		plan := rules.Diff(current, st.Ruleset())
+		plan := rules.SyncExact(current, st.Ruleset()).Plan
 		sync := plan.Empty()
 		r.InSync = &sync
 		r.Drift = plan.Drift()
@@ -106,13 +105,11 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 
 	now := time.Now()
 	for _, s := range current.Sets {
-		if !s.Dynamic {
+		role := rules.RoleOf(s)
+		if role.Kind != rules.SetViolations {
 			continue
 		}
-		proto, ok := strings.CutSuffix(s.Name, "_violations")
-		if !ok {
-			continue
-		}
+		proto := string(role.Proto)
 		hits, err := k.Hits(table, s.Name)
 		if err != nil {
 			return nil, err

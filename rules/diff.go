@@ -3,63 +3,7 @@ package rules
 import (
 	"cmp"
 	"slices"
-	"strconv"
-	"strings"
 )
-
-// Set names follow a convention so that a plan can speak in accounts: the
-// sets PortsSet(p, k) hold "uid . port range" elements, one or more per
-// account that may serve protocol p; OpenSet(p) holds the union of those
-// ranges.
-
-// Shards is how many sets hold one protocol's per-account ports: an
-// account's elements are in PortsSet(p, Shard(uid)), which the output chain
-// looks up only for UIDs of that shard (`meta skuid & 7 == k`).
-//
-// Why: the kernel keeps these sets in pipapo tables, whose lookup ANDs
-// bitmaps as wide as the table for every 4 bits of the UID. At 50,000
-// accounts in one set that made a served packet measurably dearer than at
-// one account (1.12× the round trip, `make bench`); eight sets of 6,250
-// each cost what one small set costs. UIDs on a hosting node are handed out
-// in sequence, so their low bits spread them evenly.
-const Shards = 8
-
-// Shard is the shard of uid's per-account elements.
-func Shard(uid uint32) uint32 { return uid & (Shards - 1) }
-
-// PortsSet is the name of shard k of the per-account port sets of protocol
-// p.
-func PortsSet(p Proto, k uint32) string { return string(p) + "_ports_" + strconv.Itoa(int(k)) }
-
-// legacyPortsSet is the name of the one per-account port set of protocol p
-// that nftpol wrote before the sets were sharded; recorded states and
-// kernels may still hold it until the next apply replaces the table.
-func legacyPortsSet(p Proto) string { return string(p) + "_ports" }
-
-// parsePortsSet reports the protocol, shard and number of shards a
-// per-account set's name stands for: PortsSet(p, k) is shard k of Shards,
-// the legacy name the one shard of one.
-func parsePortsSet(name string) (p Proto, k, shards uint32, ok bool) {
-	if rest, found := strings.CutSuffix(name, "_ports"); found && rest != "" && !strings.HasSuffix(rest, "_moved") {
-		return Proto(rest), 0, 1, true
-	}
-	i := strings.LastIndexByte(name, '_')
-	if i < 0 {
-		return "", 0, 0, false
-	}
-	n, err := strconv.ParseUint(name[i+1:], 10, 32)
-	rest, found := strings.CutSuffix(name[:i], "_ports")
-	if err != nil || !found || rest == "" || n >= Shards || name[i+1:] != strconv.FormatUint(n, 10) || strings.HasSuffix(rest, "_moved") {
-		return "", 0, 0, false
-	}
-	return Proto(rest), uint32(n), Shards, true
-}
-
-// OpenSet is the name of the set of zone ports open for protocol p.
-func OpenSet(p Proto) string { return string(p) + "_open" }
-
-// ExemptSet is the name of the set of exempt UIDs.
-const ExemptSet = "exempt"
 
 // TableAction says what happens to the table as a whole.
 type TableAction string
@@ -217,9 +161,10 @@ func (s *Set) KernelElements(es []Element) int {
 // 50,000). Both grow with the set, so the break-even count does not.
 const ReplaceThreshold = 8
 
-// Diff computes the plan from current (nil when the table does not exist)
-// to desired. Both must hold sorted elements (SortElements order).
-func Diff(current, desired *Ruleset) *Plan {
+// diff computes the plan from current (nil when the table does not exist)
+// to desired, exactly: desired is what the kernel holds after it. Both must
+// hold sorted elements (SortElements order).
+func diff(current, desired *Ruleset) *Plan {
 	p := &Plan{Table: desired.Table, Desired: desired}
 	switch {
 	case current == nil:
@@ -361,7 +306,8 @@ func DiffElements(cur, want []Element) (del, add []Element) {
 }
 
 // sameElements reports whether a and b are the same elements in memory, as
-// a set Overlay left unchanged is: nothing to compare then.
+// a set the overlay left unchanged is: nothing to compare then, since
+// nobody changes an element slice in place (see Set.Elements).
 func sameElements(a, b []Element) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
@@ -396,7 +342,7 @@ func eachUID(a, b []Element, fn func(uid uint32, ga, gb []Element) bool) {
 // views of the same sharding, comparing shard with shard: no merged copy of
 // every account (at 50,000 accounts, a plan with nothing to change would
 // otherwise allocate megabytes). A shard both views hold in the same
-// memory (as Overlay keeps the kernel's) is not walked: only its moved
+// memory (as the overlay keeps the kernel's) is not walked: only its moved
 // UIDs can differ. The UIDs come in no particular order.
 func shardChanges(a, b *accountView) []uint32 {
 	var uids []uint32

@@ -33,7 +33,7 @@ var (
 
 func TestDiffCreate(t *testing.T) {
 	want := sample(alpha, beta)
-	p := Diff(nil, want)
+	p := diff(nil, want)
 	if p.TableAction != TableCreate {
 		t.Fatalf("TableAction = %s, want create", p.TableAction)
 	}
@@ -51,7 +51,7 @@ func TestDiffCreate(t *testing.T) {
 }
 
 func TestDiffNoChange(t *testing.T) {
-	p := Diff(sample(alpha, beta), sample(alpha, beta))
+	p := diff(sample(alpha, beta), sample(alpha, beta))
 	if !p.Empty() || len(p.Accounts) != 0 || p.Operations() != 0 {
 		t.Errorf("identical rulesets gave a plan: %+v", p)
 	}
@@ -62,7 +62,7 @@ func TestDiffNoChange(t *testing.T) {
 }
 
 func TestDiffOneAccountIsElementsOnly(t *testing.T) {
-	p := Diff(sample(alpha, beta, gamma), sample(alpha, beta2, gamma))
+	p := diff(sample(alpha, beta, gamma), sample(alpha, beta2, gamma))
 	if p.TableAction != TableUpdate || len(p.Chains) != 0 {
 		t.Fatalf("plan touches more than elements: %+v", p)
 	}
@@ -81,7 +81,7 @@ func TestDiffOneAccountIsElementsOnly(t *testing.T) {
 }
 
 func TestDiffRemoveAndRename(t *testing.T) {
-	p := Diff(sample(alpha, beta, gamma), sample(alpha, betaRn))
+	p := diff(sample(alpha, beta, gamma), sample(alpha, betaRn))
 	got := map[uint32]Action{}
 	for _, a := range p.Accounts {
 		got[a.UID] = a.Action
@@ -94,13 +94,13 @@ func TestDiffRemoveAndRename(t *testing.T) {
 func TestDiffDriftInChain(t *testing.T) {
 	cur := sample(alpha)
 	cur.Chains[0].Rules = cur.Chains[0].Rules[:1] // somebody deleted a rule
-	p := Diff(cur, sample(alpha))
+	p := diff(cur, sample(alpha))
 	if len(p.Chains) != 1 || p.Chains[0].Action != ActionReplace {
 		t.Errorf("missing rule not repaired: %+v", p.Chains)
 	}
 	cur = sample(alpha)
 	cur.Chains[0].Rules[1].Stmts = append(cur.Chains[0].Rules[1].Stmts[:1:1], Unknown{Desc: "queue"})
-	if p := Diff(cur, sample(alpha)); len(p.Chains) != 1 {
+	if p := diff(cur, sample(alpha)); len(p.Chains) != 1 {
 		t.Errorf("unknown statement not repaired: %+v", p.Chains)
 	}
 }
@@ -108,13 +108,13 @@ func TestDiffDriftInChain(t *testing.T) {
 func TestDiffLayoutChangeReplacesTable(t *testing.T) {
 	cur := sample(alpha)
 	cur.Sets[0].Interval = false
-	p := Diff(cur, sample(alpha))
+	p := diff(cur, sample(alpha))
 	if p.TableAction != TableReplace || len(p.Sets) != 2 || p.Sets[0].Action != ActionCreate {
 		t.Errorf("changed set definition: %+v", p)
 	}
 	cur = sample(alpha)
 	cur.Chains[0].Hook = HookInput
-	if p := Diff(cur, sample(alpha)); p.TableAction != TableReplace {
+	if p := diff(cur, sample(alpha)); p.TableAction != TableReplace {
 		t.Errorf("changed hook: %s", p.TableAction)
 	}
 }
@@ -131,7 +131,7 @@ func TestDiffForeignObjectsReplaceTable(t *testing.T) {
 	} {
 		cur := sample(alpha)
 		mutate(cur)
-		p := Diff(cur, sample(alpha))
+		p := diff(cur, sample(alpha))
 		if p.TableAction != TableReplace || len(p.Sets) != 2 || len(p.Chains) != 1 || p.Sets[0].Action != ActionCreate {
 			t.Errorf("%s: plan %+v", name, p)
 		}
@@ -144,14 +144,14 @@ func TestDiffForeignObjectsReplaceTable(t *testing.T) {
 func TestDiffWakesDormantTable(t *testing.T) {
 	cur := sample(alpha)
 	cur.Dormant = true
-	p := Diff(cur, sample(alpha))
+	p := diff(cur, sample(alpha))
 	if p.Empty() || !p.Wake || p.TableAction != TableUpdate || p.Operations() != 1 {
 		t.Errorf("dormant table: %+v", p)
 	}
 }
 
 func TestPlanRetireAndRename(t *testing.T) {
-	p := Diff(sample(alpha, beta), sample(alpha, betaRn))
+	p := diff(sample(alpha, beta), sample(alpha, betaRn))
 	p.Retire = "oldname"
 	var b strings.Builder
 	if err := p.WriteText(&b); err != nil {
@@ -162,7 +162,7 @@ func TestPlanRetireAndRename(t *testing.T) {
 			t.Errorf("plan text lacks %q:\n%s", want, b.String())
 		}
 	}
-	p = Diff(sample(alpha), sample(alpha))
+	p = diff(sample(alpha), sample(alpha))
 	p.Retire = "oldname"
 	if p.Empty() {
 		t.Error("a plan that retires a table is not empty")
@@ -185,7 +185,7 @@ func TestOwned(t *testing.T) {
 }
 
 func TestPlanJSON(t *testing.T) {
-	p := Diff(sample(alpha, beta), sample(alpha, beta2, gamma))
+	p := diff(sample(alpha, beta), sample(alpha, beta2, gamma))
 	b, err := json.Marshal(p)
 	if err != nil {
 		t.Fatal(err)
@@ -240,11 +240,11 @@ func TestDiffReplacesSetWhenDeletesAreMany(t *testing.T) {
 		all = append(all, Element{UID: uint32(2000 + i), Lo: uint16(40010 + i), Hi: uint16(40010 + i), Comment: "a"})
 	}
 	cur := sample(all...)
-	few := Diff(cur, sample(all[ReplaceThreshold:]...)) // exactly the threshold removed
+	few := diff(cur, sample(all[ReplaceThreshold:]...)) // exactly the threshold removed
 	if few.Sets[0].Action != ActionUpdate || len(few.Sets[0].Delete) != ReplaceThreshold || len(few.Chains) != 0 {
 		t.Errorf("%d deletions: %+v", ReplaceThreshold, few.Sets[0])
 	}
-	many := Diff(cur, sample(all[ReplaceThreshold+1:]...))
+	many := diff(cur, sample(all[ReplaceThreshold+1:]...))
 	sc := many.Sets[0]
 	if sc.Action != ActionReplace || len(sc.Add) != 40-ReplaceThreshold-1 || sc.Removed != ReplaceThreshold+1 || len(sc.Delete) != 0 {
 		t.Errorf("%d deletions: %+v", ReplaceThreshold+1, sc)
@@ -261,7 +261,7 @@ func TestDiffReplacesSetWhenDeletesAreMany(t *testing.T) {
 	cur.Sets[0], cur.Sets[1] = cur.Sets[1], cur.Sets[0]
 	want := sample(all[ReplaceThreshold+1:]...)
 	want.Sets[0], want.Sets[1] = want.Sets[1], want.Sets[0]
-	other := Diff(cur, want)
+	other := diff(cur, want)
 	if other.Sets[0].Action != ActionUpdate || other.Sets[1].Action != ActionReplace {
 		t.Errorf("open set first: %+v", other.Sets)
 	}

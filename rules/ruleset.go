@@ -1,7 +1,25 @@
-// Package rules is nftpol's model of the one nftables table it owns: sets with
-// their elements, base chains with their rules. The compiler produces a
-// Ruleset from a policy (what should be), the kernel package decodes one from
-// the kernel (what is), Diff compares the two and gives a Plan.
+// Package rules is nftpol's model of the one nftables table it owns, and
+// all that can be known about that table without the kernel:
+//
+//   - the model (ruleset.go, stmt.go): a Ruleset of sets with their
+//     elements and base chains with their rules;
+//   - the layout (layout.go): what each set is for (Set.Role) and what it
+//     is called, the per-account shards, the moved sets and the overlay
+//     that keeps a small change from deleting from a shard;
+//   - the change (sync.go, diff.go, plan.go): Sync and SyncExact compare
+//     what the kernel holds with what it should hold and give a Change:
+//     the target, the Plan (Plan.WriteText for people, JSON for tools) and
+//     the transactions that carry it out;
+//   - the table as nft text (render.go) and as the JSON the state records
+//     (json.go).
+//
+// Where it sits in the flow:
+//
+//	policy  --compiler.Compile-->   Ruleset  what should be (moved sets empty)
+//	kernel  --rules/kernel Read-->  Ruleset  what is (or the recorded state's,
+//	                                         when the kernel provably did not change)
+//	Sync(current, compiled)  -->  Change{Target, Plan}
+//	Change.Transactions()    -->  rules/kernel Apply, one netlink batch each
 //
 // The model is deliberately small. A rule is a sequence of statements from a
 // closed vocabulary (see stmt.go): every statement nftpol ever writes has a
@@ -86,6 +104,14 @@ func (k KeyType) String() string {
 type Set struct {
 	Name string
 	Key  KeyType
+	// Role is the set's part in nftpol's layout: what it holds, for which
+	// protocol and shard. It follows from Name, Key and Dynamic (RoleOf)
+	// and is not stored: the compiler sets it when it makes a set, the
+	// state's and the kernel's decoders when they read one. A set made
+	// without it (SetUnset, as a literal in a test) gets RoleOf's when
+	// the layout asks. Whoever renames a set or changes its key or flags
+	// must set Role again (or clear it).
+	Role Role
 	// Interval sets hold ranges (flags interval). KeyUID sets never do.
 	Interval bool
 	// Dynamic sets are filled by the packet path (flags dynamic,timeout),
@@ -100,6 +126,22 @@ type Set struct {
 	// (OwnerPrefix), which survives `nft flush table`.
 	Comment string
 	// Elements, kept sorted by SortElements order and without duplicates.
+	//
+	// Element slices are shared, not owned. The compiler gives TCP's and
+	// UDP's sets one slice when every account has both protocols; the
+	// state reader (cmd/nftpol) gives every set of equal elements the one
+	// slice it parsed; Sync's Target keeps the slice of the kernel's
+	// (or the recorded) set for every set the overlay leaves as it is,
+	// and both protocols' sets share the slice it made for them. The
+	// plan counts on it: a set holding the same slice as the kernel's is
+	// unchanged without a look at its 50,000 elements (sameElements), and
+	// the state writer reuses the text it read for it. So:
+	//   - nobody changes an element slice in place (sort, overwrite,
+	//     append into its capacity): a set whose elements change gets a
+	//     new slice, on a new *Set (the overlay copies the set);
+	//   - every slice handed out is clipped (cap == len), so an append
+	//     to one set's elements reallocates instead of writing into
+	//     another's.
 	Elements []Element
 }
 

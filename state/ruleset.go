@@ -245,9 +245,10 @@ func unmarshalRuleset(b []byte) (*rules.Ruleset, error) {
 		if err != nil {
 			return nil, fmt.Errorf("set %s: %w", js.Name, err)
 		}
+		s.DeriveRole() // not stored: the JSON stays as it was
 		s.Elements = els
 		if !slices.IsSortedFunc(s.Elements, rules.Element.Compare) {
-			s.Elements = rules.SortElements(s.Elements)
+			s.Elements = slices.Clip(rules.SortElements(s.Elements)) // see rules.Set.Elements
 		}
 		rs.Sets = append(rs.Sets, s)
 	}

@@ -114,7 +114,7 @@ func digest(b []byte) string {
 // Prepare starts writing the state of rs, applied by nftpol version for
 // the policy whose digest the function returns (it may still be computing),
 // into a temporary file in dir. from, when not nil, is the recorded state rs was
-// laid over (rules.Overlay): the text of the sets rs shares with it is
+// laid over (rules.Sync): the text of the sets rs shares with it is
 // written as it was read instead of being formatted again. Call commit once
 // the kernel holds rs, or Discard if it does not.
 // A set of sectionElements elements or more (the per-account sets of a large
@@ -462,7 +462,7 @@ func decodeStateV1(b []byte) (*State, error) {
 }
 
 // elementText returns the element lines st was read with for set s, when s
-// still holds exactly the elements read (the same slice: rules.Overlay
+// still holds exactly the elements read (the same slice: rules.Sync
 // keeps a set it does not change) and they were written in order; "", false
 // otherwise. The lines are what appendElementLines writes for them:
 // the parser takes nothing else, and the digest proved them unchanged.

@@ -118,7 +118,7 @@ func TestStateRoundTripLarge(t *testing.T) {
 			t.Errorf("set %s: read back %d elements (definition equal: %v), wrote %d", s.Name, len(got.Elements), got.SameDefinition(s), len(s.Elements))
 		}
 	}
-	if !rules.Diff(st.Ruleset(), rs).Empty() {
+	if !rules.SyncExact(st.Ruleset(), rs).Plan.Empty() {
 		t.Error("the ruleset read back differs from the one saved")
 	}
 	if st.PolicyDigest != p.Digest() || len(st.PolicyDigest) != 64 {
@@ -225,7 +225,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 	before := files()
 	// udp_ports_0 changed, tcp_ports_0 (same elements before) shared
 	// with the recorded state.
-	next := rules.Overlay(st.Ruleset(), st.Ruleset())
+	next := rules.Sync(st.Ruleset(), st.Ruleset()).Target
 	for i, s := range next.Sets {
 		if s.Name == rules.PortsSet(rules.UDP, 0) {
 			c := *s
@@ -249,7 +249,7 @@ func TestSectionsFollowTheState(t *testing.T) {
 		t.Errorf("section files before %v, after %v: want the unchanged one kept, one new, the old one gone", before, after)
 	}
 	got, err := Load(dir)
-	if err != nil || !rules.Diff(got.Ruleset(), next).Empty() {
+	if err != nil || !rules.SyncExact(got.Ruleset(), next).Plan.Empty() {
 		t.Errorf("read back: %v", err)
 	}
 }
@@ -283,7 +283,7 @@ func TestStateReadsFormat1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rules.Diff(st.Ruleset(), rs).Empty() || st.VerifyRendered() != nil || st.Version != "old" {
+	if !rules.SyncExact(st.Ruleset(), rs).Plan.Empty() || st.VerifyRendered() != nil || st.Version != "old" {
 		t.Errorf("format 1 read back as a different ruleset (render check: %v)", st.VerifyRendered())
 	}
 	tampered := strings.Replace(string(b), `100001\t10001\t10001`, `100001\t10001\t10002`, 1)
@@ -388,7 +388,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 func TestStateReusesUnchangedSets(t *testing.T) {
 	dir, p, _, st := savedState(t, 3000)
 	// Laid over the recorded state: tcp_ports_0 shared, tcp_open changed.
-	changed := rules.Overlay(st.Ruleset(), st.Ruleset())
+	changed := rules.Sync(st.Ruleset(), st.Ruleset()).Target
 	for i, s := range changed.Sets {
 		if s.Name == rules.OpenSet(rules.TCP) {
 			c := *s
@@ -418,7 +418,7 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 		t.Errorf("the state written from the text read differs from the one formatted (%d and %d bytes)", len(reused), len(formatted))
 	}
 	got, err := Load(dir)
-	if err != nil || !rules.Diff(got.Ruleset(), changed).Empty() {
-		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.Diff(got.Ruleset(), changed).Empty())
+	if err != nil || !rules.SyncExact(got.Ruleset(), changed).Plan.Empty() {
+		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.SyncExact(got.Ruleset(), changed).Plan.Empty())
 	}
 }

@@ -78,7 +78,7 @@ func benchTable(n int, widenLast bool) *rules.Ruleset {
 // into the buffer it sends (buildBatch, encode, marshalBatch): everything
 // Apply does before the batch reaches a socket.
 func BenchmarkEncodeBatch50k(b *testing.B) {
-	msgs, bytes := benchEncode(b, rules.Diff(nil, benchTable(benchAccounts, false)))
+	msgs, bytes := benchEncode(b, rules.SyncExact(nil, benchTable(benchAccounts, false)).Plan)
 	b.ReportMetric(float64(msgs), "msgs/op")
 	b.ReportMetric(float64(bytes), "batch-bytes/op")
 }
@@ -105,7 +105,7 @@ func benchEncode(b *testing.B, p *rules.Plan) (msgs, bytes int) {
 // BenchmarkEncodeBatchOneAccount50k encodes a one-account change against a
 // table of 50,000 accounts: its cost must not depend on the table's size.
 func BenchmarkEncodeBatchOneAccount50k(b *testing.B) {
-	msgs, _ := benchEncode(b, rules.Diff(benchTable(benchAccounts, false), benchTable(benchAccounts, true)))
+	msgs, _ := benchEncode(b, rules.SyncExact(benchTable(benchAccounts, false), benchTable(benchAccounts, true)).Plan)
 	b.ReportMetric(float64(msgs), "msgs/op")
 }
 

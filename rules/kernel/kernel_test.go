@@ -70,7 +70,7 @@ func recordBatch(t *testing.T, p *rules.Plan) ([]netlink.Message, Stats) {
 func TestElementListsFitNetlinkAttributes(t *testing.T) {
 	const n = 50000
 	rs := bigRuleset(n)
-	msgs, st := recordBatch(t, rules.Diff(nil, rs))
+	msgs, st := recordBatch(t, rules.SyncExact(nil, rs).Plan)
 
 	elems := map[string]int{}
 	elemMsgs := 0
@@ -269,7 +269,7 @@ func TestOneAccountChangeIsElementOps(t *testing.T) {
 		want := bigRuleset(n)
 		ps := want.Set("tcp_ports")
 		ps.Elements[n/2].Hi++ // widen one account's range by one port
-		msgs, st := recordBatch(t, rules.Diff(cur, want))
+		msgs, st := recordBatch(t, rules.SyncExact(cur, want).Plan)
 		for _, m := range msgs[1 : len(msgs)-1] {
 			typ := m.Header.Type & 0xff
 			if typ != unix.NFT_MSG_NEWSETELEM && typ != unix.NFT_MSG_DELSETELEM {
@@ -307,7 +307,7 @@ func TestReplaceBatchOrder(t *testing.T) {
 	want := bigRuleset(50)
 	want.Chains = cur.Chains
 	want.Set("tcp_ports").Elements = want.Set("tcp_ports").Elements[20:]
-	p := rules.Diff(cur, want)
+	p := rules.SyncExact(cur, want).Plan
 	b, err := buildBatch(p)
 	if err != nil {
 		t.Fatal(err)

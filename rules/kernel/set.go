@@ -54,7 +54,7 @@ func decodeSet(s kset) *rules.Set {
 	rs := &rules.Set{Name: s.name, Interval: interval, Comment: s.comment, Counter: s.counter}
 	timeout := has(unix.NFT_SET_TIMEOUT) || s.hasTimeout
 	if has(unix.NFT_SET_MAP) || has(unix.NFT_SET_ANONYMOUS) || has(unix.NFT_SET_CONSTANT) || has(unix.NFT_SET_EVAL) != timeout {
-		return rs
+		return rs.DeriveRole()
 	}
 	if has(unix.NFT_SET_EVAL) {
 		rs.Dynamic, rs.Timeout, rs.Size = true, s.timeout, s.size
@@ -69,7 +69,7 @@ func decodeSet(s kset) *rules.Set {
 			rs.Key = rules.KeyUIDPort
 		}
 	}
-	return rs
+	return rs.DeriveRole()
 }
 
 // nftSetConcat is NFT_SET_CONCAT (not in x/sys/unix).

@@ -47,18 +47,18 @@ func overlayTable(accounts map[uint32][2]uint16, moved map[uint32][2]uint16, bas
 func baseElements(rs *Ruleset) []Element {
 	var es []Element
 	for _, s := range rs.Sets {
-		if p, _, _, ok := parsePortsSet(s.Name); ok && p == TCP {
+		if r := RoleOf(s); isPorts(r) && r.Proto == TCP {
 			es = append(es, s.Elements...)
 		}
 	}
 	return SortElements(es)
 }
 
+// isPorts reports whether r is a per-account ports set's, sharded or not.
+func isPorts(r Role) bool { return r.Kind == SetPorts || r.Kind == SetLegacyPorts }
+
 // isBase reports whether a set change is to one of the base shards.
-func isBase(sc SetChange) bool {
-	_, _, _, ok := parsePortsSet(sc.Name)
-	return ok
-}
+func isBase(sc SetChange) bool { return isPorts(RoleOf(sc.Set)) }
 
 // TestOverlay: a change lays the desired accounts over the kernel's base
 // without deleting from it, the plan names exactly the changed accounts,
@@ -71,14 +71,14 @@ func TestOverlay(t *testing.T) {
 		// 3 removed: moved with no ports
 		4: {40, 40}, // new: added to the base
 	}, nil, nil)
-	installed := Overlay(current, desired)
+	ch := Sync(current, desired)
+	installed, plan := ch.Target, ch.Plan
 	if installed == desired {
-		t.Fatal("Overlay returned the compiled layout")
+		t.Fatal("Sync targets the compiled layout")
 	}
 	if got, want := Accounts(installed)[TCP], Accounts(desired)[TCP]; !slices.Equal(got, want) {
 		t.Errorf("enforced accounts after the overlay:\n%+v\nwant\n%+v", got, want)
 	}
-	plan := Diff(current, installed)
 	for _, sc := range plan.Sets {
 		if isBase(sc) && (len(sc.Delete) > 0 || sc.Action == ActionReplace) {
 			t.Errorf("the base set loses elements: %+v", sc)
@@ -97,19 +97,19 @@ func TestOverlay(t *testing.T) {
 	}
 	// The inputs are not changed.
 	if len(current.Set(MovedSet(TCP)).Elements) != 0 || len(baseElements(desired)) != 3 {
-		t.Error("Overlay changed its arguments")
+		t.Error("Sync changed its arguments")
 	}
 
 	// Back to what the base holds: 2 and 3 leave the moved sets; 4, now
 	// in the base, is removed by moving it.
-	back := Overlay(installed, current)
+	back := Sync(installed, current).Target
 	if m := back.Set(MovedSet(TCP)).Elements; len(m) != 1 || m[0].UID != 4 || len(back.Set(MovedPortsSet(TCP)).Elements) != 0 {
 		t.Errorf("moved sets after going back: %+v, %+v, want uid 4 alone, no ports", m, back.Set(MovedPortsSet(TCP)).Elements)
 	}
 	if !slices.Equal(Accounts(back)[TCP], Accounts(current)[TCP]) {
 		t.Errorf("enforced after going back: %+v, want %+v", Accounts(back)[TCP], Accounts(current)[TCP])
 	}
-	if p := Diff(back, Overlay(back, current)); !p.Empty() {
+	if p := Sync(back, current).Plan; !p.Empty() {
 		t.Errorf("planning the same again is not empty: %+v", p.Sets)
 	}
 }
@@ -118,16 +118,17 @@ func TestOverlay(t *testing.T) {
 // MaxMoved accounts, the compiled layout is installed (the base rebuilt).
 func TestOverlayFallsBack(t *testing.T) {
 	desired := overlayTable(map[uint32][2]uint16{1: {10, 10}}, nil, nil)
-	if Overlay(nil, desired) != desired {
+	if Sync(nil, desired).Target != desired {
 		t.Error("no table: not the compiled layout")
 	}
 	// The layout before shards: one base set, no moved sets.
 	old := &Ruleset{Table: "nftpol", Sets: []*Set{{Name: legacyPortsSet(TCP), Key: KeyUIDPort, Interval: true, Comment: OwnerPrefix + "ports",
 		Elements: []Element{{UID: 1, Lo: 11, Hi: 11}}}}}
-	if got := Overlay(old, desired); !slices.Equal(baseElements(got), baseElements(desired)) || len(got.Set(MovedSet(TCP)).Elements) > 0 {
+	ch := Sync(old, desired)
+	if got := ch.Target; !slices.Equal(baseElements(got), baseElements(desired)) || len(got.Set(MovedSet(TCP)).Elements) > 0 {
 		t.Error("a table of the unsharded layout: not the compiled layout")
 	}
-	if p := Diff(old, desired); p.TableAction != TableReplace {
+	if p := ch.Plan; p.TableAction != TableReplace {
 		t.Errorf("from the unsharded layout: table %s, want replace", p.TableAction)
 	}
 
@@ -138,13 +139,13 @@ func TestOverlayFallsBack(t *testing.T) {
 	}
 	current := overlayTable(all, nil, nil)
 	many := overlayTable(widened, nil, nil)
-	got := Overlay(current, many)
+	got := Sync(current, many).Target
 	if len(got.Set(MovedSet(TCP)).Elements) != 0 || !slices.Equal(baseElements(got), baseElements(many)) {
 		t.Errorf("%d accounts moved: want the compiled layout, got %d moved", MaxMoved+1, len(got.Set(MovedSet(TCP)).Elements))
 	}
 	delete(widened, MaxMoved+1)
 	widened[MaxMoved+1] = all[MaxMoved+1]
-	if got := Overlay(current, overlayTable(widened, nil, nil)); len(got.Set(MovedSet(TCP)).Elements) != MaxMoved {
+	if got := Sync(current, overlayTable(widened, nil, nil)).Target; len(got.Set(MovedSet(TCP)).Elements) != MaxMoved {
 		t.Errorf("%d accounts moved: got %d moved, want all of them", MaxMoved, len(got.Set(MovedSet(TCP)).Elements))
 	}
 }
@@ -163,63 +164,25 @@ func TestAccountsIgnoresStrayMovedPorts(t *testing.T) {
 	}
 }
 
-// TestPrepareMoves: the moved ports of accounts about to be moved go first,
-// on their own; the elements of accounts already moved stay with the rest,
-// so their delete and add swap together; p itself is unchanged.
-func TestPrepareMoves(t *testing.T) {
-	current := overlayTable(nil, map[uint32][2]uint16{3: {35, 35}}, map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}})
-	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}, 3: {36, 36}}, nil, nil)
-	installed := Overlay(current, desired)
-	p := Diff(current, installed)
-	before := fmt.Sprintf("%+v", p.Sets)
-	pre, rest := PrepareMoves(current, p)
-	if pre == nil {
-		t.Fatal("no first transaction for a move")
-	}
-	if fmt.Sprintf("%+v", p.Sets) != before {
-		t.Error("PrepareMoves changed the plan it was given")
-	}
-	if len(pre.Sets) != 1 || pre.Sets[0].Name != MovedPortsSet(TCP) ||
-		!slices.Equal(pre.Sets[0].Add, []Element{{UID: 1, Lo: 10, Hi: 19, Comment: "a1"}}) || len(pre.Sets[0].Delete) != 0 {
-		t.Errorf("first transaction %+v, want uid 1's new ports only", pre.Sets)
-	}
-	var restMP *SetChange
-	for i, sc := range rest.Sets {
-		if sc.Name == MovedPortsSet(TCP) {
-			restMP = &rest.Sets[i]
-		}
-	}
-	if restMP == nil || !slices.Equal(restMP.Add, []Element{{UID: 3, Lo: 36, Hi: 36, Comment: "a3"}}) ||
-		!slices.Equal(restMP.Delete, []Element{{UID: 3, Lo: 35, Hi: 35, Comment: "a3"}}) {
-		t.Errorf("rest's moved ports %+v, want uid 3's delete and add", restMP)
-	}
-	if u := Undo(pre); !slices.Equal(u.Sets[0].Delete, pre.Sets[0].Add) || len(u.Sets[0].Add) != 0 {
-		t.Errorf("Undo = %+v", u.Sets)
-	}
-	// No move, no first transaction.
-	if pre, rest := PrepareMoves(installed, Diff(installed, Overlay(installed, desired))); pre != nil || rest == nil {
-		t.Errorf("a plan that moves nothing was split: %+v", pre)
-	}
-}
-
 // TestAccountChangesSharedBase: when the base is shared (only moved UIDs
 // are compared), the plan names the same accounts, the same way, as when
 // every account is compared.
 func TestAccountChangesSharedBase(t *testing.T) {
 	current := overlayTable(nil, map[uint32][2]uint16{3: {35, 35}, 5: {50, 51}}, map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}, 5: {50, 50}})
 	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}, 3: {30, 30}, 5: {50, 51}}, nil, nil)
-	installed := Overlay(current, desired)
+	ch := Sync(current, desired)
+	installed := ch.Target
 	if &installed.Set(PortsSet(TCP, 1)).Elements[0] != &current.Set(PortsSet(TCP, 1)).Elements[0] {
-		t.Fatal("Overlay copied a base it did not change")
+		t.Fatal("the overlay copied a base it did not change")
 	}
 	unshared := *installed
 	unshared.Sets = slices.Clone(installed.Sets)
 	for i, s := range unshared.Sets {
-		if _, _, _, ok := parsePortsSet(s.Name); ok && len(s.Elements) > 0 {
+		if isPorts(RoleOf(s)) && len(s.Elements) > 0 {
 			unshared.Sets[i] = withElements(s, slices.Clone(s.Elements))
 		}
 	}
-	fast, full := Diff(current, installed).Accounts, Diff(current, &unshared).Accounts
+	fast, full := ch.Plan.Accounts, SyncExact(current, &unshared).Plan.Accounts
 	if fmt.Sprintf("%+v", fast) != fmt.Sprintf("%+v", full) {
 		t.Errorf("shared base: %+v\nevery account compared: %+v", fast, full)
 	}
@@ -253,7 +216,8 @@ func TestOverlayAcrossShards(t *testing.T) {
 	if got := Accounts(current)[TCP]; slices.Contains(got, Element{UID: 1001, Lo: 5000, Hi: 5000}) {
 		t.Errorf("an element in another UID's shard is taken as enforced: %+v", got)
 	}
-	installed := Overlay(current, desired)
+	ch := Sync(current, desired)
+	installed := ch.Target
 	if got, want := Accounts(installed)[TCP], Accounts(desired)[TCP]; !slices.Equal(got, want) {
 		t.Errorf("enforced after the overlay:\n%+v\nwant\n%+v", got, want)
 	}
@@ -278,7 +242,7 @@ func TestOverlayAcrossShards(t *testing.T) {
 	if len(shards) != Shards {
 		t.Fatalf("the changed accounts cover %d shards, want all %d", len(shards), Shards)
 	}
-	for _, sc := range Diff(current, installed).Sets {
+	for _, sc := range ch.Plan.Sets {
 		switch {
 		case sc.Name == PortsSet(TCP, 0):
 			if sc.Action != ActionUpdate || !slices.Equal(sc.Delete, []Element{{UID: 1001, Lo: 5000, Hi: 5000}}) || len(sc.Add) > 0 {
@@ -290,32 +254,58 @@ func TestOverlayAcrossShards(t *testing.T) {
 	}
 }
 
-func TestParsePortsSet(t *testing.T) {
-	type parsed struct {
-		p         Proto
-		k, shards uint32
-		ok        bool
-	}
-	for name, want := range map[string]parsed{
-		"tcp_ports_0":       {TCP, 0, Shards, true},
-		"udp_ports_7":       {UDP, 7, Shards, true},
-		"tcp_ports":         {TCP, 0, 1, true},
-		"tcp_ports_8":       {},
-		"tcp_ports_03":      {},
-		"tcp_ports_":        {},
-		"tcp_ports_-1":      {},
-		"_ports_1":          {},
-		"tcp_moved_ports":   {},
-		"tcp_moved_ports_1": {},
-		"tcp_open":          {},
+// TestRoleOf: a set's role follows from its name, key and dynamic flag, and
+// the role names the set back.
+func TestRoleOf(t *testing.T) {
+	ports := func(p Proto, k uint32) Role { return Role{Kind: SetPorts, Proto: p, Shard: k} }
+	other := Role{Kind: SetOther}
+	for _, c := range []struct {
+		name    string
+		key     KeyType
+		dynamic bool
+		want    Role
+	}{
+		{"tcp_ports_0", KeyUIDPort, false, ports(TCP, 0)},
+		{"udp_ports_7", KeyUIDPort, false, ports(UDP, 7)},
+		{"tcp_ports", KeyUIDPort, false, Role{Kind: SetLegacyPorts, Proto: TCP}},
+		{"tcp_ports_8", KeyUIDPort, false, other},
+		{"tcp_ports_03", KeyUIDPort, false, other},
+		{"tcp_ports_", KeyUIDPort, false, other},
+		{"tcp_ports_-1", KeyUIDPort, false, other},
+		{"_ports_1", KeyUIDPort, false, other},
+		{"_ports", KeyUIDPort, false, other},
+		{"tcp_moved_ports_1", KeyUIDPort, false, other},
+		{"tcp_ports_0", KeyUID, false, other},
+		{"tcp_ports_0", KeyUIDPort, true, other},
+		{"tcp_moved", KeyUID, false, Role{Kind: SetMoved, Proto: TCP}},
+		{"tcp_moved", KeyUIDPort, false, other},
+		{"_moved", KeyUID, false, other},
+		{"udp_moved_ports", KeyUIDPort, false, Role{Kind: SetMovedPorts, Proto: UDP}},
+		{"udp_moved_ports", KeyUID, false, other},
+		{"tcp_open", KeyPort, false, Role{Kind: SetOpen, Proto: TCP}},
+		{"tcp_open", KeyUIDPort, false, other},
+		{"exempt", KeyUID, false, Role{Kind: SetExempt}},
+		{"exempt", KeyUID, true, other},
+		{"udp_violations", KeyUIDPort, true, Role{Kind: SetViolations, Proto: UDP}},
+		{"udp_violations", KeyUIDPort, false, other},
+		{"_violations", KeyUIDPort, true, other},
+		{"ports", KeyUIDPort, false, other},
+		{"strangers", KeyUID, false, other},
 	} {
-		p, k, shards, ok := parsePortsSet(name)
-		if got := (parsed{p, k, shards, ok}); got != want {
-			t.Errorf("parsePortsSet(%q) = %+v, want %+v", name, got, want)
+		s := &Set{Name: c.name, Key: c.key, Dynamic: c.dynamic}
+		if got := RoleOf(s); got != c.want {
+			t.Errorf("RoleOf(%q, %s, dynamic %v) = %+v, want %+v", c.name, c.key, c.dynamic, got, c.want)
 		}
-		if ok && name != legacyPortsSet(p) && name != PortsSet(p, k) {
-			t.Errorf("%q parsed as shard %d of %s, which is named %s", name, k, p, PortsSet(p, k))
+		if s.DeriveRole().Role != c.want {
+			t.Errorf("DeriveRole(%q) set %+v, want %+v", c.name, s.Role, c.want)
 		}
+		if c.want != other && c.want.Name() != c.name {
+			t.Errorf("%q has role %+v, which names %q", c.name, c.want, c.want.Name())
+		}
+	}
+	// A role given is kept, whatever the name.
+	if got := RoleOf(&Set{Name: "x", Role: ports(TCP, 3)}); got != ports(TCP, 3) {
+		t.Errorf("RoleOf kept %+v, want the role given", got)
 	}
 }
 
@@ -334,7 +324,7 @@ func TestAccountsOfUnshardedTable(t *testing.T) {
 	if got, want := Accounts(legacy)[TCP], Accounts(desired)[TCP]; !slices.Equal(got, want) {
 		t.Errorf("enforced in the unsharded table: %+v, want %+v", got, want)
 	}
-	if p := Diff(legacy, desired); len(p.Accounts) != 0 || p.TableAction != TableReplace {
+	if p := Sync(legacy, desired).Plan; len(p.Accounts) != 0 || p.TableAction != TableReplace {
 		t.Errorf("to the sharded layout: table %s, accounts %+v; want replace, none", p.TableAction, p.Accounts)
 	}
 }
@@ -399,7 +389,8 @@ func TestOverlaySharedProtocols(t *testing.T) {
 	}
 	current := both(map[uint32][2]uint16{1: {10, 10}, 2: {20, 20}, 3: {30, 30}}, nil, nil)
 	desired := both(map[uint32][2]uint16{1: {10, 10}, 2: {20, 29}, 4: {40, 40}}, nil, nil)
-	installed := Overlay(current, desired)
+	ch := Sync(current, desired)
+	installed := ch.Target
 	for _, p := range []Proto{TCP, UDP} {
 		if got, want := Accounts(installed)[p], Accounts(desired)[p]; !slices.Equal(got, want) {
 			t.Errorf("%s enforced after the overlay:\n%+v\nwant\n%+v", p, got, want)
@@ -418,7 +409,7 @@ func TestOverlaySharedProtocols(t *testing.T) {
 			t.Errorf("shard %d: the shared shards were laid over twice", k)
 		}
 	}
-	if p := Diff(current, installed); len(p.Accounts) != 3 {
+	if p := ch.Plan; len(p.Accounts) != 3 {
 		t.Errorf("plan accounts %+v, want 2, 3 and 4", p.Accounts)
 	}
 }
