@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -257,14 +258,47 @@ func TestLargeRemovalRebuildsSet(t *testing.T) {
 
 	n.setPolicy(t, manyAccounts(25))
 	p, _ = n.runJSON(t, 0, "apply", "-o", "json", "--allow-removals")
-	if got := base(sets(p)); len(got) != 16 || slices.ContainsFunc(got, func(s string) bool { return !strings.Contains(s, " replace ") }) {
-		t.Errorf("removing 275 accounts did not rebuild the per-account sets (8 shards each of tcp and udp): %v", got)
+	// Rebuilt under their other names (rules/stage.go): each shard
+	// created as <name>_b, the old one deleted.
+	got := base(sets(p))
+	for _, proto := range []string{"tcp", "udp"} {
+		for k := range rules.Shards {
+			name := fmt.Sprintf("%s_ports_%d", proto, k)
+			if !slices.Contains(got, name+" delete +0 -0") && !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, name+" delete ") }) ||
+				!slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, name+"_b create ") }) {
+				t.Errorf("removing 275 accounts did not rebuild %s as %s_b: %v", name, name, got)
+			}
+		}
 	}
 	n.planExit(t, 0)
 	fresh := newNetns(t, "rebuild-ref")
 	nftpolRun{bin: bin, config: n.config, netns: fresh, stateDir: t.TempDir()}.apply(t)
-	// nft lists sets in creation order; the rebuild keeps it.
-	if got, want := nftStateless(t, ns), nftStateless(t, fresh); got != want {
-		t.Errorf("after the rebuild:\n%s\nfresh apply:\n%s", got, want)
+	// The accounts are enforced as a fresh apply of the smaller policy
+	// enforces them, from sets of the same content under other names.
+	read := func(ns string) *rules.Ruleset {
+		k, err := kernel.Open(kernel.WithNetNS(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer k.Close()
+		rs, err := k.Read("nftpol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
 	}
+	rebuilt, ref := read(ns), read(fresh)
+	if a, b := rules.Accounts(rebuilt), rules.Accounts(ref); !reflect.DeepEqual(a, b) || len(a[rules.TCP]) != 25 {
+		t.Errorf("after the rebuild the accounts are\n%v\nfresh apply:\n%v", a, b)
+	}
+	if len(rebuilt.Sets) != len(ref.Sets) {
+		t.Errorf("after the rebuild %d sets, a fresh apply %d", len(rebuilt.Sets), len(ref.Sets))
+	}
+	// Accounts added back go into the shards under their new names.
+	n.setPolicy(t, manyAccounts(300))
+	p, _ = n.runJSON(t, 0, "apply", "-o", "json")
+	if got := sets(p); got["tcp_ports_0_b"] != "update +34 -0" || got["tcp_ports_0"] != "" {
+		t.Errorf("adding 275 accounts back: %v", got)
+	}
+	n.planExit(t, 0)
 }

@@ -139,11 +139,19 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 		return nil, nil, fmt.Errorf("restore: %w", err)
 	}
 	desired := st.Ruleset()
-	res, _, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Change, error) {
+	res, after, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Change, error) {
 		return owned(rules.SyncExact(current, desired), adopt, "restore --adopt replaces it")
 	})
 	if err != nil {
 		return nil, nil, err
+	}
+	// A restore over another table, or one that rebuilt sets, leaves
+	// them under other names than the state's (rules.Sync stages them):
+	// the state then records what the kernel holds, for the same policy.
+	if installed := res.Plan.Desired; installed != nil && installed != desired {
+		if err := state.Save(e.cfg.StateDir, e.cfg.Version, st.PolicyDigest, installed, &after); err != nil {
+			return nil, nil, fmt.Errorf("the kernel holds the recorded ruleset, but recording its new set names in %s failed: %w", e.cfg.StateDir, err)
+		}
 	}
 	return res, st, nil
 }

@@ -126,7 +126,9 @@ func TestApplyInstallsWhatThePolicySays(t *testing.T) {
 	r := newRig(t)
 	p := accounts(3)
 	res := r.mustApply(p)
-	if res.Plan.TableAction != rules.TableCreate || len(r.k.commits) != 1 {
+	// The table and its filled sets first, the chains that read them
+	// second (rules/stage.go).
+	if res.Plan.TableAction != rules.TableCreate || len(r.k.commits) != 2 || len(r.k.commits[0].Chains) != 0 || len(r.k.commits[1].Sets) != 0 {
 		t.Fatalf("first apply: table %s in %d transactions", res.Plan.TableAction, len(r.k.commits))
 	}
 	if got, want := r.table(), rules.RenderString(compile(t, p)); got != want {
@@ -400,4 +402,72 @@ func TestRestoreAndStatus(t *testing.T) {
 	if _, err := state.Load(r.dir); !errors.Is(err, state.ErrNoState) {
 		t.Errorf("state after purge: %v", err)
 	}
+}
+
+// TestRebuildIsStaged: past rules.MaxMoved moved accounts the shards are
+// rebuilt: under their other names, created and filled in a first
+// transaction no rule reads, the rules switched to them in a second. A
+// refused second transaction takes the staged sets away again; the next
+// plan is empty after a successful one, and the one after rebuilds back
+// under the first names.
+func TestRebuildIsStaged(t *testing.T) {
+	const n = rules.MaxMoved + 40
+	var all []int
+	for i := range n {
+		all = append(all, i)
+	}
+	r := newRig(t)
+	r.mustApply(accounts(n))
+	before, stateBefore := r.table(), r.stateBytes()
+	r.k.calls, r.k.refuse = 0, func(call int) bool { return call == 2 }
+	if _, err := r.apply(accounts(n, all...), ApplyOptions{}); err == nil {
+		t.Fatal("the rebuild succeeded though the kernel refused its second transaction")
+	}
+	if r.table() != before || !bytes.Equal(r.stateBytes(), stateBefore) {
+		t.Fatal("a refused rebuild left the kernel or the state changed")
+	}
+	r.k.refuse = nil
+	commits := len(r.k.commits)
+	r.mustApply(accounts(n, all...))
+	txs := r.k.commits[commits:]
+	if len(txs) != 2 {
+		t.Fatalf("a rebuild took %d transactions, want 2", len(txs))
+	}
+	if len(txs[0].Chains) != 0 || len(txs[0].Sets) == 0 {
+		t.Errorf("first transaction: %d chain changes, %d set changes", len(txs[0].Chains), len(txs[0].Sets))
+	}
+	for _, sc := range txs[0].Sets {
+		if sc.Action != rules.ActionCreate || !strings.HasSuffix(sc.Name, "_b") {
+			t.Errorf("first transaction: set %s %s, want only staged sets created", sc.Name, sc.Action)
+		}
+	}
+	deleted := 0
+	for _, sc := range txs[1].Sets {
+		if sc.Action == rules.ActionDelete {
+			deleted++
+		}
+	}
+	if deleted == 0 || len(txs[1].Chains) == 0 {
+		t.Errorf("second transaction: %d sets deleted, %d chains changed", deleted, len(txs[1].Chains))
+	}
+	kt := r.k.tables["nftpol"]
+	if s := kt.Set(rules.PortsSet(rules.TCP, 0) + "_b"); s == nil || kt.Set(rules.PortsSet(rules.TCP, 0)) != nil {
+		t.Errorf("after the rebuild the kernel holds %v", kt.Sets)
+	}
+	if moved := kt.Set(rules.MovedSet(rules.TCP)); len(moved.Elements) != 0 {
+		t.Errorf("the rebuild left %d moved accounts", len(moved.Elements))
+	}
+	r.planEmpty(accounts(n, all...))
+	// Back: the other way round, under the first names again.
+	r.mustApply(accounts(n))
+	r.planEmpty(accounts(n))
+	if kt := r.k.tables["nftpol"]; kt.Set(rules.PortsSet(rules.TCP, 0)) == nil || kt.Set(rules.PortsSet(rules.TCP, 0)+"_b") != nil {
+		t.Errorf("after rebuilding back the kernel holds %v", kt.Sets)
+	}
+	// Restore into a fresh kernel installs what the state says.
+	r.k.tables = map[string]*rules.Ruleset{}
+	if _, _, err := r.engine().Restore(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	r.planEmpty(accounts(n))
 }

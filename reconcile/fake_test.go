@@ -103,6 +103,12 @@ func applyPlan(tables map[string]*rules.Ruleset, p *rules.Plan) error {
 	}
 	t, exists := tables[p.Table]
 	switch p.TableAction {
+	case rules.TableDelete:
+		if !exists {
+			return fmt.Errorf("delete table inet %s: no such table", p.Table)
+		}
+		delete(tables, p.Table)
+		return nil
 	case rules.TableCreate:
 		if exists {
 			return fmt.Errorf("create table inet %s: it exists", p.Table)
@@ -123,17 +129,32 @@ func applyPlan(tables map[string]*rules.Ruleset, p *rules.Plan) error {
 		t.Dormant = false
 	}
 	for _, cc := range p.Chains {
-		if cc.Action == rules.ActionReplace {
-			c := t.Chain(cc.Name)
-			if c == nil {
+		i := slices.IndexFunc(t.Chains, func(c *rules.Chain) bool { return c.Name == cc.Name })
+		switch cc.Action {
+		case rules.ActionReplace:
+			if i < 0 {
 				return fmt.Errorf("flush chain %s: no such chain", cc.Name)
 			}
-			c.Rules = nil
+			t.Chains[i].Rules = nil
+		case rules.ActionDelete:
+			if i < 0 {
+				return fmt.Errorf("delete chain %s: no such chain", cc.Name)
+			}
+			t.Chains = slices.Delete(t.Chains, i, i+1)
 		}
 	}
 	for _, sc := range p.Sets {
 		i := slices.IndexFunc(t.Sets, func(s *rules.Set) bool { return s.Name == sc.Name })
 		switch sc.Action {
+		case rules.ActionDelete:
+			if i < 0 {
+				return fmt.Errorf("delete set %s: no such set", sc.Name)
+			}
+			if referenced(t, sc.Name) {
+				return fmt.Errorf("delete set %s: in use by a rule", sc.Name)
+			}
+			t.Sets = slices.Delete(t.Sets, i, i+1)
+			continue
 		case rules.ActionReplace:
 			if i < 0 {
 				return fmt.Errorf("delete set %s: no such set", sc.Name)
@@ -170,6 +191,9 @@ func applyPlan(tables map[string]*rules.Ruleset, p *rules.Plan) error {
 		s.Elements = rules.SortElements(s.Elements)
 	}
 	for _, cc := range p.Chains {
+		if cc.Action == rules.ActionDelete {
+			continue
+		}
 		c := t.Chain(cc.Name)
 		switch cc.Action {
 		case rules.ActionCreate:

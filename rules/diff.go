@@ -14,6 +14,9 @@ const (
 	TableCreate  TableAction = "create"
 	TableUpdate  TableAction = "update"
 	TableReplace TableAction = "replace"
+	// TableDelete deletes the table: only the undo of a first
+	// transaction that created it (see Change.Undo).
+	TableDelete TableAction = "delete"
 )
 
 // Action says what happens to one set, chain or account.
@@ -27,6 +30,8 @@ const (
 	ActionAdd     Action = "add"
 	ActionChange  Action = "change"
 	ActionRemove  Action = "remove"
+	// ActionDelete deletes a set or a chain (a chain is flushed first).
+	ActionDelete Action = "delete"
 )
 
 // Plan is what it takes to turn the kernel's table into the desired one.
@@ -115,9 +120,12 @@ func (p *Plan) Operations() int {
 	if p.Retire != "" {
 		n++
 	}
+	if p.TableAction == TableDelete {
+		n++
+	}
 	for _, s := range p.Sets {
 		switch s.Action {
-		case ActionCreate:
+		case ActionCreate, ActionDelete:
 			n++
 		case ActionReplace:
 			n += 2
@@ -128,7 +136,10 @@ func (p *Plan) Operations() int {
 	}
 	for _, c := range p.Chains {
 		n++
-		if c.Chain != nil {
+		if c.Action == ActionDelete {
+			n++ // flushed, then deleted
+		}
+		if c.Chain != nil && c.Action != ActionDelete {
 			n += len(c.Chain.Rules)
 		}
 	}
@@ -192,8 +203,18 @@ func compatible(current, desired *Ruleset) bool {
 	if len(current.Extra) > 0 {
 		return false
 	}
+	var used map[string]bool
 	for _, cs := range current.Sets {
-		if ds := desired.Set(cs.Name); ds == nil || !ds.SameDefinition(cs) {
+		ds := desired.Set(cs.Name)
+		if ds == nil {
+			if used == nil {
+				used = referencedSets(current)
+			}
+			if staleSet(current, cs, used) {
+				continue // deleted by update
+			}
+		}
+		if ds == nil || !ds.SameDefinition(cs) {
 			return false
 		}
 	}
@@ -216,6 +237,13 @@ func (p *Plan) createAll() {
 
 func (p *Plan) update(current *Ruleset) {
 	d := p.Desired
+	// Sets a staged change left behind (compatible let only those
+	// through) go first: the set to create may have the same name.
+	for _, cs := range current.Sets {
+		if d.Set(cs.Name) == nil {
+			p.Sets = append(p.Sets, SetChange{Name: cs.Name, Action: ActionDelete, Set: cs})
+		}
+	}
 	for _, ds := range d.Sets {
 		cs := current.Set(ds.Name)
 		if cs == nil {
@@ -232,33 +260,6 @@ func (p *Plan) update(current *Ruleset) {
 		case len(del)+len(add) > 0:
 			p.Sets = append(p.Sets, SetChange{Name: ds.Name, Action: ActionUpdate, Set: ds, Delete: del, Add: add})
 		}
-	}
-	// nft lists sets in creation order. Every set after the first rebuilt
-	// one is rebuilt too, so the table keeps listing in the desired order,
-	// exactly as a fresh install (and a restore) lists it.
-	if first := slices.IndexFunc(p.Sets, func(sc SetChange) bool { return sc.Action == ActionReplace }); first >= 0 {
-		firstName := p.Sets[first].Name
-		after := false
-		var sets []SetChange
-		changed := map[string]SetChange{}
-		for _, sc := range p.Sets {
-			changed[sc.Name] = sc
-		}
-		for _, ds := range d.Sets {
-			if ds.Name == firstName {
-				after = true
-			}
-			sc, ok := changed[ds.Name]
-			switch {
-			case after && !ds.Dynamic && sc.Action != ActionCreate && sc.Action != ActionReplace:
-				removed := len(sc.Delete)
-				sc = SetChange{Name: ds.Name, Action: ActionReplace, Set: ds, Add: ds.Elements, Removed: removed}
-			case !ok:
-				continue
-			}
-			sets = append(sets, sc)
-		}
-		p.Sets = sets
 	}
 	// A set that is replaced is referenced by rules, and the kernel does not
 	// delete a set in use: the rules go first (flushed) and come back after

@@ -131,6 +131,9 @@ func derivedRole(s *Set) Role {
 // roleOfName is the role a set's name stands for, SetOther if none: the
 // inverse of Role.Name.
 func roleOfName(name string) Role {
+	// A set rebuilt while rules read it alternates between its name and
+	// its other name (altName): both stand for the same role.
+	name = strings.TrimSuffix(name, altSuffix)
 	proto := func(suffix string) (Proto, bool) {
 		p, ok := strings.CutSuffix(name, suffix)
 		return Proto(p), ok && p != ""
@@ -247,8 +250,9 @@ const MaxMoved = 256
 func shardSets(rs *Ruleset, p Proto) []*Set {
 	out := make([]*Set, Shards)
 	n := 0
+	used := readSets(rs)
 	for _, s := range rs.Sets {
-		if r := RoleOf(s); r.Kind == SetPorts && r.Proto == p && out[r.Shard] == nil {
+		if r := RoleOf(s); r.Kind == SetPorts && r.Proto == p && out[r.Shard] == nil && used(s.Name) {
 			out[r.Shard] = s
 			n++
 		}
@@ -458,7 +462,11 @@ func accountViews(rs *Ruleset) map[Proto]*accountView {
 	if rs == nil {
 		return m
 	}
+	used := readSets(rs)
 	for _, s := range rs.Sets {
+		if !used(s.Name) {
+			continue // a staged set no rule reads enforces nothing
+		}
 		r := RoleOf(s)
 		var k, shards uint32
 		switch r.Kind {
@@ -589,4 +597,16 @@ func (v *accountView) all() []Element {
 		mps = mps[1:]
 	}
 	return out
+}
+
+// readSets returns whether the rules of rs read a set, answering true for
+// every set of a ruleset whose rules read none (a model built by hand, a
+// table between its two first transactions): the sets a rule reads are the ones
+// that enforce, when a staged change left others behind.
+func readSets(rs *Ruleset) func(name string) bool {
+	used := referencedSets(rs)
+	if len(used) == 0 {
+		return func(string) bool { return true }
+	}
+	return func(name string) bool { return used[name] }
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -20,7 +21,7 @@ func (p *Plan) WriteText(w io.Writer) error {
 	case TableCreate:
 		fmt.Fprintf(&b, "Table inet %s will be created.\n", p.Table)
 	case TableReplace:
-		fmt.Fprintf(&b, "Table inet %s will be replaced in one transaction (its layout changed or it holds objects nftpol did not write).\n", p.Table)
+		fmt.Fprintf(&b, "Table inet %s will be replaced (its layout changed or it holds objects nftpol did not write).\n", p.Table)
 	case TableUpdate:
 		fmt.Fprintf(&b, "Table inet %s will be updated.\n", p.Table)
 	}
@@ -58,6 +59,12 @@ func (p *Plan) WriteText(w io.Writer) error {
 		case ActionReplace:
 			fmt.Fprintf(&b, "  ~ set %s: rebuilt with %s (%d to delete: cheaper to rebuild than to delete one by one)\n",
 				s.Name, plural(len(s.Add), "element", "elements"), s.Removed)
+		case ActionDelete:
+			if s.Removed > 0 {
+				fmt.Fprintf(&b, "  - set %s: rebuilt as %s (%d to delete: cheaper to rebuild than to delete one by one)\n", s.Name, altName(s.Name), s.Removed)
+			} else {
+				fmt.Fprintf(&b, "  - set %s\n", s.Name)
+			}
 		}
 	}
 	for _, c := range p.Chains {
@@ -66,6 +73,8 @@ func (p *Plan) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  + chain %s (%s)\n", c.Name, plural(len(c.Chain.Rules), "rule", "rules"))
 		case ActionReplace:
 			fmt.Fprintf(&b, "  ~ chain %s: rules replaced (%s)\n", c.Name, plural(len(c.Chain.Rules), "rule", "rules"))
+		case ActionDelete:
+			fmt.Fprintf(&b, "  - chain %s\n", c.Name)
 		}
 	}
 	add, chg, rm := 0, 0, 0
@@ -118,7 +127,8 @@ func (p *Plan) Drift() []string {
 		out = append(out, fmt.Sprintf("chain %s: rules differ from those recorded", c.Name))
 	}
 	for _, s := range p.Sets {
-		if s.Action == ActionCreate && p.TableAction != TableReplace {
+		rebuilt := slices.ContainsFunc(p.Sets, func(o SetChange) bool { return o.Action == ActionDelete && o.Name == altName(s.Name) })
+		if s.Action == ActionCreate && p.TableAction != TableReplace && !rebuilt {
 			out = append(out, fmt.Sprintf("set %s is missing", s.Name))
 		}
 	}

@@ -27,6 +27,30 @@ type Change struct {
 	// removal guard counts. The caller may set Plan.Retire, before it
 	// asks for the Transactions.
 	Plan *Plan
+
+	// unstaged is Target before staging renamed sets (stage.go).
+	unstaged *Ruleset
+	// stagedReplace: Plan replaces the table, in two transactions
+	// (replaceTransactions).
+	stagedReplace bool
+}
+
+// newChange is the change from current to target, staged (see stage.go).
+func newChange(current, target *Ruleset) *Change {
+	c := &Change{Current: current, Target: target, Plan: diff(current, target), unstaged: target}
+	c.stage()
+	return c
+}
+
+// stage makes c's transactions safe from the kernel's late publication of
+// interval sets (see stage.go).
+func (c *Change) stage() {
+	switch c.Plan.TableAction {
+	case TableUpdate:
+		c.stageRebuilds()
+	case TableReplace:
+		c.stageReplace()
+	}
 }
 
 // Sync is the change from current (the kernel's table, nil when there is
@@ -45,8 +69,7 @@ type Change struct {
 // before it asks the kernel, start writing Target to the state, and keep the
 // whole Change when the kernel's read comes back as that same *Ruleset.
 func Sync(current, compiled *Ruleset) *Change {
-	target := overlay(current, compiled)
-	return &Change{Current: current, Target: target, Plan: diff(current, target)}
+	return newChange(current, overlay(current, adoptNames(current, compiled)))
 }
 
 // SyncExact is the change from current to recorded, a ruleset that is
@@ -54,7 +77,7 @@ func Sync(current, compiled *Ruleset) *Change {
 // nothing is laid over. Restore installs it; status reports the drift of
 // current from it (an empty Plan: in sync).
 func SyncExact(current, recorded *Ruleset) *Change {
-	return &Change{Current: current, Target: recorded, Plan: diff(current, recorded)}
+	return newChange(current, recorded)
 }
 
 // Replace returns the change that deletes the table and creates Target in
@@ -65,11 +88,15 @@ func SyncExact(current, recorded *Ruleset) *Change {
 // the same) and Retire. c is not changed. Whether to adopt is the caller's
 // decision.
 func (c *Change) Replace() *Change {
-	p := diff(nil, c.Target)
+	p := diff(nil, c.unstaged)
 	p.TableAction = TableReplace
 	p.Accounts = c.Plan.Accounts
 	p.Retire = c.Plan.Retire
-	return &Change{Current: c.Current, Target: c.Target, Plan: p}
+	r := &Change{Current: c.Current, Target: c.unstaged, Plan: p, unstaged: c.unstaged}
+	if c.Current != nil {
+		r.stageReplace()
+	}
+	return r
 }
 
 // Transactions returns the plans to commit, in this order, each at the
@@ -79,15 +106,65 @@ func (c *Change) Replace() *Change {
 // them first), then the rest, if anything is left of it. Plan itself is not
 // changed. Call it after setting Plan.Retire: a plan that retires a table
 // (or changes more than elements) is never split.
+//
+// A change that creates interval sets for rules to read goes in two as well
+// (stage.go says why): the sets, filled, first; the rules that read them
+// second. That is a first install (the table and its sets, then the
+// chains), a rebuild (the sets under their other names and the sets a
+// crash left behind deleted, then the rules switched and the old sets
+// deleted) and a replaced table (its new sets inside the old table, then
+// the old chains and sets deleted and the new chains created).
 func (c *Change) Transactions() []*Plan {
-	pre, rest := prepareMoves(c.Current, c.Plan)
+	p := c.Plan
 	switch {
-	case pre == nil:
-		return []*Plan{rest}
-	case rest.TableAction == TableUpdate && rest.Operations() == 0:
-		return []*Plan{pre}
+	case c.stagedReplace:
+		return c.replaceTransactions()
+	case p.TableAction == TableCreate && len(p.Chains) > 0:
+		sets := *p
+		sets.Chains = []ChainChange{}
+		chains := &Plan{Table: p.Table, TableAction: TableUpdate, Desired: p.Desired, Chains: p.Chains, Accounts: []AccountChange{}}
+		return []*Plan{&sets, chains}
+	case p.TableAction != TableUpdate:
+		return []*Plan{p}
 	}
-	return []*Plan{pre, rest}
+	// First what no rule reads yet: sets to create (and, when no chain
+	// exists, every set change), stale sets to delete.
+	noRules := c.Current != nil && len(c.Current.Chains) == 0 && len(p.Chains) > 0
+	first := &Plan{Table: p.Table, TableAction: TableUpdate, Desired: p.Desired, Chains: []ChainChange{}, Accounts: []AccountChange{}}
+	rest := *p
+	rest.Sets = nil
+	for _, sc := range p.Sets {
+		if noRules || sc.Action == ActionCreate || (sc.Action == ActionDelete && !c.Current.referenced(sc.Name)) {
+			first.Sets = append(first.Sets, sc)
+		} else {
+			rest.Sets = append(rest.Sets, sc)
+		}
+	}
+	if len(first.Sets) == 0 {
+		if pre, rest := prepareMoves(c.Current, p); pre != nil {
+			if rest.Wake || rest.Retire != "" || len(rest.Chains) > 0 || rest.Operations() > 0 {
+				return []*Plan{pre, rest}
+			}
+			return []*Plan{pre}
+		}
+		return []*Plan{p}
+	}
+	txs := []*Plan{}
+	if len(first.Sets) > 0 {
+		txs = append(txs, first)
+	}
+	pre, r := prepareMoves(c.Current, &rest)
+	if pre != nil {
+		if len(txs) > 0 {
+			first.Sets = append(first.Sets, pre.Sets...)
+		} else {
+			txs = append(txs, pre)
+		}
+	}
+	if len(txs) == 0 || r.Wake || r.Retire != "" || len(r.Chains) > 0 || r.Operations() > 0 {
+		txs = append(txs, r)
+	}
+	return txs
 }
 
 // Undo returns the plan that takes back transaction i of Transactions, to
@@ -172,9 +249,18 @@ func partition(es []Element, keep func(Element) bool) (kept, rest []Element) {
 // undo is the plan that takes back an element plan p (such as prepareMoves'
 // pre): its additions deleted, its deletions added again.
 func undo(p *Plan) *Plan {
+	if p.TableAction == TableCreate {
+		return &Plan{Table: p.Table, TableAction: TableDelete, Sets: []SetChange{}, Chains: []ChainChange{}, Accounts: []AccountChange{}}
+	}
 	u := &Plan{Table: p.Table, TableAction: TableUpdate, Chains: []ChainChange{}, Accounts: []AccountChange{}}
 	for _, sc := range p.Sets {
-		u.Sets = append(u.Sets, SetChange{Name: sc.Name, Action: ActionUpdate, Set: sc.Set, Delete: sc.Add, Add: sc.Delete})
+		switch sc.Action {
+		case ActionCreate:
+			u.Sets = append(u.Sets, SetChange{Name: sc.Name, Action: ActionDelete, Set: sc.Set})
+		case ActionUpdate:
+			u.Sets = append(u.Sets, SetChange{Name: sc.Name, Action: ActionUpdate, Set: sc.Set, Delete: sc.Add, Add: sc.Delete})
+		}
+		// A stale set deleted stays deleted: nothing read it.
 	}
 	return u
 }

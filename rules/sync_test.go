@@ -85,8 +85,13 @@ func TestReplace(t *testing.T) {
 	}
 	desired := overlayTable(map[uint32][2]uint16{1: {10, 19}, 2: {20, 20}}, nil, nil)
 	ch := Sync(stranger, desired)
-	if ch.Target != desired {
-		t.Fatal("laid over a table nftpol did not create")
+	if len(ch.Target.Sets) != len(desired.Sets) || !ch.stagedReplace {
+		t.Fatal("a table nftpol did not create is not replaced, staged")
+	}
+	for i, s := range ch.Target.Sets {
+		if s.Name != altName(desired.Sets[i].Name) || !slices.Equal(s.Elements, desired.Sets[i].Elements) {
+			t.Errorf("staged set %s for %s", s.Name, desired.Sets[i].Name)
+		}
 	}
 	ch.Plan.Retire = "old"
 	r := ch.Replace()
@@ -96,8 +101,26 @@ func TestReplace(t *testing.T) {
 	if fmt.Sprintf("%+v", r.Plan.Accounts) != fmt.Sprintf("%+v", ch.Plan.Accounts) || len(r.Plan.Accounts) != 2 {
 		t.Errorf("replace accounts %+v, want %+v", r.Plan.Accounts, ch.Plan.Accounts)
 	}
-	if txs := r.Transactions(); len(txs) != 1 || txs[0] != r.Plan || r.Plan == ch.Plan {
-		t.Errorf("replace: %d transactions, or the change replaced was changed", len(txs))
+	txs := r.Transactions()
+	if len(txs) != 2 || r.Plan == ch.Plan {
+		t.Fatalf("replace: %d transactions, or the change replaced was changed", len(txs))
+	}
+	// First the new sets, filled, beside the stranger's; then its chains
+	// and sets deleted, and the new chains made.
+	if len(txs[0].Chains) != 0 || len(txs[0].Sets) != len(desired.Sets) || slices.ContainsFunc(txs[0].Sets, func(sc SetChange) bool {
+		return sc.Action != ActionCreate || stranger.Set(sc.Name) != nil
+	}) {
+		t.Errorf("replace, first transaction: %+v", txs[0].Sets)
+	}
+	deleted := 0
+	for _, sc := range txs[1].Sets {
+		if sc.Action != ActionDelete || stranger.Set(sc.Name) == nil {
+			t.Errorf("replace, second transaction changes set %s (%s)", sc.Name, sc.Action)
+		}
+		deleted++
+	}
+	if deleted != len(stranger.Sets) || txs[1].Retire != "old" || len(txs[1].Chains) != len(stranger.Chains)+len(desired.Chains) {
+		t.Errorf("replace, second transaction: %d sets deleted, retire %q, %d chain changes", deleted, txs[1].Retire, len(txs[1].Chains))
 	}
 }
 
@@ -174,7 +197,7 @@ func TestSyncMatchesSequence(t *testing.T) {
 			t.Fatalf("%s: entry point\n%+v\nsequence\n%+v", what, got, want)
 		}
 	}
-	split, laid := 0, 0
+	split, laid, stagedN := 0, 0, 0
 	for range 500 {
 		cur, desired := current(), table(true)
 		retire := ""
@@ -185,11 +208,19 @@ func TestSyncMatchesSequence(t *testing.T) {
 		ch := Sync(cur, desired)
 		target := overlay(cur, desired)
 		plan := diff(cur, target)
-		same("target", ch.Target, target)
-		same("plan", ch.Plan, plan)
 		if target != desired {
 			laid++
 		}
+		if staged(plan) {
+			// Staged (stage.go): no transaction both writes the
+			// content of an interval set it creates and the rules.
+			stagedN++
+			ch.Plan.Retire = retire
+			checkStaged(t, ch)
+			continue
+		}
+		same("target", ch.Target, target)
+		same("plan", ch.Plan, plan)
 
 		// The commit as cmd/nftpol's does it.
 		ch.Plan.Retire, plan.Retire = retire, retire
@@ -212,14 +243,75 @@ func TestSyncMatchesSequence(t *testing.T) {
 		adopted.TableAction = TableReplace
 		adopted.Accounts = diff(cur, target).Accounts
 		adopted.Retire = retire
-		same("replace", ch.Replace().Plan, adopted)
+		r := ch.Replace()
+		if cur == nil || len(cur.Extra) > 0 {
+			same("replace", r.Plan, adopted)
+		} else {
+			// Staged: the same plan, its sets under names the
+			// kernel's table does not use.
+			same("replace accounts", r.Plan.Accounts, adopted.Accounts)
+			if r.Plan.TableAction != TableReplace || r.Plan.Retire != retire || len(r.Plan.Sets) != len(adopted.Sets) {
+				t.Fatalf("replace: %+v", r.Plan)
+			}
+			checkStaged(t, r)
+		}
 
 		// restore and status: the recorded ruleset, exactly.
 		recorded := table(false)
-		same("exact", SyncExact(cur, recorded).Plan, diff(cur, recorded))
+		exact, want := SyncExact(cur, recorded), diff(cur, recorded)
+		if staged(want) {
+			same("exact accounts", exact.Plan.Accounts, want.Accounts)
+			checkStaged(t, exact)
+		} else {
+			same("exact", exact.Plan, want)
+		}
 	}
 	if split < 50 || laid < 200 {
 		t.Errorf("%d of the random changes laid the compiled ruleset over the kernel's, %d were split: too few to test", laid, split)
 	}
-	t.Logf("%d laid over, %d split", laid, split)
+	if stagedN < 20 {
+		t.Errorf("only %d of the random changes were staged: too few to test", stagedN)
+	}
+	t.Logf("%d laid over, %d split, %d staged", laid, split, stagedN)
+}
+
+// staged reports whether the plan creates, rebuilds or replaces sets: what
+// stage.go stages.
+func staged(p *Plan) bool {
+	return p.TableAction == TableCreate || p.TableAction == TableReplace || slices.ContainsFunc(p.Sets, func(sc SetChange) bool {
+		return sc.Action != ActionUpdate
+	})
+}
+
+// checkStaged checks that no transaction of ch both changes rules and fills
+// an interval set that the transaction creates, that a first install makes
+// its chains only after its sets, and that the transactions name only sets
+// that exist by then.
+func checkStaged(t *testing.T, ch *Change) {
+	t.Helper()
+	txs := ch.Transactions()
+	for i, tx := range txs {
+		rulesChange := tx.TableAction == TableReplace && len(tx.Chains) > 0
+		for _, cc := range tx.Chains {
+			rulesChange = rulesChange || cc.Action != ActionDelete
+		}
+		for _, sc := range tx.Sets {
+			if rulesChange && (sc.Action == ActionCreate || sc.Action == ActionReplace) && sc.Set.Interval && len(sc.Add) > 0 {
+				if ch.Current == nil || len(ch.Current.Extra) == 0 {
+					t.Fatalf("transaction %d of %d creates and fills interval set %s and changes rules:\n%+v", i+1, len(txs), sc.Name, tx)
+				}
+			}
+		}
+		if tx.TableAction == TableCreate && len(tx.Chains) > 0 {
+			t.Fatalf("a first install creates its chains with its sets")
+		}
+	}
+	if got := txs[len(txs)-1].Desired; got != nil && got != ch.Target && ch.Plan.Desired != ch.Target {
+		t.Errorf("the last transaction leads to another ruleset than Target")
+	}
+	for _, s := range ch.Target.Sets {
+		if strings.HasSuffix(s.Name, altSuffix) && RoleOf(s) != RoleOf(&Set{Name: altName(s.Name), Key: s.Key, Dynamic: s.Dynamic}) {
+			t.Errorf("set %s has another role than %s", s.Name, altName(s.Name))
+		}
+	}
 }

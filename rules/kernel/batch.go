@@ -66,6 +66,9 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		b.add("delete table inet "+p.Retire+" (renamed)", func(c *nftables.Conn) error { c.DelTable(old); return nil })
 	}
 	switch p.TableAction {
+	case rules.TableDelete:
+		b.add("delete table inet "+t.Name, func(c *nftables.Conn) error { c.DelTable(t); return nil })
+		return b, nil
 	case rules.TableReplace:
 		b.add("delete table inet "+t.Name, func(c *nftables.Conn) error { c.DelTable(t); return nil })
 		b.add("add table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
@@ -80,16 +83,25 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		b.add("activate table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
 	}
 
-	// Rules that will be rewritten go first, so no rule holds a set that
-	// is about to be replaced.
+	// Rules that will be rewritten go first, and chains that go away, so
+	// no rule holds a set that is about to be replaced or deleted.
 	for _, cc := range p.Chains {
-		if cc.Action == rules.ActionReplace {
-			ch := &nftables.Chain{Name: cc.Name, Table: t}
+		ch := &nftables.Chain{Name: cc.Name, Table: t}
+		switch cc.Action {
+		case rules.ActionReplace:
 			b.add("flush chain "+ch.Name, func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
+		case rules.ActionDelete:
+			b.add("flush chain "+ch.Name+" (to delete it)", func(c *nftables.Conn) error { c.FlushChain(ch); return nil })
+			b.add("delete chain "+ch.Name, func(c *nftables.Conn) error { c.DelChain(ch); return nil })
 		}
 	}
 
 	for _, sc := range p.Sets {
+		if sc.Action == rules.ActionDelete {
+			old := &nftables.Set{Table: t, Name: sc.Name}
+			b.add("delete set "+sc.Name, func(c *nftables.Conn) error { c.DelSet(old); return nil })
+			continue
+		}
 		ns, err := encodeSet(t, sc.Set)
 		if err != nil {
 			return nil, err
@@ -111,6 +123,9 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 	}
 
 	for _, cc := range p.Chains {
+		if cc.Action == rules.ActionDelete {
+			continue
+		}
 		ch := &nftables.Chain{Name: cc.Name, Table: t}
 		switch cc.Action {
 		case rules.ActionCreate:

@@ -307,20 +307,34 @@ func TestReplaceBatchOrder(t *testing.T) {
 	want := bigRuleset(50)
 	want.Chains = cur.Chains
 	want.Set("tcp_ports").Elements = want.Set("tcp_ports").Elements[20:]
-	p := rules.SyncExact(cur, want).Plan
-	b, err := buildBatch(p)
-	if err != nil {
-		t.Fatal(err)
+	ch := rules.SyncExact(cur, want)
+	order := func(p *rules.Plan) string {
+		t.Helper()
+		b, err := buildBatch(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var order []string
+		for _, o := range b.ops {
+			order = append(order, strings.Fields(o.desc)[0]+" "+strings.Fields(o.desc)[1]+" "+strings.Fields(o.desc)[2])
+		}
+		return strings.Join(order, ", ")
 	}
-	var order []string
-	for _, o := range b.ops {
-		order = append(order, strings.Fields(o.desc)[0]+" "+strings.Fields(o.desc)[1])
+	// The set is rebuilt under its other name: created and filled first,
+	// in a transaction of its own that no rule reads; then the rules are
+	// switched to it and the old set deleted.
+	if got, want := order(ch.Plan), "flush chain output, add set tcp_ports_b, add 30 elements, delete set tcp_ports, add rule 1"; got != want {
+		t.Errorf("batch order:\n%s\nwant\n%s", got, want)
 	}
-	got := strings.Join(order, ", ")
-	// tcp_open comes after tcp_ports here, so it is rebuilt too.
-	wantOrder := "flush chain, delete set, add set, add 30, delete set, add set, add 50, add rule"
-	if got != wantOrder {
-		t.Errorf("batch order:\n%s\nwant\n%s", got, wantOrder)
+	txs := ch.Transactions()
+	if len(txs) != 2 {
+		t.Fatalf("%d transactions for a rebuild, want 2", len(txs))
+	}
+	if got, want := order(txs[0]), "add set tcp_ports_b, add 30 elements"; got != want {
+		t.Errorf("first transaction:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := order(txs[1]), "flush chain output, delete set tcp_ports, add rule 1"; got != want {
+		t.Errorf("second transaction:\n%s\nwant\n%s", got, want)
 	}
 }
 
