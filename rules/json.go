@@ -65,7 +65,8 @@ type stateStmt struct {
 	Verdict string `json:"verdict,omitempty"`
 }
 
-var keyNames = map[string]KeyType{KeyUID.String(): KeyUID, KeyPort.String(): KeyPort, KeyUIDPort.String(): KeyUIDPort}
+var keyNames = map[string]KeyType{KeyUID.String(): KeyUID, KeyPort.String(): KeyPort, KeyUIDPort.String(): KeyUIDPort,
+	KeyUIDProtoPort.String(): KeyUIDProtoPort}
 
 var verdictNames = map[VerdictKind]string{Accept: "accept", Drop: "drop", RejectTCPReset: "reject_tcp_reset", RejectPortUnreachable: "reject_port_unreachable"}
 
@@ -142,6 +143,8 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 		return stateStmt{Type: "counter"}, nil
 	case UpdateSet:
 		return stateStmt{Type: "update_set", Proto: s.Proto, Set: s.Set}, nil
+	case UpdateSetTransport:
+		return stateStmt{Type: "update_set_transport", Set: s.Set}, nil
 	case Limit:
 		return stateStmt{Type: "limit", Rate: s.Rate, Unit: string(s.Unit)}, nil
 	case Log:
@@ -158,7 +161,7 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 
 func stmtFromJSON(j stateStmt) (Stmt, error) {
 	proto := func() (Proto, error) {
-		if j.Proto != TCP && j.Proto != UDP {
+		if !slices.Contains(Protos, j.Proto) {
 			return "", fmt.Errorf("%s: unknown protocol %q", j.Type, j.Proto)
 		}
 		return j.Proto, nil
@@ -193,6 +196,8 @@ func stmtFromJSON(j stateStmt) (Stmt, error) {
 		return Limit{Rate: j.Rate, Unit: LimitUnit(j.Unit)}, nil
 	case "log":
 		return Log{Prefix: j.Prefix}, nil
+	case "update_set_transport":
+		return UpdateSetTransport{Set: j.Set}, nil
 	case "verdict":
 		for k, v := range verdictNames {
 			if v == j.Verdict {

@@ -12,7 +12,8 @@ func everyStmt() *Ruleset {
 	rs := sample(alpha, beta, gamma)
 	rs.Sets = append(rs.Sets,
 		&Set{Name: "exempt", Key: KeyUID, Comment: OwnerPrefix + "x", Elements: []Element{{UID: 0}, {UID: 4294967295}}},
-		&Set{Name: "v", Key: KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true})
+		&Set{Name: "v", Key: KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true},
+		&Set{Name: "o", Key: KeyUIDProtoPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true})
 	rs.Chains = append(rs.Chains, &Chain{Name: "input", Hook: HookInput, Priority: -5, Rules: []Rule{
 		{Stmts: []Stmt{Loopback{}, CtStateNotNew{}, CtDirectionReply{}, Verdict{Kind: Accept}}},
 		{Stmts: []Stmt{SkuidCmp{Op: Lt, UID: 1000}, SkuidCmp{Op: Ge, UID: 0}, SkuidInSet{Set: "exempt"}, Verdict{Kind: Drop}}},
@@ -20,6 +21,7 @@ func everyStmt() *Ruleset {
 		{Stmts: []Stmt{SkuidMask{Mask: 7, Value: 0}, SkuidMask{Mask: 0xffffffff, Value: 5}, Verdict{Kind: Accept}}},
 		{Stmts: []Stmt{L4Proto{Proto: UDP}, UpdateSet{Proto: UDP, Set: "v"}, Limit{Rate: 10, Unit: PerMinute}, Log{Prefix: "p: "}, Counter{}, Verdict{Kind: RejectPortUnreachable}}},
 		{Stmts: []Stmt{DportRange{Proto: TCP, Lo: 1, Hi: 65535}, DportNotInSet{Proto: TCP, Set: "tcp_open"}, Loopback{Out: true}, Verdict{Kind: RejectTCPReset}}, Comment: "c"},
+		{Stmts: []Stmt{CtDirectionReply{}, UpdateSetTransport{Set: "o"}, DportRange{Proto: UDPLite, Lo: 40010, Hi: 49999}, DportRange{Proto: SCTP, Lo: 1, Hi: 2}, DportRange{Proto: DCCP, Lo: 3, Hi: 3}, Verdict{Kind: Drop}}},
 	}})
 	return rs
 }
@@ -57,7 +59,7 @@ func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
 		"truncated":    good[:len(good)/2],
 		"no table":     strings.Replace(good, `"table":"nftpol"`, `"table":""`, 1),
 		"bad verdict":  strings.Replace(good, `"verdict":"drop"`, `"verdict":"jump"`, 1),
-		"bad protocol": strings.Replace(good, `"proto":"udp"`, `"proto":"sctp"`, 1),
+		"bad protocol": strings.Replace(good, `"proto":"udp"`, `"proto":"gre"`, 1),
 	} {
 		if bad == good {
 			t.Fatalf("%s: the mutation did not apply", name)

@@ -67,6 +67,9 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 	case opaque:
 		return nil, 0, ""
 	case *expr.Meta:
+		if s, ok := isUpdateTransport(es); ok {
+			return s, 4, ""
+		}
 		switch {
 		case (e.Key == expr.MetaKeyIIF || e.Key == expr.MetaKeyOIF) && e.Register == reg1 && len(es) >= 2:
 			if isCmp(es[1], expr.CmpOpEq, binaryutil.NativeEndian.PutUint32(loIfindex)) {
@@ -201,7 +204,7 @@ func l4proto(es []expr.Any) (rules.Proto, bool) {
 	if !ok || m.Key != expr.MetaKeyL4PROTO || m.Register != reg1 || m.SourceRegister {
 		return "", false
 	}
-	for _, p := range []rules.Proto{rules.TCP, rules.UDP} {
+	for _, p := range rules.Protos {
 		if isCmp(es[1], expr.CmpOpEq, []byte{p.Number()}) {
 			return p, true
 		}
@@ -249,6 +252,10 @@ func decodeSet(s kset) *rules.Set {
 	case uidPortType.GetNFTMagic():
 		if concat == interval {
 			rs.Key = rules.KeyUIDPort
+		}
+	case uidProtoPortType.GetNFTMagic():
+		if !concat && !interval {
+			rs.Key = rules.KeyUIDProtoPort
 		}
 	}
 	return rs

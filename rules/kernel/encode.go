@@ -118,6 +118,8 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
 				&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1word2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 				&expr.Dynset{SrcRegKey: reg1, SetName: s.Set, Operation: unix.NFT_DYNSET_OP_UPDATE})
+		case rules.UpdateSetTransport:
+			out = append(out, encodeUpdateTransport(s)...)
 		case rules.Limit:
 			unit, ok := limitUnits[s.Unit]
 			if !ok {
@@ -224,6 +226,8 @@ func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
 		// with it) only where the kernel needs them, for the pipapo
 		// backend of interval sets.
 		ns.Concatenation = s.Interval
+	case rules.KeyUIDProtoPort:
+		ns.KeyType = uidProtoPortType
 	default:
 		return nil, fmt.Errorf("set %s: unknown key type", s.Name)
 	}
