@@ -38,6 +38,17 @@ const (
 // ViolationsSet names the dynamic set recording blocked serving of proto.
 func ViolationsSet(p rules.Proto) string { return string(p) + "_violations" }
 
+// OtherViolationsSet names the dynamic set recording serving over every
+// transport but TCP and UDP, per uid . protocol . port.
+const OtherViolationsSet = "other_violations"
+
+// Ungranted are the transports besides TCP and UDP that an unprivileged
+// socket can use and that carry ports: no account is granted them, so the
+// input chain closes the whole zone to them. (DCCP left Linux in 6.16;
+// older distribution kernels still have it.) The output chain refuses
+// every transport but TCP and UDP, listed here or not.
+var Ungranted = []rules.Proto{rules.UDPLite, rules.SCTP, rules.DCCP}
+
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
 // accept here does not override a drop elsewhere, so the relative order with
 // the host's other filter chains does not weaken either of them.
@@ -121,6 +132,11 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
 	}
+	rs.Sets = append(rs.Sets, &rules.Set{
+		Name: OtherViolationsSet, Key: rules.KeyUIDProtoPort, Dynamic: true,
+		Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
+		Comment: rules.OwnerPrefix + "uid . protocol . port of blocked serving over other transports, with counters",
+	})
 	// The moved sets (see rules.Overlay) are empty in a compiled ruleset:
 	// apply fills them from what the kernel holds. The small moved-ports
 	// sets come after the large ones, so rebuilding one of them never
@@ -236,6 +252,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 				rules.Counter{},
 				verdict(p.Action, proto))...))
 	}
+	rr = append(rr, otherTransports(p)...)
 	return &rules.Chain{Name: "output", Hook: rules.HookOutput, Priority: priority, Rules: rr}
 }
 
@@ -253,7 +270,45 @@ func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 			rules.Counter{},
 			verdict(p.Action, proto)))
 	}
+	// No account has a port of the other transports: the zone is closed
+	// to them whole. A TCP or UDP packet pays one protocol comparison per
+	// rule here, and only when it opens a connection.
+	for _, proto := range Ungranted {
+		rr = append(rr, rule(fmt.Sprintf("%s zone ports (no account is granted %s)", proto, proto),
+			rules.DportRange{Proto: proto, Lo: p.Zone.Lo, Hi: p.Zone.Hi},
+			rules.Counter{},
+			verdict(p.Action, proto)))
+	}
 	return &rules.Chain{Name: "input", Hook: rules.HookInput, Priority: priority, Rules: rr}
+}
+
+// otherTransports refuses serving over every transport the policy cannot
+// grant: UDP-Lite, SCTP, DCCP, any IP protocol but TCP and UDP. They come
+// after every TCP and UDP rule, and without a protocol match of their own:
+// a TCP or UDP packet that an account may send was accepted above, one it
+// may not was refused above, so the only TCP or UDP packets that get here
+// have no conntrack entry or no owning socket, and fail the two guards as
+// they fail them in the violation rules above. ICMP (echo replies, errors)
+// is sent by the kernel's own sockets, which have no owner `meta skuid`
+// reads: it passes untouched too.
+//
+// Three rules, each with the guards: the log (whose limit must never stop
+// the verdict), the record (`th sport` does not load from a packet too
+// short for it, and that must not stop the verdict either), and the
+// verdict, which is always drop: a reject on the way out is addressed to
+// the host itself, not to the client, which sees a timeout either way; a
+// dropped datagram already fails the sender's sendmsg with EPERM.
+func otherTransports(p *policies.Policy) []rules.Rule {
+	guard := []rules.Stmt{rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID}}
+	with := func(ss ...rules.Stmt) []rules.Stmt { return append(slices.Clip(guard), ss...) }
+	return []rules.Rule{
+		rule("log other transports served by accounts (none is granted but tcp and udp)",
+			with(rules.Limit{Rate: LogRate, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked serving over another transport: "})...),
+		rule("record other transports served by accounts",
+			with(rules.UpdateSetTransport{Set: OtherViolationsSet})...),
+		rule("other transports served by accounts",
+			with(rules.Counter{}, rules.Verdict{Kind: rules.Drop})...),
+	}
 }
 
 // rule makes a rule with a comment that says why it is there; the comment

@@ -228,3 +228,59 @@ func TestCompileSharesProtocols(t *testing.T) {
 		t.Errorf("b without udp: udp_open = %s", got)
 	}
 }
+
+// TestCompileOtherTransports: every transport but TCP and UDP is refused to
+// enforced accounts on the way out, by rules that come after every TCP and
+// UDP rule (so a packet the TCP and UDP rules accept never reaches them) and
+// that keep the two guards of the violation rules; the zone is closed to the
+// ungranted transports on the way in.
+func TestCompileOtherTransports(t *testing.T) {
+	p := policy()
+	rs, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := rs.Chain("output").Rules
+	last := slices.IndexFunc(out, func(r rules.Rule) bool { return strings.Contains(r.String(), "other transports") })
+	if last < 0 {
+		t.Fatalf("no rule for other transports in\n%s", rules.RenderString(rs))
+	}
+	for _, r := range out[:last] {
+		if strings.Contains(r.String(), "@other_violations") {
+			t.Errorf("record before the log: %s", r)
+		}
+	}
+	for _, r := range out[last:] {
+		if s := r.String(); !strings.HasPrefix(s, "ct direction reply meta skuid >= 1000 ") ||
+			slices.ContainsFunc(r.Stmts, func(st rules.Stmt) bool { _, ok := st.(rules.L4Proto); return ok }) {
+			t.Errorf("other-transport rule without the guards or with a protocol match: %s", s)
+		}
+	}
+	if len(out)-last != 3 {
+		t.Errorf("%d rules for other transports, want log, record and verdict", len(out)-last)
+	}
+	want := []string{
+		"ct direction reply meta skuid >= 1000 update @other_violations { meta skuid . meta l4proto . th sport }",
+		"ct direction reply meta skuid >= 1000 counter drop",
+	}
+	for i, w := range want {
+		if got := out[last+1+i].String(); !strings.HasPrefix(got, w+" comment ") {
+			t.Errorf("rule %d: %s, want %s", last+1+i, got, w)
+		}
+	}
+	// Drop on the way out even when the policy rejects: a reject there
+	// would be addressed to this host.
+	if v := out[len(out)-1].Stmts[len(out[len(out)-1].Stmts)-1]; v != (rules.Verdict{Kind: rules.Drop}) {
+		t.Errorf("other transports end with %s, want drop", v)
+	}
+	if s := rs.Set(OtherViolationsSet); s == nil || s.Key != rules.KeyUIDProtoPort || !s.Dynamic || !s.Counter {
+		t.Errorf("set %s: %+v", OtherViolationsSet, s)
+	}
+	in := rules.RenderString(&rules.Ruleset{Table: "t", Chains: []*rules.Chain{rs.Chain("input")}})
+	for _, proto := range Ungranted {
+		w := fmt.Sprintf("%s dport %d-%d counter reject comment", proto, p.Zone.Lo, p.Zone.Hi)
+		if !strings.Contains(in, w) {
+			t.Errorf("input lacks %q:\n%s", w, in)
+		}
+	}
+}
