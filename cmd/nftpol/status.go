@@ -160,7 +160,7 @@ func (a *app) status(top int) (*statusReport, error) {
 				timeout = compiler.ViolationTimeout
 			}
 			r.Top = append(r.Top, violator{
-				UID: h.UID, Account: names[h.UID], Proto: proto, Port: h.Port,
+				UID: h.UID, Account: names[h.UID], Proto: cmp.Or(h.Proto, proto), Port: h.Port,
 				Packets: h.Packets, Bytes: h.Bytes,
 				LastSeen: now.Add(-(timeout - h.Expires)).UTC().Truncate(time.Second),
 			})
