@@ -91,6 +91,8 @@ func evalStmt(rs *rules.Ruleset, st rules.Stmt, pkt packet) (bool, rules.Verdict
 		return !pkt.new, 0, nil
 	case rules.L4Proto:
 		return pkt.proto == s.Proto, 0, nil
+	case rules.L4ProtoNot:
+		return pkt.proto != s.Proto, 0, nil
 	case rules.SkuidCmp:
 		// No owning socket: any skuid expression fails.
 		if !pkt.hasSocket {

@@ -38,15 +38,16 @@ const (
 // ViolationsSet names the dynamic set recording blocked serving of proto.
 func ViolationsSet(p rules.Proto) string { return string(p) + "_violations" }
 
-// OtherViolationsSet names the dynamic set recording serving over every
-// transport but TCP and UDP, per uid . protocol . port.
+// OtherViolationsSet names the dynamic set recording the packets of every
+// transport but TCP, UDP and ICMP that accounts sent, per uid . protocol .
+// source port.
 const OtherViolationsSet = "other_violations"
 
 // Ungranted are the transports besides TCP and UDP that an unprivileged
 // socket can use and that carry ports: no account is granted them, so the
 // input chain closes the whole zone to them. (DCCP left Linux in 6.16;
 // older distribution kernels still have it.) The output chain refuses
-// every transport but TCP and UDP, listed here or not.
+// every transport but TCP, UDP and ICMP to accounts, listed here or not.
 var Ungranted = []rules.Proto{rules.UDPLite, rules.SCTP, rules.DCCP}
 
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
@@ -135,7 +136,7 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	rs.Sets = append(rs.Sets, &rules.Set{
 		Name: OtherViolationsSet, Key: rules.KeyUIDProtoPort, Dynamic: true,
 		Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
-		Comment: rules.OwnerPrefix + "uid . protocol . port of blocked serving over other transports, with counters",
+		Comment: rules.OwnerPrefix + "uid . protocol . port of packets of transports no account is granted, with counters",
 	})
 	// The moved sets (see rules.Overlay) are empty in a compiled ruleset:
 	// apply fills them from what the kernel holds. The small moved-ports
@@ -207,6 +208,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	if p.Loopback != policies.LoopbackEnforce {
 		rr = append(rr, rule("loopback is not enforced", rules.Loopback{Out: true}, accept))
 	}
+	rr = append(rr, otherTransports(p)...)
 	// Only answers to connections opened from outside are enforced: an
 	// account's own client traffic travels in the original direction.
 	rr = append(rr, rule("connections opened from this host", rules.CtDirectionOriginal{}, accept))
@@ -252,7 +254,6 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 				rules.Counter{},
 				verdict(p.Action, proto))...))
 	}
-	rr = append(rr, otherTransports(p)...)
 	return &rules.Chain{Name: "output", Hook: rules.HookOutput, Priority: priority, Rules: rr}
 }
 
@@ -271,8 +272,12 @@ func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 			verdict(p.Action, proto)))
 	}
 	// No account has a port of the other transports: the zone is closed
-	// to them whole. A TCP or UDP packet pays one protocol comparison per
-	// rule here, and only when it opens a connection.
+	// to them whole, for new connections as for TCP and UDP. (Conntrack
+	// here marks every inbound UDP-Lite datagram invalid, see
+	// otherTransports; such a datagram passes the accept above, as an
+	// invalid TCP or UDP packet does, and only the output chain judges
+	// it.) A TCP or UDP packet that opens a connection pays one protocol
+	// comparison per rule here.
 	for _, proto := range Ungranted {
 		rr = append(rr, rule(fmt.Sprintf("%s zone ports (no account is granted %s)", proto, proto),
 			rules.DportRange{Proto: proto, Lo: p.Zone.Lo, Hi: p.Zone.Hi},
@@ -282,32 +287,39 @@ func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	return &rules.Chain{Name: "input", Hook: rules.HookInput, Priority: priority, Rules: rr}
 }
 
-// otherTransports refuses serving over every transport the policy cannot
-// grant: UDP-Lite, SCTP, DCCP, any IP protocol but TCP and UDP. They come
-// after every TCP and UDP rule, and without a protocol match of their own:
-// a TCP or UDP packet that an account may send was accepted above, one it
-// may not was refused above, so the only TCP or UDP packets that get here
-// have no conntrack entry or no owning socket, and fail the two guards as
-// they fail them in the violation rules above. ICMP (echo replies, errors)
-// is sent by the kernel's own sockets, which have no owner `meta skuid`
-// reads: it passes untouched too.
+// otherTransports refuses every transport the policy cannot grant
+// (UDP-Lite, SCTP, DCCP, any IP protocol but TCP, UDP and ICMP) to enforced
+// accounts, in both directions. They cannot come after the TCP and UDP
+// rules with a `ct direction reply` guard, as the violation rules do:
+// conntrack here marks every inbound UDP-Lite datagram invalid (its
+// checksum check, with the default nf_conntrack_checksum=1), so a server's
+// answer starts a new connection in the original direction, which
+// `ct direction original accept` would let out; a client can make other
+// transports' first packets invalid to conntrack too. So they come before
+// that accept, and an account's own UDP-Lite or SCTP client traffic is
+// refused as well. TCP and UDP packets pay the first one or two protocol
+// comparisons of each of the two rules, nothing more.
 //
-// Three rules, each with the guards: the log (whose limit must never stop
-// the verdict), the record (`th sport` does not load from a packet too
-// short for it, and that must not stop the verdict either), and the
-// verdict, which is always drop: a reject on the way out is addressed to
-// the host itself, not to the client, which sees a timeout either way; a
-// dropped datagram already fails the sender's sendmsg with EPERM.
+// ICMP passes: the kernel sends echo replies and errors from sockets of its
+// own, which `meta skuid` does not read, and an account's ping socket
+// sends echo requests only. Packets without an owning socket fail the
+// skuid guard, as in the violation rules. The log has a rule of its own
+// (its limit must never stop the verdict); the verdict is always drop: a
+// reject on the way out is addressed to this host, not to the client,
+// which sees a timeout either way, and a dropped datagram fails the
+// sender's sendmsg with EPERM.
 func otherTransports(p *policies.Policy) []rules.Rule {
-	guard := []rules.Stmt{rules.CtDirectionReply{}, rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID}}
+	guard := []rules.Stmt{
+		rules.L4ProtoNot{Proto: rules.TCP}, rules.L4ProtoNot{Proto: rules.UDP},
+		rules.L4ProtoNot{Proto: rules.ICMP}, rules.L4ProtoNot{Proto: rules.ICMPv6},
+		rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID}, rules.SkuidInSet{Set: rules.ExemptSet, Not: true},
+	}
 	with := func(ss ...rules.Stmt) []rules.Stmt { return append(slices.Clip(guard), ss...) }
 	return []rules.Rule{
-		rule("log other transports served by accounts (none is granted but tcp and udp)",
-			with(rules.Limit{Rate: LogRate, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked serving over another transport: "})...),
-		rule("record other transports served by accounts",
-			with(rules.UpdateSetTransport{Set: OtherViolationsSet})...),
-		rule("other transports served by accounts",
-			with(rules.Counter{}, rules.Verdict{Kind: rules.Drop})...),
+		rule("log transports no account is granted",
+			with(rules.Limit{Rate: LogRate, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked transport: "})...),
+		rule("accounts use tcp and udp only",
+			with(rules.UpdateSetTransport{Set: OtherViolationsSet}, rules.Counter{}, rules.Verdict{Kind: rules.Drop})...),
 	}
 }
 

@@ -229,11 +229,12 @@ func TestCompileSharesProtocols(t *testing.T) {
 	}
 }
 
-// TestCompileOtherTransports: every transport but TCP and UDP is refused to
-// enforced accounts on the way out, by rules that come after every TCP and
-// UDP rule (so a packet the TCP and UDP rules accept never reaches them) and
-// that keep the two guards of the violation rules; the zone is closed to the
-// ungranted transports on the way in.
+// TestCompileOtherTransports: every transport but TCP, UDP and ICMP is
+// refused to enforced accounts on the way out by two rules that come before
+// the original-direction accept (conntrack cannot always tell a UDP-Lite
+// reply from a first packet), that keep the skuid guard and the exempt set,
+// and that drop whatever the action; the zone is closed to the ungranted
+// transports on the way in.
 func TestCompileOtherTransports(t *testing.T) {
 	p := policy()
 	rs, err := Compile(p)
@@ -241,37 +242,24 @@ func TestCompileOtherTransports(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := rs.Chain("output").Rules
-	last := slices.IndexFunc(out, func(r rules.Rule) bool { return strings.Contains(r.String(), "other transports") })
-	if last < 0 {
-		t.Fatalf("no rule for other transports in\n%s", rules.RenderString(rs))
-	}
-	for _, r := range out[:last] {
-		if strings.Contains(r.String(), "@other_violations") {
-			t.Errorf("record before the log: %s", r)
-		}
-	}
-	for _, r := range out[last:] {
-		if s := r.String(); !strings.HasPrefix(s, "ct direction reply meta skuid >= 1000 ") ||
-			slices.ContainsFunc(r.Stmts, func(st rules.Stmt) bool { _, ok := st.(rules.L4Proto); return ok }) {
-			t.Errorf("other-transport rule without the guards or with a protocol match: %s", s)
-		}
-	}
-	if len(out)-last != 3 {
-		t.Errorf("%d rules for other transports, want log, record and verdict", len(out)-last)
-	}
+	orig := slices.IndexFunc(out, func(r rules.Rule) bool { return slices.Contains(r.Stmts, rules.Stmt(rules.CtDirectionOriginal{})) })
+	guard := "meta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt "
 	want := []string{
-		"ct direction reply meta skuid >= 1000 update @other_violations { meta skuid . meta l4proto . th sport }",
-		"ct direction reply meta skuid >= 1000 counter drop",
+		guard + `limit rate 10/minute log prefix "nftpol: blocked transport: " flags skuid`,
+		guard + "update @other_violations { meta skuid . meta l4proto . th sport } counter drop",
+	}
+	if orig != len(want)+1 {
+		t.Fatalf("the original-direction accept is rule %d, want %d (after lo and the two rules):\n%s", orig, len(want)+1, rules.RenderString(rs))
 	}
 	for i, w := range want {
-		if got := out[last+1+i].String(); !strings.HasPrefix(got, w+" comment ") {
-			t.Errorf("rule %d: %s, want %s", last+1+i, got, w)
+		if got := out[1+i].String(); !strings.HasPrefix(got, w+" comment ") {
+			t.Errorf("rule %d: %s\nwant %s", 1+i, got, w)
 		}
 	}
-	// Drop on the way out even when the policy rejects: a reject there
-	// would be addressed to this host.
-	if v := out[len(out)-1].Stmts[len(out[len(out)-1].Stmts)-1]; v != (rules.Verdict{Kind: rules.Drop}) {
-		t.Errorf("other transports end with %s, want drop", v)
+	for _, r := range out[orig:] {
+		if strings.Contains(r.String(), "@other_violations") {
+			t.Errorf("other transports judged again after the accept: %s", r)
+		}
 	}
 	if s := rs.Set(OtherViolationsSet); s == nil || s.Key != rules.KeyUIDProtoPort || !s.Dynamic || !s.Counter {
 		t.Errorf("set %s: %+v", OtherViolationsSet, s)
@@ -279,8 +267,17 @@ func TestCompileOtherTransports(t *testing.T) {
 	in := rules.RenderString(&rules.Ruleset{Table: "t", Chains: []*rules.Chain{rs.Chain("input")}})
 	for _, proto := range Ungranted {
 		w := fmt.Sprintf("%s dport %d-%d counter reject comment", proto, p.Zone.Lo, p.Zone.Hi)
-		if !strings.Contains(in, w) {
-			t.Errorf("input lacks %q:\n%s", w, in)
+		if i, j := strings.Index(in, w), strings.Index(in, "ct state != new accept"); i < 0 || i < j {
+			t.Errorf("input lacks %q after the accept of packets that are not new:\n%s", w, in)
 		}
+	}
+	// With action drop, and a min_uid of 0, the guards stay.
+	p.Action, p.MinUID = policies.Drop, 0
+	rs, err = Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rs.Chain("output").Rules[2].String(); !strings.Contains(got, "meta skuid >= 0 meta skuid != @exempt update @other_violations") || !strings.Contains(got, " counter drop ") {
+		t.Errorf("min_uid 0: %s", got)
 	}
 }

@@ -133,6 +133,8 @@ func stmtToJSON(st Stmt) (stateStmt, error) {
 		return stateStmt{Type: "skuid_mask", Mask: s.Mask, UID: s.Value}, nil
 	case L4Proto:
 		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
+	case L4ProtoNot:
+		return stateStmt{Type: "l4proto_not", Proto: s.Proto}, nil
 	case SkuidSportInSet:
 		return stateStmt{Type: "skuid_sport_in_set", Proto: s.Proto, Set: s.Set}, nil
 	case DportRange:
@@ -198,6 +200,11 @@ func stmtFromJSON(j stateStmt) (Stmt, error) {
 		return Log{Prefix: j.Prefix}, nil
 	case "update_set_transport":
 		return UpdateSetTransport{Set: j.Set}, nil
+	case "l4proto_not":
+		if j.Proto.Number() == 0 {
+			return nil, fmt.Errorf("l4proto_not: unknown protocol %q", j.Proto)
+		}
+		return L4ProtoNot{Proto: j.Proto}, nil
 	case "verdict":
 		for k, v := range verdictNames {
 			if v == j.Verdict {

@@ -21,7 +21,7 @@ func everyStmt() *Ruleset {
 		{Stmts: []Stmt{SkuidMask{Mask: 7, Value: 0}, SkuidMask{Mask: 0xffffffff, Value: 5}, Verdict{Kind: Accept}}},
 		{Stmts: []Stmt{L4Proto{Proto: UDP}, UpdateSet{Proto: UDP, Set: "v"}, Limit{Rate: 10, Unit: PerMinute}, Log{Prefix: "p: "}, Counter{}, Verdict{Kind: RejectPortUnreachable}}},
 		{Stmts: []Stmt{DportRange{Proto: TCP, Lo: 1, Hi: 65535}, DportNotInSet{Proto: TCP, Set: "tcp_open"}, Loopback{Out: true}, Verdict{Kind: RejectTCPReset}}, Comment: "c"},
-		{Stmts: []Stmt{CtDirectionReply{}, UpdateSetTransport{Set: "o"}, DportRange{Proto: UDPLite, Lo: 40010, Hi: 49999}, DportRange{Proto: SCTP, Lo: 1, Hi: 2}, DportRange{Proto: DCCP, Lo: 3, Hi: 3}, Verdict{Kind: Drop}}},
+		{Stmts: []Stmt{L4ProtoNot{Proto: ICMPv6}, L4ProtoNot{Proto: TCP}, CtDirectionReply{}, UpdateSetTransport{Set: "o"}, DportRange{Proto: UDPLite, Lo: 40010, Hi: 49999}, DportRange{Proto: SCTP, Lo: 1, Hi: 2}, DportRange{Proto: DCCP, Lo: 3, Hi: 3}, Verdict{Kind: Drop}}},
 	}})
 	return rs
 }

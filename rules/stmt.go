@@ -29,6 +29,9 @@ const (
 	UDPLite Proto = "udplite"
 	SCTP    Proto = "sctp"
 	DCCP    Proto = "dccp"
+	// ICMP and ICMPv6 have no ports; L4ProtoNot names them.
+	ICMP   Proto = "icmp"
+	ICMPv6 Proto = "ipv6-icmp"
 )
 
 // Protos lists every transport a statement may name: the ones whose
@@ -49,6 +52,10 @@ func (p Proto) Number() uint8 {
 		return 132
 	case DCCP:
 		return 33
+	case ICMP:
+		return 1
+	case ICMPv6:
+		return 58
 	}
 	return 0
 }
@@ -56,16 +63,10 @@ func (p Proto) Number() uint8 {
 // ProtoName names IP protocol number n as nft prints an inet_proto value:
 // the transports of Protos and ICMP by name, any other protocol by number.
 func ProtoName(n uint8) string {
-	for _, p := range Protos {
+	for _, p := range append(Protos[:len(Protos):len(Protos)], ICMP, ICMPv6) {
 		if p.Number() == n {
 			return string(p)
 		}
-	}
-	switch n {
-	case 1:
-		return "icmp"
-	case 58:
-		return "ipv6-icmp"
 	}
 	return strconv.Itoa(int(n))
 }
@@ -121,6 +122,10 @@ type SkuidMask struct {
 
 // L4Proto matches the transport protocol.
 type L4Proto struct{ Proto Proto }
+
+// L4ProtoNot matches a transport protocol other than Proto
+// (`meta l4proto != udp`). Proto may be ICMP or ICMPv6.
+type L4ProtoNot struct{ Proto Proto }
 
 // SkuidSportInSet looks up the concatenation of the socket's UID and the
 // packet's source port in a set of type uid . inet_service.
@@ -207,6 +212,7 @@ func (SkuidCmp) stmt()            {}
 func (SkuidInSet) stmt()          {}
 func (SkuidMask) stmt()           {}
 func (L4Proto) stmt()             {}
+func (L4ProtoNot) stmt()          {}
 func (SkuidSportInSet) stmt()     {}
 func (DportRange) stmt()          {}
 func (DportNotInSet) stmt()       {}
@@ -244,6 +250,8 @@ func (s SkuidMask) String() string {
 }
 
 func (s L4Proto) String() string { return "meta l4proto " + string(s.Proto) }
+
+func (s L4ProtoNot) String() string { return "meta l4proto != " + string(s.Proto) }
 
 func (s SkuidSportInSet) String() string {
 	return fmt.Sprintf("meta skuid . %s sport @%s", s.Proto, s.Set)

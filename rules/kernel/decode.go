@@ -70,6 +70,9 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 		if s, ok := isUpdateTransport(es); ok {
 			return s, 4, ""
 		}
+		if s, ok := isL4ProtoNot(es); ok {
+			return s, 2, ""
+		}
 		switch {
 		case (e.Key == expr.MetaKeyIIF || e.Key == expr.MetaKeyOIF) && e.Register == reg1 && len(es) >= 2:
 			if isCmp(es[1], expr.CmpOpEq, binaryutil.NativeEndian.PutUint32(loIfindex)) {

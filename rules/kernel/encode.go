@@ -120,6 +120,8 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 				&expr.Dynset{SrcRegKey: reg1, SetName: s.Set, Operation: unix.NFT_DYNSET_OP_UPDATE})
 		case rules.UpdateSetTransport:
 			out = append(out, encodeUpdateTransport(s)...)
+		case rules.L4ProtoNot:
+			out = append(out, encodeL4ProtoNot(s)...)
 		case rules.Limit:
 			unit, ok := limitUnits[s.Unit]
 			if !ok {

@@ -47,6 +47,35 @@ func encodeUpdateTransport(s rules.UpdateSetTransport) []expr.Any {
 	}
 }
 
+// encodeL4ProtoNot is nft's `meta l4proto != P`:
+//
+//	[ meta load l4proto => reg 1 ]
+//	[ cmp neq reg 1 0x000000NN ]
+func encodeL4ProtoNot(s rules.L4ProtoNot) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{s.Proto.Number()}},
+	}
+}
+
+// isL4ProtoNot reports whether es starts with encodeL4ProtoNot's
+// expressions for a protocol the model names.
+func isL4ProtoNot(es []expr.Any) (rules.L4ProtoNot, bool) {
+	if len(es) < 2 {
+		return rules.L4ProtoNot{}, false
+	}
+	m, ok := es[0].(*expr.Meta)
+	if !ok || *m != (expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1}) {
+		return rules.L4ProtoNot{}, false
+	}
+	for _, p := range append(rules.Protos[:len(rules.Protos):len(rules.Protos)], rules.ICMP, rules.ICMPv6) {
+		if isCmp(es[1], expr.CmpOpNeq, []byte{p.Number()}) {
+			return rules.L4ProtoNot{Proto: p}, true
+		}
+	}
+	return rules.L4ProtoNot{}, false
+}
+
 // isUpdateTransport reports whether es starts with encodeUpdateTransport's
 // expressions, and returns the statement.
 func isUpdateTransport(es []expr.Any) (rules.UpdateSetTransport, bool) {

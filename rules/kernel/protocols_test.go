@@ -26,6 +26,10 @@ func transportRules() []rules.Rule {
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.SCTP, Lo: 40010, Hi: 49999}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.DCCP, Lo: 40010, Hi: 49999}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDPLite}, rules.UpdateSetTransport{Set: "v"}}},
+		{Stmts: []rules.Stmt{rules.L4ProtoNot{Proto: rules.TCP}, rules.L4ProtoNot{Proto: rules.UDP}, rules.L4ProtoNot{Proto: rules.ICMP},
+			rules.L4ProtoNot{Proto: rules.ICMPv6}, rules.SkuidCmp{Op: rules.Ge, UID: 1000}, rules.SkuidInSet{Set: "exempt", Not: true},
+			rules.UpdateSetTransport{Set: "other_violations"}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
+		{Stmts: []rules.Stmt{rules.L4ProtoNot{Proto: rules.SCTP}, rules.L4Proto{Proto: rules.TCP}, rules.Verdict{Kind: rules.Accept}}},
 	}
 }
 
@@ -70,6 +74,18 @@ func TestEncodeTransportsAsNft(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("update @other_violations encodes as\n%s\nwant\n%s", exprList(got), exprList(want))
+	}
+	// meta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp
+	//   [ meta load l4proto => reg 1 ] [ cmp neq reg 1 0x00000006 ] ... 0x11, 0x01, 0x3a
+	got, err = encodeRule(transportRules()[6])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, num := range []byte{6, 17, 1, 58} {
+		w := []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{num}}}
+		if !reflect.DeepEqual(got[2*i:2*i+2], w) {
+			t.Errorf("meta l4proto != %d encodes as\n%s", num, exprList(got[2*i:2*i+2]))
+		}
 	}
 	for i, num := range []byte{0x88, 0x84, 0x21} {
 		got, err := encodeRule(transportRules()[2+i])
