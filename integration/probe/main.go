@@ -17,6 +17,7 @@
 //
 // connect sends "ping", expects "ping" back and prints one word: ok, refused
 // (TCP reset on connect, or ICMP port-unreachable on a connected UDP socket),
+// denied (the send failed with EPERM: dropped on the way out of this host),
 // timeout (no answer within -timeout), reset (the connection was reset after
 // it was set up), closed (the peer closed without echoing) or "error: ...".
 // It exits 0 for all of them: the test interprets the word.
@@ -351,6 +352,9 @@ func classify(err error) string {
 		return "ok"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		// A firewall on this host dropped the packet on its way out.
+		return "denied"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return "reset"
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
