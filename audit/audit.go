@@ -1,5 +1,5 @@
-// Package audit judges the sockets that serve clients — listening TCP
-// sockets, bound UDP sockets — under a policy: which of them can be reached
+// Package audit judges the sockets that serve clients — listening TCP and
+// SCTP sockets, bound UDP and UDP-Lite sockets — under a policy: which of them can be reached
 // from outside, which nftpol blocks and why, and which it leaves alone.
 //
 // The verdicts come from the ruleset the compiler makes from the policy,
@@ -59,6 +59,10 @@ const (
 	// protocol. New connections to it are refused whoever listens, so
 	// this is the reason given for UIDs that are not enforced.
 	UnassignedZonePort Reason = "unassigned-zone-port"
+	// TransportNotGranted: the socket's transport is neither TCP nor UDP
+	// (UDP-Lite, SCTP): no account can be granted it, so an enforced UID
+	// serves it from no port.
+	TransportNotGranted Reason = "transport-not-granted"
 )
 
 // Finding is one socket and its verdict.
@@ -94,6 +98,8 @@ func (f Finding) Explain() string {
 		return "outside the account's ranges"
 	case UnassignedZonePort:
 		return "unassigned zone port"
+	case TransportNotGranted:
+		return fmt.Sprintf("%s is never granted (only tcp and udp)", f.Socket.Proto)
 	}
 	return ""
 }
@@ -159,7 +165,7 @@ func (j *Judge) Judge(s sockets.Socket) (Finding, error) {
 			f.Rule = out.rule
 		}
 		f.Reason, f.Other = j.reason(s)
-		f.MaybeClient = s.Proto == sockets.UDP && j.auto != nil && j.auto.Contains(s.Port)
+		f.MaybeClient = (s.Proto == sockets.UDP || s.Proto == sockets.UDPLite) && j.auto != nil && j.auto.Contains(s.Port)
 		if f.Reason == "" {
 			return f, fmt.Errorf("audit: the compiled ruleset blocks %s %s (uid %d) by rule %q, but the policy gives no reason; this is a bug",
 				s.Proto, s.AddrPort(), s.UID, f.Rule)
@@ -203,6 +209,9 @@ func (j *Judge) reason(s sockets.Socket) (Reason, string) {
 			return UnassignedZonePort, ""
 		}
 		return "", ""
+	}
+	if !slices.Contains(policies.Protocols, proto) {
+		return TransportNotGranted, ""
 	}
 	if o := j.owner(proto, s.Port); o != nil && o.UID != s.UID {
 		return OtherAccount, o.Name

@@ -85,6 +85,15 @@ func TestJudge(t *testing.T) {
 		{"loopback, enforced, another's port", "enforce", sock("tcp", "::1", 40030, 1012), Blocked, OtherAccount, "site14", "another account's port (site14)"},
 		{"loopback, enforced, root on an unassigned zone port", "enforce", sock("tcp", "127.0.0.1", 45000, 0), Blocked, UnassignedZonePort, "", "unassigned zone port"},
 		{"loopback, enforced, root outside the zone", "enforce", sock("tcp", "127.0.0.1", 25, 0), LocalOnly, "", "", ""},
+		{"udplite outside the zone", "allow", sock("udplite", "0.0.0.0", 8090, 1012), Blocked, TransportNotGranted, "", "udplite is never granted (only tcp and udp)"},
+		{"udplite on the account's own port", "allow", sock("udplite", "::", 40010, 1012), Blocked, TransportNotGranted, "", "udplite is never granted (only tcp and udp)"},
+		{"udplite on another account's port", "allow", sock("udplite", "2001:db8::1", 40020, 1012), Blocked, TransportNotGranted, "", "udplite is never granted (only tcp and udp)"},
+		{"sctp on an unassigned zone port", "allow", sock("sctp", "0.0.0.0", 45000, 1014), Blocked, TransportNotGranted, "", "sctp is never granted (only tcp and udp)"},
+		{"root udplite on an account's port", "allow", sock("udplite", "0.0.0.0", 40010, 0), Blocked, UnassignedZonePort, "", "unassigned zone port"},
+		{"root udplite outside the zone", "allow", sock("udplite", "0.0.0.0", 8090, 0), NotEnforced, "", "", ""},
+		{"exempt sctp outside the zone", "allow", sock("sctp", "::", 8090, 33), NotEnforced, "", "", ""},
+		{"system uid udplite outside the zone", "allow", sock("udplite", "::", 8090, 999), NotEnforced, "", "", ""},
+		{"udplite on loopback", "allow", sock("udplite", "127.0.0.1", 8090, 1012), LocalOnly, "", "", ""},
 		{"bound to lo by device", "allow", sockets.Socket{Proto: "tcp", Addr: netip.MustParseAddr("0.0.0.0"), Port: 41000, UID: 1012, Interface: 1}, LocalOnly, "", "", ""},
 	}
 	for _, tt := range tests {
@@ -126,7 +135,7 @@ func TestJudgeAgreesWithPolicy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, proto := range []string{"tcp", "udp"} {
+		for _, proto := range []string{"tcp", "udp", "udplite", "sctp"} {
 			for _, uid := range uids {
 				for _, port := range ports {
 					for _, addr := range addrs {

@@ -91,6 +91,8 @@ func evalStmt(rs *rules.Ruleset, st rules.Stmt, pkt packet) (bool, rules.Verdict
 		return !pkt.new, 0, nil
 	case rules.L4Proto:
 		return pkt.proto == s.Proto, 0, nil
+	case rules.L4ProtoNot:
+		return pkt.proto != s.Proto, 0, nil
 	case rules.SkuidCmp:
 		// No owning socket: any skuid expression fails.
 		if !pkt.hasSocket {
@@ -139,7 +141,7 @@ func evalStmt(rs *rules.Ruleset, st rules.Stmt, pkt packet) (bool, rules.Verdict
 		return !slices.ContainsFunc(set.Elements, func(e rules.Element) bool {
 			return e.Lo <= pkt.dport && pkt.dport <= e.Hi
 		}), 0, nil
-	case rules.Counter, rules.Log, rules.UpdateSet:
+	case rules.Counter, rules.Log, rules.UpdateSet, rules.UpdateSetTransport:
 		// Actions that let the packet go on to the next statement.
 		return true, 0, nil
 	case rules.Limit:

@@ -46,6 +46,13 @@ const (
 	LogRate = 10
 )
 
+// Ungranted are the transports besides TCP and UDP that an unprivileged
+// socket can use and that carry ports: no account is granted them, so the
+// input chain closes the whole zone to them. (DCCP left Linux in 6.16;
+// older distribution kernels still have it.) The output chain refuses
+// every transport but TCP, UDP and ICMP to accounts, listed here or not.
+var Ungranted = []rules.Proto{rules.UDPLite, rules.SCTP, rules.DCCP}
+
 // Chain priority: filter (0). nftpol's chains only ever drop or reject; an
 // accept here does not override a drop elsewhere, so the relative order with
 // the host's other filter chains does not weaken either of them.
@@ -130,6 +137,12 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	for _, proto := range protos {
 		rs.Sets = append(rs.Sets, violations[proto])
 	}
+	rs.Sets = append(rs.Sets, &rules.Set{
+		Name: rules.TransportViolationsSet, Role: rules.Role{Kind: rules.SetTransportViolations},
+		Key: rules.KeyUIDProtoPort, Dynamic: true,
+		Timeout: ViolationTimeout, Size: ViolationSetSize, Counter: true,
+		Comment: rules.OwnerPrefix + "uid . protocol . port of packets of transports no account is granted, with counters",
+	})
 	// The moved sets (see rules.Sync) are empty in a compiled ruleset:
 	// apply fills them from what the kernel holds. The small moved-ports
 	// sets come after the large ones, so rebuilding one of them never
@@ -201,6 +214,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 	if p.Loopback != policies.LoopbackEnforce {
 		rr = append(rr, rule("loopback is not enforced", rules.Loopback{Out: true}, accept))
 	}
+	rr = append(rr, otherTransports(p)...)
 	// Only answers to connections opened from outside are enforced: an
 	// account's own client traffic travels in the original direction.
 	rr = append(rr, rule("connections opened from this host", rules.CtDirectionOriginal{}, accept))
@@ -263,7 +277,56 @@ func inputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 			rules.Counter{},
 			verdict(p.Action, proto)))
 	}
+	// No account has a port of the other transports: the zone is closed
+	// to them whole, for new connections as for TCP and UDP. (Conntrack
+	// here marks every inbound UDP-Lite datagram invalid, see
+	// otherTransports; such a datagram passes the accept above, as an
+	// invalid TCP or UDP packet does, and only the output chain judges
+	// it.) A TCP or UDP packet that opens a connection pays one protocol
+	// comparison per rule here.
+	for _, proto := range Ungranted {
+		rr = append(rr, rule(fmt.Sprintf("%s zone ports (no account is granted %s)", proto, proto),
+			rules.DportRange{Proto: proto, Lo: p.Zone.Lo, Hi: p.Zone.Hi},
+			rules.Counter{},
+			verdict(p.Action, proto)))
+	}
 	return &rules.Chain{Name: "input", Hook: rules.HookInput, Priority: priority, Rules: rr}
+}
+
+// otherTransports refuses every transport the policy cannot grant
+// (UDP-Lite, SCTP, DCCP, any IP protocol but TCP, UDP and ICMP) to enforced
+// accounts, in both directions. They cannot come after the TCP and UDP
+// rules with a `ct direction reply` guard, as the violation rules do:
+// conntrack here marks every inbound UDP-Lite datagram invalid (its
+// checksum check, with the default nf_conntrack_checksum=1), so a server's
+// answer starts a new connection in the original direction, which
+// `ct direction original accept` would let out; a client can make other
+// transports' first packets invalid to conntrack too. So they come before
+// that accept, and an account's own UDP-Lite or SCTP client traffic is
+// refused as well. TCP and UDP packets pay the first one or two protocol
+// comparisons of each of the two rules, nothing more.
+//
+// ICMP passes: the kernel sends echo replies and errors from sockets of its
+// own, which `meta skuid` does not read, and an account's ping socket
+// sends echo requests only. Packets without an owning socket fail the
+// skuid guard, as in the violation rules. The log has a rule of its own
+// (its limit must never stop the verdict); the verdict is always drop: a
+// reject on the way out is addressed to this host, not to the client,
+// which sees a timeout either way, and a dropped datagram fails the
+// sender's sendmsg with EPERM.
+func otherTransports(p *policies.Policy) []rules.Rule {
+	guard := []rules.Stmt{
+		rules.L4ProtoNot{Proto: rules.TCP}, rules.L4ProtoNot{Proto: rules.UDP},
+		rules.L4ProtoNot{Proto: rules.ICMP}, rules.L4ProtoNot{Proto: rules.ICMPv6},
+		rules.SkuidCmp{Op: rules.Ge, UID: p.MinUID}, rules.SkuidInSet{Set: rules.ExemptSet, Not: true},
+	}
+	with := func(ss ...rules.Stmt) []rules.Stmt { return append(slices.Clip(guard), ss...) }
+	return []rules.Rule{
+		rule("log transports no account is granted",
+			with(rules.Limit{Rate: LogRate, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked transport: "})...),
+		rule("accounts use tcp and udp only",
+			with(rules.UpdateSetTransport{Set: rules.TransportViolationsSet}, rules.Counter{}, rules.Verdict{Kind: rules.Drop})...),
+	}
 }
 
 // rule makes a rule with a comment that says why it is there; the comment

@@ -250,8 +250,61 @@ func TestCompiledRoles(t *testing.T) {
 		kinds[s.Role.Kind]++
 	}
 	want := map[rules.SetKind]int{rules.SetPorts: 2 * rules.Shards, rules.SetOpen: 2, rules.SetExempt: 1,
-		rules.SetViolations: 2, rules.SetMoved: 2, rules.SetMovedPorts: 2}
+		rules.SetViolations: 2, rules.SetMoved: 2, rules.SetMovedPorts: 2, rules.SetTransportViolations: 1}
 	if fmt.Sprint(kinds) != fmt.Sprint(want) {
 		t.Errorf("compiled sets by kind %v, want %v", kinds, want)
+	}
+}
+
+// TestCompileOtherTransports: every transport but TCP, UDP and ICMP is
+// refused to enforced accounts on the way out by two rules that come before
+// the original-direction accept (conntrack cannot always tell a UDP-Lite
+// reply from a first packet), that keep the skuid guard and the exempt set,
+// and that drop whatever the action; the zone is closed to the ungranted
+// transports on the way in.
+func TestCompileOtherTransports(t *testing.T) {
+	p := policy()
+	rs, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := rs.Chain("output").Rules
+	orig := slices.IndexFunc(out, func(r rules.Rule) bool { return slices.Contains(r.Stmts, rules.Stmt(rules.CtDirectionOriginal{})) })
+	guard := "meta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt "
+	want := []string{
+		guard + `limit rate 10/minute log prefix "nftpol: blocked transport: " flags skuid`,
+		guard + "update @other_violations { meta skuid . meta l4proto . th sport } counter drop",
+	}
+	if orig != len(want)+1 {
+		t.Fatalf("the original-direction accept is rule %d, want %d (after lo and the two rules):\n%s", orig, len(want)+1, rules.RenderString(rs))
+	}
+	for i, w := range want {
+		if got := out[1+i].String(); !strings.HasPrefix(got, w+" comment ") {
+			t.Errorf("rule %d: %s\nwant %s", 1+i, got, w)
+		}
+	}
+	for _, r := range out[orig:] {
+		if strings.Contains(r.String(), "@other_violations") {
+			t.Errorf("other transports judged again after the accept: %s", r)
+		}
+	}
+	if s := rs.Set(rules.TransportViolationsSet); s == nil || s.Key != rules.KeyUIDProtoPort || !s.Dynamic || !s.Counter {
+		t.Errorf("set %s: %+v", rules.TransportViolationsSet, s)
+	}
+	in := rules.RenderString(&rules.Ruleset{Table: "t", Chains: []*rules.Chain{rs.Chain("input")}})
+	for _, proto := range Ungranted {
+		w := fmt.Sprintf("%s dport %d-%d counter reject comment", proto, p.Zone.Lo, p.Zone.Hi)
+		if i, j := strings.Index(in, w), strings.Index(in, "ct state != new accept"); i < 0 || i < j {
+			t.Errorf("input lacks %q after the accept of packets that are not new:\n%s", w, in)
+		}
+	}
+	// With action drop, and a min_uid of 0, the guards stay.
+	p.Action, p.MinUID = policies.Drop, 0
+	rs, err = Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rs.Chain("output").Rules[2].String(); !strings.Contains(got, "meta skuid >= 0 meta skuid != @exempt update @other_violations") || !strings.Contains(got, " counter drop ") {
+		t.Errorf("min_uid 0: %s", got)
 	}
 }

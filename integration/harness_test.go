@@ -493,10 +493,11 @@ func sharedDir(t *testing.T) string {
 }
 
 // blocked reports whether a probe word means the traffic did not get
-// through: refused, timed out or reset.
+// through: refused, timed out, reset, or denied (dropped on the way out of
+// the connecting host).
 func blocked(word string) bool {
 	switch word {
-	case "refused", "timeout", "reset":
+	case "refused", "timeout", "reset", "denied":
 		return true
 	}
 	return false

@@ -455,8 +455,11 @@ accounts:
 			[]Problem{p(main, "", "protocols", `unknown protocol "TCP"; use tcp or udp`)}},
 		{"empty protocols", map[string]string{main: "protocols: []\n"},
 			[]Problem{p(main, "", "protocols", "empty; name at least one of tcp, udp")}},
-		{"unknown account protocol", account(`uid: 1012, ports: [40010], protocols: [sctp]`),
-			[]Problem{p(main, "site12", "protocols", `unknown protocol "sctp"; use tcp or udp`)}},
+		{"unknown account protocol", account(`uid: 1012, ports: [40010], protocols: [gre]`),
+			[]Problem{p(main, "site12", "protocols", `unknown protocol "gre"; use tcp or udp`)}},
+		{"account protocol never granted", account(`uid: 1012, ports: [40010], protocols: [tcp, sctp]`),
+			[]Problem{p(main, "site12", "protocols", `protocol "sctp" cannot be granted: accounts serve over tcp and udp only`)}},
+		{"default protocol never granted", map[string]string{main: "zone: 40010-49999\nprotocols: [udplite]\naccounts: [{name: site12, uid: 1012, ports: [40010]}]\n"}, []Problem{p(main, "", "protocols", `protocol "udplite" cannot be granted`)}},
 
 		// Zone.
 		{"reversed zone", map[string]string{main: "zone: 49999-40010\n"},

@@ -141,6 +141,11 @@ func formatRanges(rs []PortRange) string {
 	return strings.Join(s, ", ")
 }
 
+// neverGranted are transports with ports that a policy might name and that
+// nftpol refuses to every enforced account, whatever the policy says
+// (README, "Every transport").
+var neverGranted = []string{"udplite", "sctp", "dccp"}
+
 // protocolsValue parses a protocols list into the order of Protocols,
 // without duplicates. It returns one message per bad element.
 func (l *loader) protocolsValue(v any) ([]Protocol, []string) {
@@ -158,6 +163,8 @@ func (l *loader) protocolsValue(v any) ([]Protocol, []string) {
 		switch {
 		case !ok:
 			msgs = append(msgs, fmt.Sprintf("%s is not a protocol; use tcp or udp", describe(e)))
+		case slices.Contains(neverGranted, s):
+			msgs = append(msgs, fmt.Sprintf("protocol %s cannot be granted: accounts serve over tcp and udp only, and every other transport is refused to them; use tcp or udp", show(e)))
 		case !slices.Contains(Protocols, Protocol(s)):
 			msgs = append(msgs, fmt.Sprintf("unknown protocol %s; use tcp or udp", show(e)))
 		case !slices.Contains(seen, Protocol(s)):

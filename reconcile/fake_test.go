@@ -249,6 +249,8 @@ func setsOf(r rules.Rule) []string {
 			out = append(out, s.Set)
 		case rules.UpdateSet:
 			out = append(out, s.Set)
+		case rules.UpdateSetTransport:
+			out = append(out, s.Set)
 		}
 	}
 	return out

@@ -106,7 +106,7 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 	now := time.Now()
 	for _, s := range current.Sets {
 		role := rules.RoleOf(s)
-		if role.Kind != rules.SetViolations {
+		if role.Kind != rules.SetViolations && role.Kind != rules.SetTransportViolations {
 			continue
 		}
 		proto := string(role.Proto)
@@ -120,7 +120,7 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 				timeout = compiler.ViolationTimeout
 			}
 			r.Top = append(r.Top, Violator{
-				UID: h.UID, Account: names[h.UID], Proto: proto, Port: h.Port,
+				UID: h.UID, Account: names[h.UID], Proto: cmp.Or(h.Proto, proto), Port: h.Port,
 				Packets: h.Packets, Bytes: h.Bytes,
 				LastSeen: now.Add(-(timeout - h.Expires)).UTC().Truncate(time.Second),
 			})

@@ -53,6 +53,10 @@ const (
 	// SetViolations records blocked serving of Role.Proto, with
 	// counters (ViolationsSet); the packet path fills it.
 	SetViolations
+	// SetTransportViolations records the packets of transports no
+	// account is granted (uid . protocol . port), with counters
+	// (TransportViolationsSet); the packet path fills it.
+	SetTransportViolations
 )
 
 // Role is a set's part in the layout.
@@ -82,6 +86,8 @@ func (r Role) Name() string {
 		return ExemptSet
 	case SetViolations:
 		return ViolationsSet(r.Proto)
+	case SetTransportViolations:
+		return TransportViolationsSet
 	}
 	return ""
 }
@@ -124,6 +130,10 @@ func derivedRole(s *Set) Role {
 		if s.Key == KeyUIDPort && s.Dynamic {
 			return r
 		}
+	case SetTransportViolations:
+		if s.Key == KeyUIDProtoPort && s.Dynamic {
+			return r
+		}
 	}
 	return Role{Kind: SetOther}
 }
@@ -138,8 +148,11 @@ func roleOfName(name string) Role {
 		p, ok := strings.CutSuffix(name, suffix)
 		return Proto(p), ok && p != ""
 	}
-	if name == ExemptSet {
+	switch name {
+	case ExemptSet:
 		return Role{Kind: SetExempt}
+	case TransportViolationsSet:
+		return Role{Kind: SetTransportViolations}
 	}
 	// "_moved_ports" before "_ports": tcp_moved_ports is not the legacy
 	// ports set of a protocol called tcp_moved.
@@ -195,6 +208,10 @@ func OpenSet(p Proto) string { return string(p) + "_open" }
 
 // ExemptSet is the name of the set of exempt UIDs.
 const ExemptSet = "exempt"
+
+// TransportViolationsSet is the name of the dynamic set recording the
+// packets of every transport but TCP, UDP and ICMP that accounts sent.
+const TransportViolationsSet = "other_violations"
 
 // ViolationsSet is the name of the dynamic set recording blocked serving of
 // protocol p.

@@ -86,6 +86,10 @@ const (
 	// KeyUIDPort holds a UID concatenated with a port range ("type uid .
 	// inet_service"). Elements use UID, Lo and Hi.
 	KeyUIDPort
+	// KeyUIDProtoPort holds a UID, an IP protocol and a port ("type uid .
+	// inet_proto . inet_service"). Only dynamic sets have it: the
+	// violation record of transports no account is granted.
+	KeyUIDProtoPort
 )
 
 func (k KeyType) String() string {
@@ -96,6 +100,8 @@ func (k KeyType) String() string {
 		return "inet_service"
 	case KeyUIDPort:
 		return "uid . inet_service"
+	case KeyUIDProtoPort:
+		return "uid . inet_proto . inet_service"
 	}
 	return "invalid"
 }

@@ -73,6 +73,8 @@ func stmtSet(st Stmt) (string, bool) {
 		return s.Set, true
 	case UpdateSet:
 		return s.Set, true
+	case UpdateSetTransport:
+		return s.Set, true
 	}
 	return "", false
 }
@@ -90,6 +92,9 @@ func withSet(st Stmt, name string) Stmt {
 		s.Set = name
 		return s
 	case UpdateSet:
+		s.Set = name
+		return s
+	case UpdateSetTransport:
 		s.Set = name
 		return s
 	}

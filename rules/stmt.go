@@ -20,11 +20,24 @@ type Stmt interface {
 // Proto is a transport protocol named as nft names it.
 type Proto string
 
-// Transport protocols.
+// Transport protocols. A policy grants ports of TCP and UDP only; the
+// others are named so that the input chain can close the zone for them, and
+// so that a violation record can say which one an account used.
 const (
-	TCP Proto = "tcp"
-	UDP Proto = "udp"
+	TCP     Proto = "tcp"
+	UDP     Proto = "udp"
+	UDPLite Proto = "udplite"
+	SCTP    Proto = "sctp"
+	DCCP    Proto = "dccp"
+	// ICMP and ICMPv6 have no ports; L4ProtoNot names them.
+	ICMP   Proto = "icmp"
+	ICMPv6 Proto = "ipv6-icmp"
 )
+
+// Protos lists every transport a statement may name: the ones whose
+// header starts with the source and destination ports, where nft's
+// `th sport` and `th dport` (and `udplite dport`, `sctp dport`...) read them.
+var Protos = []Proto{TCP, UDP, UDPLite, SCTP, DCCP}
 
 // Number is the IP protocol number.
 func (p Proto) Number() uint8 {
@@ -33,8 +46,29 @@ func (p Proto) Number() uint8 {
 		return 6
 	case UDP:
 		return 17
+	case UDPLite:
+		return 136
+	case SCTP:
+		return 132
+	case DCCP:
+		return 33
+	case ICMP:
+		return 1
+	case ICMPv6:
+		return 58
 	}
 	return 0
+}
+
+// ProtoName names IP protocol number n as nft prints an inet_proto value:
+// the transports of Protos and ICMP by name, any other protocol by number.
+func ProtoName(n uint8) string {
+	for _, p := range append(Protos[:len(Protos):len(Protos)], ICMP, ICMPv6) {
+		if p.Number() == n {
+			return string(p)
+		}
+	}
+	return strconv.Itoa(int(n))
 }
 
 // Loopback matches packets on the loopback interface: `iif "lo"` in input
@@ -89,6 +123,10 @@ type SkuidMask struct {
 // L4Proto matches the transport protocol.
 type L4Proto struct{ Proto Proto }
 
+// L4ProtoNot matches a transport protocol other than Proto
+// (`meta l4proto != udp`). Proto may be ICMP or ICMPv6.
+type L4ProtoNot struct{ Proto Proto }
+
 // SkuidSportInSet looks up the concatenation of the socket's UID and the
 // packet's source port in a set of type uid . inet_service.
 type SkuidSportInSet struct {
@@ -114,6 +152,17 @@ type DportNotInSet struct {
 type UpdateSet struct {
 	Proto Proto
 	Set   string
+}
+
+// UpdateSetTransport adds the concatenation of the socket's UID, the
+// packet's IP protocol and the first two bytes of its transport header (the
+// source port of every transport that has ports) to a dynamic set of type
+// uid . inet_proto . inet_service, or refreshes it (and its counter). It
+// records serving over transports no account is granted; it implies no
+// protocol match. On a packet too short to hold the two bytes it does not
+// match, so a rule with a verdict must not depend on it.
+type UpdateSetTransport struct {
+	Set string
 }
 
 // Limit matches at most Rate packets per Unit (burst 5, nft's default).
@@ -163,11 +212,13 @@ func (SkuidCmp) stmt()            {}
 func (SkuidInSet) stmt()          {}
 func (SkuidMask) stmt()           {}
 func (L4Proto) stmt()             {}
+func (L4ProtoNot) stmt()          {}
 func (SkuidSportInSet) stmt()     {}
 func (DportRange) stmt()          {}
 func (DportNotInSet) stmt()       {}
 func (Counter) stmt()             {}
 func (UpdateSet) stmt()           {}
+func (UpdateSetTransport) stmt()  {}
 func (Limit) stmt()               {}
 func (Log) stmt()                 {}
 func (Verdict) stmt()             {}
@@ -200,6 +251,8 @@ func (s SkuidMask) String() string {
 
 func (s L4Proto) String() string { return "meta l4proto " + string(s.Proto) }
 
+func (s L4ProtoNot) String() string { return "meta l4proto != " + string(s.Proto) }
+
 func (s SkuidSportInSet) String() string {
 	return fmt.Sprintf("meta skuid . %s sport @%s", s.Proto, s.Set)
 }
@@ -216,6 +269,10 @@ func (Counter) String() string { return "counter" }
 
 func (s UpdateSet) String() string {
 	return fmt.Sprintf("update @%s { meta skuid . %s sport }", s.Set, s.Proto)
+}
+
+func (s UpdateSetTransport) String() string {
+	return fmt.Sprintf("update @%s { meta skuid . meta l4proto . th sport }", s.Set)
 }
 
 func (s Limit) String() string { return fmt.Sprintf("limit rate %d/%s", s.Rate, s.Unit) }

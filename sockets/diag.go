@@ -37,8 +37,8 @@ func WithNetNS(name string) Option {
 	}
 }
 
-// List returns the listening TCP sockets and the bound, unconnected UDP
-// sockets of the current network namespace (or the one WithNetNS names),
+// List returns the listening TCP and SCTP sockets and the bound,
+// unconnected UDP and UDP-Lite sockets of the current network namespace (or the one WithNetNS names),
 // IPv4 and IPv6, sorted by protocol, port, address and UID.
 //
 // Connected UDP sockets are left out: they talk to one peer, as clients do,
@@ -72,6 +72,9 @@ func List(opts ...Option) ([]Socket, error) {
 
 	var out []Socket
 	for _, q := range queries {
+		if q.present != nil && !q.present() {
+			continue // the kernel has no such protocol: no such sockets either
+		}
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 			msgs, err := conn.Execute(netlink.Message{
 				Header: netlink.Header{Type: unix.SOCK_DIAG_BY_FAMILY, Flags: netlink.Request | netlink.Dump},
@@ -107,18 +110,39 @@ type query struct {
 	proto    Proto
 	protocol uint8
 	states   uint32
+	// present, when set, reports whether the kernel has the protocol at
+	// all; without it there are no such sockets to ask for.
+	present func() bool
 }
 
+// queries: UDP-Lite sockets are answered by udp_diag, as UDP's; SCTP's by
+// sctp_diag. SCTP is a module that distribution kernels load when a first
+// socket needs it; it is asked only when loaded (or built in), since asking
+// sock_diag would load sctp_diag, and SCTP with it, on a host that had
+// none. A listening SCTP socket (either style) reports TCP_LISTEN, as TCP's
+// does.
 var queries = []query{
-	{TCP, unix.IPPROTO_TCP, 1 << stateListen},
-	{UDP, unix.IPPROTO_UDP, 1 << stateClose},
+	{TCP, unix.IPPROTO_TCP, 1 << stateListen, nil},
+	{UDP, unix.IPPROTO_UDP, 1 << stateClose, nil},
+	{UDPLite, unix.IPPROTO_UDPLITE, 1 << stateClose, nil},
+	{SCTP, unix.IPPROTO_SCTP, 1 << stateListen, sctpLoaded},
+}
+
+// sctpLoaded reports whether the kernel has SCTP: it makes /proc/net/sctp
+// in every network namespace once loaded.
+func sctpLoaded() bool {
+	_, err := os.Stat("/proc/net/sctp")
+	return err == nil
 }
 
 // hint says what to do about errors with a known cause.
 func (q query) hint(err error) string {
-	if q.proto == UDP && errors.Is(err, unix.ENOENT) {
+	if (q.proto == UDP || q.proto == UDPLite) && errors.Is(err, unix.ENOENT) {
 		// inet_diag answers ENOENT for a protocol with no diag handler.
 		return " (the kernel has no udp_diag; load it with `modprobe udp_diag`)"
+	}
+	if q.proto == SCTP && errors.Is(err, unix.ENOENT) {
+		return " (the kernel has SCTP but no sctp_diag; load it with `modprobe sctp_diag`)"
 	}
 	return ""
 }

@@ -136,3 +136,38 @@ func inodeOf(t *testing.T, c syscall.Conn) uint64 {
 	}
 	return st.Ino
 }
+
+// TestListUDPLite: a bound UDP-Lite socket (any user can open one) is
+// listed, as a UDP one is, through udp_diag.
+func TestListUDPLite(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+	if err != nil {
+		t.Skip("no UDP-Lite in this kernel:", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: [16]byte{15: 1}}); err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	list, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Socket{Proto: UDPLite, Addr: netip.MustParseAddr("::1"), Port: uint16(sa.(*unix.SockaddrInet6).Port), UID: uint32(os.Geteuid()), Inode: st.Ino}
+	for _, s := range list {
+		if s.Inode == st.Ino {
+			if s != want {
+				t.Errorf("got %+v, want %+v", s, want)
+			}
+			return
+		}
+	}
+	t.Errorf("List did not return %+v", want)
+}

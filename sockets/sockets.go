@@ -1,5 +1,5 @@
 // Package sockets lists the sockets that can serve clients — listening TCP
-// sockets and bound UDP sockets — of a network namespace, and finds the
+// and SCTP sockets, bound UDP and UDP-Lite sockets — of a network namespace, and finds the
 // processes that hold them.
 //
 // Sockets are read through the kernel's sock_diag netlink interface (the one
@@ -23,8 +23,10 @@ type Proto string
 
 // The protocols List reads.
 const (
-	TCP Proto = "tcp"
-	UDP Proto = "udp"
+	TCP     Proto = "tcp"
+	UDP     Proto = "udp"
+	UDPLite Proto = "udplite"
+	SCTP    Proto = "sctp"
 )
 
 // Socket is one listening TCP socket or bound, unconnected UDP socket.

@@ -67,7 +67,8 @@ type stateStmt struct {
 	Verdict string      `json:"verdict,omitempty"`
 }
 
-var keyNames = map[string]rules.KeyType{rules.KeyUID.String(): rules.KeyUID, rules.KeyPort.String(): rules.KeyPort, rules.KeyUIDPort.String(): rules.KeyUIDPort}
+var keyNames = map[string]rules.KeyType{rules.KeyUID.String(): rules.KeyUID, rules.KeyPort.String(): rules.KeyPort, rules.KeyUIDPort.String(): rules.KeyUIDPort,
+	rules.KeyUIDProtoPort.String(): rules.KeyUIDProtoPort}
 
 var verdictNames = map[rules.VerdictKind]string{rules.Accept: "accept", rules.Drop: "drop", rules.RejectTCPReset: "reject_tcp_reset", rules.RejectPortUnreachable: "reject_port_unreachable"}
 
@@ -134,6 +135,8 @@ func stmtToJSON(st rules.Stmt) (stateStmt, error) {
 		return stateStmt{Type: "skuid_mask", Mask: s.Mask, UID: s.Value}, nil
 	case rules.L4Proto:
 		return stateStmt{Type: "l4proto", Proto: s.Proto}, nil
+	case rules.L4ProtoNot:
+		return stateStmt{Type: "l4proto_not", Proto: s.Proto}, nil
 	case rules.SkuidSportInSet:
 		return stateStmt{Type: "skuid_sport_in_set", Proto: s.Proto, Set: s.Set}, nil
 	case rules.DportRange:
@@ -144,6 +147,8 @@ func stmtToJSON(st rules.Stmt) (stateStmt, error) {
 		return stateStmt{Type: "counter"}, nil
 	case rules.UpdateSet:
 		return stateStmt{Type: "update_set", Proto: s.Proto, Set: s.Set}, nil
+	case rules.UpdateSetTransport:
+		return stateStmt{Type: "update_set_transport", Set: s.Set}, nil
 	case rules.Limit:
 		return stateStmt{Type: "limit", Rate: s.Rate, Unit: string(s.Unit)}, nil
 	case rules.Log:
@@ -160,7 +165,7 @@ func stmtToJSON(st rules.Stmt) (stateStmt, error) {
 
 func stmtFromJSON(j stateStmt) (rules.Stmt, error) {
 	proto := func() (rules.Proto, error) {
-		if j.Proto != rules.TCP && j.Proto != rules.UDP {
+		if !slices.Contains(rules.Protos, j.Proto) {
 			return "", fmt.Errorf("%s: unknown protocol %q", j.Type, j.Proto)
 		}
 		return j.Proto, nil
@@ -195,6 +200,13 @@ func stmtFromJSON(j stateStmt) (rules.Stmt, error) {
 		return rules.Limit{Rate: j.Rate, Unit: rules.LimitUnit(j.Unit)}, nil
 	case "log":
 		return rules.Log{Prefix: j.Prefix}, nil
+	case "update_set_transport":
+		return rules.UpdateSetTransport{Set: j.Set}, nil
+	case "l4proto_not":
+		if j.Proto.Number() == 0 {
+			return nil, fmt.Errorf("l4proto_not: unknown protocol %q", j.Proto)
+		}
+		return rules.L4ProtoNot{Proto: j.Proto}, nil
 	case "verdict":
 		for k, v := range verdictNames {
 			if v == j.Verdict {

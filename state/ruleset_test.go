@@ -19,6 +19,7 @@ func everyStmt() *rules.Ruleset {
 		{Name: "tcp_open", Key: rules.KeyPort, Interval: true, Elements: []rules.Element{{Lo: 40010, Hi: 40029}, {Lo: 40500, Hi: 40500}}},
 		{Name: "exempt", Key: rules.KeyUID, Comment: rules.OwnerPrefix + "x", Elements: []rules.Element{{UID: 0}, {UID: 4294967295}}},
 		{Name: "v", Key: rules.KeyUIDPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true},
+		{Name: "o", Key: rules.KeyUIDProtoPort, Dynamic: true, Timeout: time.Hour, Size: 65536, Counter: true},
 	}}
 	rs.Chains = []*rules.Chain{
 		{Name: "output", Hook: rules.HookOutput, Rules: []rules.Rule{
@@ -32,6 +33,7 @@ func everyStmt() *rules.Ruleset {
 			{Stmts: []rules.Stmt{rules.SkuidMask{Mask: 7, Value: 0}, rules.SkuidMask{Mask: 0xffffffff, Value: 5}, rules.Verdict{Kind: rules.Accept}}},
 			{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.UpdateSet{Proto: rules.UDP, Set: "v"}, rules.Limit{Rate: 10, Unit: rules.PerMinute}, rules.Log{Prefix: "p: "}, rules.Counter{}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},
 			{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.TCP, Lo: 1, Hi: 65535}, rules.DportNotInSet{Proto: rules.TCP, Set: "tcp_open"}, rules.Loopback{Out: true}, rules.Verdict{Kind: rules.RejectTCPReset}}, Comment: "c"},
+			{Stmts: []rules.Stmt{rules.L4ProtoNot{Proto: rules.ICMPv6}, rules.L4ProtoNot{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.UpdateSetTransport{Set: "o"}, rules.DportRange{Proto: rules.UDPLite, Lo: 40010, Hi: 49999}, rules.DportRange{Proto: rules.SCTP, Lo: 1, Hi: 2}, rules.DportRange{Proto: rules.DCCP, Lo: 3, Hi: 3}, rules.Verdict{Kind: rules.Drop}}},
 		}},
 	}
 	return rs
@@ -76,7 +78,7 @@ func TestRulesetJSONRejectsWhatItDoesNotKnow(t *testing.T) {
 		"truncated":    good[:len(good)/2],
 		"no table":     strings.Replace(good, `"table":"nftpol"`, `"table":""`, 1),
 		"bad verdict":  strings.Replace(good, `"verdict":"drop"`, `"verdict":"jump"`, 1),
-		"bad protocol": strings.Replace(good, `"proto":"udp"`, `"proto":"sctp"`, 1),
+		"bad protocol": strings.Replace(good, `"proto":"udp"`, `"proto":"gre"`, 1),
 	} {
 		if bad == good {
 			t.Fatalf("%s: the mutation did not apply", name)

@@ -3,16 +3,21 @@
 // `ip netns add`), takes on a UID, and then listens, connects or keeps a
 // stream going:
 //
-//	probe listen  -netns NS -uid U -gid G -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 60s]
-//	probe connect -netns NS [-uid U] -proto tcp|udp|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
+//	probe listen  -netns NS -uid U -gid G -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 60s]
+//	probe connect -netns NS [-uid U] -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
 //	probe stream  -netns NS [-uid U] -proto tcp|udp -addr A -port P [-interval 50ms] [-timeout 1s] [-max 60s]
 //	probe burst   -proto tcp -addr A -port P [-n 50] [-concurrency 50] [-timeout 300ms]
+//
+// udplite is UDP-Lite (IPPROTO_UDPLITE), which any user can open and the
+// net package does not know: the probe makes the socket itself and hands it
+// to the net package as a datagram socket.
 //
 // listen prints "ready" once its socket is bound and echoes what it receives
 // until its standard input closes, it gets SIGTERM, or -timeout passes.
 //
 // connect sends "ping", expects "ping" back and prints one word: ok, refused
 // (TCP reset on connect, or ICMP port-unreachable on a connected UDP socket),
+// denied (the send failed with EPERM: dropped on the way out of this host),
 // timeout (no answer within -timeout), reset (the connection was reset after
 // it was set up), closed (the peer closed without echoing) or "error: ...".
 // It exits 0 for all of them: the test interprets the word.
@@ -88,7 +93,7 @@ func (e *endpoint) register(fs *flag.FlagSet) {
 	fs.StringVar(&e.netns, "netns", "", "network namespace `NAME` (/run/netns/NAME); empty: stay")
 	fs.IntVar(&e.uid, "uid", -1, "run as this `UID` (negative: stay root)")
 	fs.IntVar(&e.gid, "gid", -1, "run as this `GID` (negative: same as -uid)")
-	fs.StringVar(&e.proto, "proto", "tcp", "tcp, udp or unix")
+	fs.StringVar(&e.proto, "proto", "tcp", "tcp, udp, udplite or unix")
 	fs.StringVar(&e.addr, "addr", "", "IP address")
 	fs.IntVar(&e.port, "port", 0, "port")
 	fs.StringVar(&e.path, "path", "", "UNIX socket path (-proto unix)")
@@ -97,7 +102,7 @@ func (e *endpoint) register(fs *flag.FlagSet) {
 // network returns the net package's network name and address for e.
 func (e *endpoint) network() (string, string, error) {
 	switch e.proto {
-	case "tcp", "udp":
+	case "tcp", "udp", "udplite":
 		if e.port <= 0 || e.port > 65535 {
 			return "", "", fmt.Errorf("-port %d out of range", e.port)
 		}
@@ -108,7 +113,34 @@ func (e *endpoint) network() (string, string, error) {
 		}
 		return "unix", e.path, nil
 	}
-	return "", "", fmt.Errorf("-proto %q: want tcp, udp or unix", e.proto)
+	return "", "", fmt.Errorf("-proto %q: want tcp, udp, udplite or unix", e.proto)
+}
+
+// udplite makes a UDP-Lite socket bound to (listen) or connected to e's
+// address and port. Its checksum covers the whole datagram, the default.
+func (e *endpoint) udplite(connect bool) (*os.File, error) {
+	ip := net.ParseIP(e.addr)
+	if ip == nil {
+		return nil, fmt.Errorf("-addr %q is not an IP address", e.addr)
+	}
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: e.port, Addr: [16]byte(ip.To16())})
+	if ip4 := ip.To4(); ip4 != nil {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: e.port, Addr: [4]byte(ip4)}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+	if err != nil {
+		return nil, fmt.Errorf("udplite socket: %w", err)
+	}
+	if connect {
+		err = unix.Connect(fd, sa)
+	} else {
+		err = unix.Bind(fd, sa)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("udplite %s: %w", map[bool]string{true: "connect", false: "bind"}[connect], err)
+	}
+	return os.NewFile(uintptr(fd), "udplite"), nil
 }
 
 // enter moves the calling goroutine's OS thread into the namespace and then
@@ -164,8 +196,13 @@ func listen(args []string) error {
 		return err
 	}
 	switch network {
-	case "udp":
-		pc, err := net.ListenPacket(network, address)
+	case "udp", "udplite":
+		var pc net.PacketConn
+		if network == "udp" {
+			pc, err = net.ListenPacket(network, address)
+		} else {
+			pc, err = udplitePacketConn(&e)
+		}
 		if err != nil {
 			return err
 		}
@@ -189,6 +226,15 @@ func listen(args []string) error {
 	fmt.Println("ready")
 	waitForEnd(*timeout)
 	return nil
+}
+
+func udplitePacketConn(e *endpoint) (net.PacketConn, error) {
+	f, err := e.udplite(false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // FilePacketConn holds a duplicate
+	return net.FilePacketConn(f)
 }
 
 func acceptEcho(ln net.Listener) {
@@ -216,7 +262,11 @@ func echoPackets(pc net.PacketConn) {
 			// error on this socket; it must not stop the echo.
 			continue
 		}
-		_, _ = pc.WriteTo(buf[:n], from)
+		if _, err := pc.WriteTo(buf[:n], from); err != nil {
+			// Said on stderr, where a transcript shows it: a reply
+			// dropped on the way out fails here with EPERM.
+			fmt.Fprintf(os.Stderr, "probe: echo to %s: %v\n", from, err)
+		}
 	}
 }
 
@@ -255,8 +305,17 @@ func connect(args []string) error {
 		return err
 	}
 	deadline := time.Now().Add(*timeout)
-	d := net.Dialer{Deadline: deadline}
-	c, err := d.Dial(network, address)
+	var c net.Conn
+	if network == "udplite" {
+		var f *os.File
+		if f, err = e.udplite(true); err == nil {
+			c, err = net.FileConn(f)
+			f.Close()
+		}
+	} else {
+		d := net.Dialer{Deadline: deadline}
+		c, err = d.Dial(network, address)
+	}
 	if err != nil {
 		fmt.Println(classify(err))
 		return nil
@@ -293,6 +352,9 @@ func classify(err error) string {
 		return "ok"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		// A firewall on this host dropped the packet on its way out.
+		return "denied"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return "reset"
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():

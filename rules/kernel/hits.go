@@ -16,7 +16,11 @@ import (
 // Hit is one element of a dynamic violation set: a UID seen serving from a
 // port it does not own.
 type Hit struct {
-	UID     uint32
+	UID uint32
+	// Proto names the IP protocol for sets whose key holds it (the
+	// record of transports no account is granted); "" for the others,
+	// which are one protocol's each.
+	Proto   string
 	Port    uint16
 	Packets uint64
 	Bytes   uint64
@@ -42,6 +46,10 @@ func (k *Kernel) Hits(table, set string) ([]Hit, error) {
 	}
 	var out []Hit
 	for _, e := range es {
+		if len(e.Key) == int(uidProtoPortType.Bytes) {
+			out = append(out, transportHit(e))
+			continue
+		}
 		if len(e.Key) != 8 {
 			continue
 		}

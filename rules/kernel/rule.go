@@ -76,6 +76,10 @@ func encodeRule(r rules.Rule) ([]expr.Any, error) {
 			w.add(&expr.Counter{})
 		case rules.UpdateSet:
 			encodeUpdateSet(&w, s)
+		case rules.UpdateSetTransport:
+			w.add(encodeUpdateTransport(s)...)
+		case rules.L4ProtoNot:
+			w.add(encodeL4ProtoNot(s)...)
 		case rules.Limit:
 			err = encodeLimit(&w, s)
 		case rules.Log:
@@ -179,6 +183,12 @@ func decodeStmt(es []expr.Any, proto rules.Proto) (rules.Stmt, int, rules.Proto)
 	n := 0
 	switch e := es[0].(type) {
 	case *expr.Meta:
+		if t, ok := isUpdateTransport(es); ok {
+			return t, 4, ""
+		}
+		if t, ok := isL4ProtoNot(es); ok {
+			return t, 2, ""
+		}
 		if s, n = decodeLoopback(e, es); n == 0 {
 			s, n = decodeSkuid(e, es, proto)
 		}

@@ -30,6 +30,8 @@ func encodeSet(t *nftables.Table, s *rules.Set) (*nftables.Set, error) {
 		// with it) only where the kernel needs them, for the pipapo
 		// backend of interval sets.
 		ns.Concatenation = s.Interval
+	case rules.KeyUIDProtoPort:
+		ns.KeyType = uidProtoPortType
 	default:
 		return nil, fmt.Errorf("set %s: unknown key type", s.Name)
 	}
@@ -67,6 +69,10 @@ func decodeSet(s kset) *rules.Set {
 	case uidPortType.GetNFTMagic():
 		if concat == interval {
 			rs.Key = rules.KeyUIDPort
+		}
+	case uidProtoPortType.GetNFTMagic():
+		if !concat && !interval {
+			rs.Key = rules.KeyUIDProtoPort
 		}
 	}
 	return rs.DeriveRole()

@@ -25,7 +25,7 @@ func l4proto(es []expr.Any) (rules.Proto, bool) {
 	if !ok || m.Key != expr.MetaKeyL4PROTO || m.Register != reg1 || m.SourceRegister {
 		return "", false
 	}
-	for _, p := range []rules.Proto{rules.TCP, rules.UDP} {
+	for _, p := range rules.Protos {
 		if isCmp(es[1], expr.CmpOpEq, []byte{p.Number()}) {
 			return p, true
 		}
