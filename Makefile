@@ -9,7 +9,7 @@ COMMIT     ?= $(shell git describe --always --dirty --abbrev=40 --exclude='*' 2>
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(BUILD_DATE)
 
-.PHONY: all build deps test unit lint demo install clean man completion deb
+.PHONY: all build deps test unit lint demo install clean man completion deb stress
 
 # make install: PREFIX and DESTDIR as usual. The example config goes to
 # SYSCONFDIR/nftpol only where no config exists: it never overwrites an
@@ -54,6 +54,16 @@ test: deps lint
 
 demo: deps
 	./scripts/demo.sh
+
+# The stress test alone, long (root): clients hammer always-allowed and
+# always-forbidden ports of accounts in every shard while nftpol flips the
+# table on every path (elements, moves, rebuilds, layout change, --adopt,
+# restore, first install) until each path made STRESS_CONNECTIONS
+# connections. `make test` runs the same test bounded.
+STRESS_CONNECTIONS ?= 200000
+stress: deps
+	NFTPOL_STRESS=long $(GO) test -count=1 -timeout 3h -run '^TestStress$$' -v ./integration \
+		-args -stress.connections=$(STRESS_CONNECTIONS)
 
 # Fuzzing: runs each fuzz target for FUZZTIME (go test -fuzz takes one target
 # at a time): the policy loader, the fast YAML decoding against yaml.v3, and

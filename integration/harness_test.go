@@ -269,14 +269,20 @@ func (b *lockedBuffer) String() string {
 // listenerLifetime and killed in the test's cleanup.
 func startProbe(t *testing.T, want string, args ...string) *process {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), listenerLifetime)
-	cmd := exec.CommandContext(ctx, probePath(t), args...)
+	return startProcess(t, listenerLifetime, want, probePath(t), args...)
+}
+
+// startProcess is startProbe for any command, bounded by lifetime.
+func startProcess(t *testing.T, lifetime time.Duration, want, name string, args ...string) *process {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), lifetime)
+	cmd := exec.CommandContext(ctx, name, args...)
 	p := &process{
 		cmd:    cmd,
 		lines:  make(chan string, 16),
 		stderr: &lockedBuffer{},
 		done:   make(chan struct{}),
-		desc:   "probe " + strings.Join(args, " "),
+		desc:   filepath.Base(name) + " " + strings.Join(args, " "),
 	}
 	cmd.Stderr = p.stderr
 	stdin, err := cmd.StdinPipe()

@@ -6,13 +6,15 @@
 //	probe listen  -netns NS -uid U -gid G -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 60s]
 //	probe connect -netns NS [-uid U] -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
 //	probe stream  -netns NS [-uid U] -proto tcp|udp -addr A -port P [-interval 50ms] [-timeout 1s] [-max 60s]
-//	probe burst   -proto tcp -addr A -port P [-n 50] [-concurrency 50] [-timeout 300ms]
+//	probe listen  -netns NS -uid U -gid G -sockets tcp:P1,udp:P1,tcp:P2 [-addr A] [-timeout 60s]
+//	probe hammer  -targets tcp:P1:ok,udp:P2:blocked -addrs A1,A2 [-workers 1] [-blocked-workers 1] [-pace 20ms] [-timeout 1s] [-max 10m]
 //
 // udplite is UDP-Lite (IPPROTO_UDPLITE), which any user can open and the
 // net package does not know: the probe makes the socket itself and hands it
 // to the net package as a datagram socket.
 //
-// listen prints "ready" once its socket is bound and echoes what it receives
+// listen prints "ready" once its socket is bound (with -sockets: all of them,
+// on -addr, or on every address when it is empty) and echoes what it receives
 // until its standard input closes, it gets SIGTERM, or -timeout passes.
 //
 // connect sends "ping", expects "ping" back and prints one word: ok, refused
@@ -28,6 +30,9 @@
 // first exchange that failed. Tests use it to prove that an established
 // connection keeps working while the ruleset changes under it.
 //
+// hammer (see hammer.go) connects to many targets at once until its standard
+// input closes and then prints what each target answered.
+//
 // The order in which the probe sets itself up matters: it locks its OS
 // thread, enters the namespace on that thread, drops to the UID, and only then
 // creates its socket. A socket belongs to the namespace of the thread that
@@ -40,14 +45,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"runtime"
-	"slices"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -56,7 +58,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: probe listen|connect|stream [flags]")
+		fmt.Fprintln(os.Stderr, "usage: probe listen|connect|stream|hammer [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -67,10 +69,10 @@ func main() {
 		err = connect(os.Args[2:])
 	case "stream":
 		err = stream(os.Args[2:])
-	case "burst":
-		err = burst(os.Args[2:])
+	case "hammer":
+		err = hammer(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want listen, connect or stream)", os.Args[1])
+		err = fmt.Errorf("unknown subcommand %q (want listen, connect, stream or hammer)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "probe:", err)
@@ -185,8 +187,12 @@ func listen(args []string) error {
 	var e endpoint
 	e.register(fs)
 	timeout := fs.Duration("timeout", 60*time.Second, "exit after this long")
+	sockets := fs.String("sockets", "", "listen on each `PROTO:PORT,...` (tcp or udp) at -addr instead of -proto/-port")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *sockets != "" {
+		return listenMany(&e, *sockets, *timeout)
 	}
 	network, address, err := e.network()
 	if err != nil {
@@ -235,6 +241,38 @@ func udplitePacketConn(e *endpoint) (net.PacketConn, error) {
 	}
 	defer f.Close() // FilePacketConn holds a duplicate
 	return net.FilePacketConn(f)
+}
+
+// listenMany is listen with -sockets: one process, one UID, many sockets.
+func listenMany(e *endpoint, list string, timeout time.Duration) error {
+	targets, err := parseTargets(list, false)
+	if err != nil {
+		return err
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	for _, tg := range targets {
+		address := net.JoinHostPort(e.addr, strconv.Itoa(tg.port))
+		if tg.proto == "udp" {
+			pc, err := net.ListenPacket("udp", address)
+			if err != nil {
+				return err
+			}
+			defer pc.Close()
+			go echoPackets(pc)
+			continue
+		}
+		ln, err := net.Listen("tcp", address)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go acceptEcho(ln)
+	}
+	fmt.Println("ready")
+	waitForEnd(timeout)
+	return nil
 }
 
 func acceptEcho(ln net.Listener) {
@@ -443,62 +481,4 @@ func stream(args []string) error {
 		fmt.Printf("ok %d\n", n)
 		return nil
 	}
-}
-
-// burst makes -n TCP connections with -concurrency at a time, each a full
-// ping/pong exchange, and prints the counts: "ok N refused N timeout N
-// other N". It does not enter a namespace itself: several goroutines make
-// the connections, and a namespace entered by one thread would not hold for
-// the others, so run it as `ip netns exec NS probe burst ...`.
-func burst(args []string) error {
-	fs := flag.NewFlagSet("burst", flag.ContinueOnError)
-	var e endpoint
-	e.register(fs)
-	n := fs.Int("n", 50, "connections to make")
-	conc := fs.Int("concurrency", 50, "connections at a time")
-	timeout := fs.Duration("timeout", 300*time.Millisecond, "give up on one connection after this long")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if e.netns != "" || e.uid >= 0 {
-		return fmt.Errorf("burst takes no -netns or -uid: run it with ip netns exec")
-	}
-	network, address, err := e.network()
-	if err != nil {
-		return err
-	}
-	var mu sync.Mutex
-	counts := map[string]int{}
-	others := map[string]int{} // what the "other" outcomes were
-	sem := make(chan struct{}, *conc)
-	var wg sync.WaitGroup
-	for i := 0; i < *n; i++ {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			deadline := time.Now().Add(*timeout)
-			d := net.Dialer{Deadline: deadline}
-			word := "ok"
-			c, err := d.Dial(network, address)
-			if err != nil {
-				word = classify(err)
-			} else {
-				word = classify(exchange(c, []byte("ping"), deadline))
-				c.Close()
-			}
-			mu.Lock()
-			if word != "ok" && word != "refused" && word != "timeout" {
-				others[word]++
-				word = "other"
-			}
-			counts[word]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	fmt.Printf("ok %d refused %d timeout %d other %d\n", counts["ok"], counts["refused"], counts["timeout"], counts["other"])
-	for _, w := range slices.Sorted(maps.Keys(others)) {
-		fmt.Printf("other: %s (%d)\n", w, others[w])
-	}
-	return nil
 }
