@@ -80,8 +80,8 @@ func mapSpecs() map[string]*ebpf.MapSpec {
 		// 1 MiB, whatever the number of accounts. See Data.
 		mapPorts: {Name: mapPorts, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: portsEntries, Pinning: ebpf.PinByName},
 		// One entry: min_uid u32, flags u32.
-		mapConfig: {Name: mapConfig, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Pinning: ebpf.PinByName},
-		mapExempt: {Name: mapExempt, Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: MaxExempt, Pinning: ebpf.PinByName},
+		mapConfig:   {Name: mapConfig, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1, Pinning: ebpf.PinByName},
+		mapExempt:   {Name: mapExempt, Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: MaxExempt, Pinning: ebpf.PinByName},
 		mapCounters: {Name: mapCounters, Type: ebpf.LRUHash, KeySize: 8, ValueSize: 8, MaxEntries: MaxCounters, Pinning: ebpf.PinByName},
 		// Socket-local storage: the port a UDP socket of an enforced
 		// UID was explicitly bound to (see ingress). The kernel frees
