@@ -48,8 +48,9 @@ var (
 // would accept "Table" for "table", but a policy should read the same to
 // every tool that parses it.
 var (
-	mainKeys    = []string{"table", "zone", "min_uid", "exempt", "loopback", "action", "protocols", "include", "accounts"}
-	accountKeys = []string{"name", "uid", "user", "ports", "protocols"}
+	mainKeys      = []string{"table", "zone", "min_uid", "exempt", "loopback", "action", "protocols", "include", "accounts", "bind_guard"}
+	accountKeys   = []string{"name", "uid", "user", "ports", "protocols"}
+	bindGuardKeys = []string{"enabled", "cgroup", "reserved"}
 )
 
 // Load reads the policy in file (YAML, TOML or JSON, by extension) and the
@@ -226,6 +227,7 @@ func (l *loader) load(file string, d *document.Document) bool {
 		l.include(file, v)
 	}
 	l.checkAccounts()
+	l.checkReserved(file)
 
 	l.p.Accounts = l.accounts
 	if len(l.accounts) == 0 {
@@ -292,6 +294,8 @@ func (l *loader) setting(file, key string, v any) {
 		if len(protos) > 0 {
 			p.Protocols = protos
 		}
+	case "bind_guard":
+		l.bindGuard(file, v)
 	case "accounts", "include":
 		// Read once the other settings are known.
 	default:
@@ -744,4 +748,79 @@ func asMap(v any) (map[string]any, bool) {
 		return m, true
 	}
 	return nil, false
+}
+
+// bindGuard parses the bind_guard mapping. Problems name the field as
+// bind_guard.KEY.
+func (l *loader) bindGuard(file string, v any) {
+	m, ok := asMap(v)
+	if !ok {
+		l.add(file, "", "bind_guard", fmt.Sprintf("must be a mapping with enabled, cgroup and reserved, not %s", describe(v)))
+		return
+	}
+	bg := &l.p.BindGuard
+	for _, key := range slices.Sorted(maps.Keys(m)) {
+		v := m[key]
+		if v == nil {
+			continue
+		}
+		field := "bind_guard." + key
+		switch key {
+		case "enabled":
+			b, ok := v.(bool)
+			if !ok {
+				l.add(file, "", field, fmt.Sprintf("must be true or false, not %s", describe(v)))
+				continue
+			}
+			bg.Enabled = b
+		case "cgroup":
+			s, msg := str(v)
+			switch {
+			case msg != "":
+				l.add(file, "", field, msg)
+			case !filepath.IsAbs(s) || filepath.Clean(s) != s || strings.ContainsAny(s, "\x00\n"):
+				l.add(file, "", field, fmt.Sprintf("invalid cgroup %q; give the absolute, clean path of a cgroup v2 directory, like /sys/fs/cgroup/hosting.slice, or leave it out for the cgroup v2 root", s))
+			default:
+				bg.Cgroup = s
+			}
+		case "reserved":
+			list, ok := v.([]any)
+			if !ok {
+				l.add(file, "", field, fmt.Sprintf("must be a list of ports and ranges, like [3306, \"6379-6380\"], not %s", describe(v)))
+				continue
+			}
+			var rs []PortRange
+			for _, el := range list {
+				r, msg := portRange(el)
+				if msg != "" {
+					l.add(file, "", field, msg)
+					continue
+				}
+				rs = append(rs, r)
+			}
+			bg.Reserved = mergeRanges(rs)
+		default:
+			l.add(file, "", field, "unknown key; valid keys are "+strings.Join(bindGuardKeys, ", "))
+		}
+	}
+}
+
+// checkReserved reports reserved ports that are an account's: the guard
+// would refuse the account its own port.
+func (l *loader) checkReserved(file string) {
+	res := l.p.BindGuard.Reserved
+	if len(res) == 0 {
+		return
+	}
+	for i := range l.accounts {
+		a := &l.accounts[i]
+		for _, r := range a.Ports {
+			for _, q := range res {
+				if r.Lo <= q.Hi && q.Lo <= r.Hi {
+					lo, hi := max(r.Lo, q.Lo), min(r.Hi, q.Hi)
+					l.add(file, "", "bind_guard.reserved", fmt.Sprintf("%s is reserved but given to %s in %s", PortRange{lo, hi}.String(), ref(a, l.meta[i].pos), showPath(a.File)))
+				}
+			}
+		}
+	}
 }

@@ -78,6 +78,36 @@ func TestLoadDefaults(t *testing.T) {
 	}
 }
 
+// TestLoadBindGuard loads the bind_guard section in each format.
+func TestLoadBindGuard(t *testing.T) {
+	want := BindGuard{Enabled: true, Cgroup: "/sys/fs/cgroup/hosting.slice", Reserved: []PortRange{{3306, 3306}, {6379, 6380}, {11211, 11211}}}
+	for name, text := range map[string]string{
+		"policy.yaml": "bind_guard:\n  enabled: true\n  cgroup: /sys/fs/cgroup/hosting.slice\n  reserved: [11211, \"6379-6380\", 3306, 6380]\naccounts:\n  - {name: site12, uid: 1012, ports: [40010]}\n",
+		"policy.toml": "[bind_guard]\nenabled = true\ncgroup = \"/sys/fs/cgroup/hosting.slice\"\nreserved = [11211, \"6379-6380\", 3306, 6380]\n[[accounts]]\nname = \"site12\"\nuid = 1012\nports = [40010]\n",
+		"policy.json": `{"bind_guard": {"enabled": true, "cgroup": "/sys/fs/cgroup/hosting.slice", "reserved": [11211, "6379-6380", 3306, 6380]}, "accounts": [{"name": "site12", "uid": 1012, "ports": [40010]}]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{name: text})
+			got, err := Load(filepath.Join(dir, name), WithLookup(fakeLookup))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got.BindGuard); diff != "" {
+				t.Errorf("BindGuard mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// Off by default.
+	dir := writeFiles(t, map[string]string{"policy.yaml": "accounts: []\n"})
+	got, err := Load(filepath.Join(dir, "policy.yaml"), WithLookup(fakeLookup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(BindGuard{}, got.BindGuard); diff != "" {
+		t.Errorf("default BindGuard (-want +got):\n%s", diff)
+	}
+}
+
 // TestLoadFormats loads the same policy written in each format.
 func TestLoadFormats(t *testing.T) {
 	const yamlPolicy = `
@@ -343,6 +373,31 @@ func TestLoadProblems(t *testing.T) {
 		files map[string]string
 		want  []Problem
 	}{
+		// bind_guard.
+		{"bind_guard not a mapping", map[string]string{main: "bind_guard: true\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard", "must be a mapping with enabled, cgroup and reserved, not true")}},
+		{"bind_guard enabled not a bool", map[string]string{main: "bind_guard: {enabled: yes please}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.enabled", `must be true or false, not the string "yes please"`)}},
+		{"bind_guard unknown key", map[string]string{main: "bind_guard: {enable: true}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.enable", "unknown key; valid keys are enabled, cgroup, reserved")}},
+		{"bind_guard relative cgroup", map[string]string{main: "bind_guard: {cgroup: hosting.slice}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.cgroup", `invalid cgroup "hosting.slice"; give the absolute, clean path`)}},
+		{"bind_guard unclean cgroup", map[string]string{main: "bind_guard: {cgroup: /sys/fs/cgroup/../etc}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.cgroup", `invalid cgroup "/sys/fs/cgroup/../etc"`)}},
+		{"bind_guard cgroup not a string", map[string]string{main: "bind_guard: {cgroup: [a]}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.cgroup", "must be a string")}},
+		{"bind_guard reserved not a list", map[string]string{main: "bind_guard: {reserved: 3306}\naccounts: []\n"},
+			[]Problem{p(main, "", "bind_guard.reserved", "must be a list of ports and ranges")}},
+		{"bind_guard reserved bad port", map[string]string{main: "bind_guard: {reserved: [0, \"6380-6379\", 70000]}\naccounts: []\n"},
+			[]Problem{
+				p(main, "", "bind_guard.reserved", "port 0 is outside 1-65535"),
+				p(main, "", "bind_guard.reserved", `range "6380-6379" is reversed`),
+				p(main, "", "bind_guard.reserved", "port 70000 is outside 1-65535"),
+			}},
+		{"bind_guard reserved port of an account", map[string]string{main: "bind_guard: {reserved: [\"40015-40025\"]}\naccounts:\n  - {name: site12, uid: 1012, ports: [\"40010-40019\"]}\n"},
+			[]Problem{p(main, "", "bind_guard.reserved", `40015-40019 is reserved but given to account "site12" in`)}},
+		{"bind_guard in an include file", map[string]string{main: "include: inc\naccounts: []\n", "inc/a.yaml": "bind_guard: {enabled: true}\naccounts: []\n"},
+			[]Problem{p("inc/a.yaml", "", "bind_guard", "an include file holds only accounts:; set bind_guard in the main file")}},
 		// Ports.
 		{"port outside zone", account("uid: 1012, ports: [50000]"),
 			[]Problem{p(main, "site12", "ports", "port 50000 is outside the zone 40010-49999")}},

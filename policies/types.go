@@ -98,6 +98,24 @@ type Policy struct {
 	Include string
 	// Accounts, sorted by UID then name.
 	Accounts []Account
+	// BindGuard is the bind_guard section: the cgroup BPF programs that
+	// refuse binds to ports that are not the account's own (off unless
+	// enabled).
+	BindGuard BindGuard
+}
+
+// BindGuard configures the bind guard (package bindguard).
+type BindGuard struct {
+	// Enabled turns the guard on; it is off by default.
+	Enabled bool
+	// Cgroup is the cgroup v2 directory the programs are attached to; ""
+	// (you normally leave it empty) means the root of the cgroup v2
+	// hierarchy, which covers every process of the machine.
+	Cgroup string
+	// Reserved ports (sorted, merged) belong to system services: no
+	// enforced UID may bind them, inside the zone or outside it, for any
+	// protocol.
+	Reserved []PortRange
 }
 
 // Account is one hosting account: a UID and the ports its daemons may serve
