@@ -34,6 +34,7 @@ deps:
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v ansible-playbook >/dev/null || missing="$$missing ansible"; \
+	command -v bpftool >/dev/null || missing="$$missing bpftool"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update && apt-get install -y $$missing; \

@@ -190,3 +190,21 @@ func diffData(cur, want *Data, curConfigOK bool) *Diff {
 	}
 	return d
 }
+
+// Refuses reports whether the bind programs refuse uid's explicit bind to
+// port for protocol p (UDP-Lite binds as UDP): the same decision the
+// programs make, for audit. Port 0 and UIDs that are not enforced always
+// pass.
+func (d *Data) Refuses(uid uint32, p Proto, port uint16) bool {
+	if port == 0 || uid < d.MinUID {
+		return false
+	}
+	if _, exempt := slices.BinarySearch(d.Exempt, uid); exempt {
+		return false
+	}
+	e := d.Lookup(p, port)
+	if e.Flags&FlagReserved != 0 {
+		return true
+	}
+	return e.Flags&FlagZone != 0 && (e.Flags&FlagOwned == 0 || e.Owner != uid)
+}

@@ -134,3 +134,36 @@ func TestNoBPFFS(t *testing.T) {
 		t.Errorf("Status = %v", err)
 	}
 }
+
+// TestRefuses: audit's reading of the data refuses what the programs
+// refuse: another account's zone port, an unassigned zone port, a reserved
+// port, for enforced UIDs only, never port 0.
+func TestRefuses(t *testing.T) {
+	p := &policies.Policy{Zone: policies.PortRange{Lo: 40000, Hi: 40099}, MinUID: 1000, Exempt: []uint32{1500},
+		BindGuard: policies.BindGuard{Enabled: true, Reserved: []policies.PortRange{{Lo: 3306, Hi: 3306}}},
+		Accounts:  []policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40000, Hi: 40009}}, Protocols: []policies.Protocol{policies.TCP}}}}
+	d, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		uid   uint32
+		proto Proto
+		port  uint16
+		want  bool
+	}{
+		{1001, TCP, 40005, false}, // its own
+		{1001, UDP, 40005, true},  // its own, but for tcp only
+		{1002, TCP, 40005, true},  // another account's
+		{1001, TCP, 40050, true},  // unassigned zone port
+		{1001, TCP, 8080, false},  // outside the zone
+		{1001, TCP, 3306, true},   // reserved
+		{1001, TCP, 0, false},     // the kernel picks
+		{999, TCP, 40005, false},  // below min_uid
+		{1500, TCP, 3306, false},  // exempt
+	} {
+		if got := d.Refuses(c.uid, c.proto, c.port); got != c.want {
+			t.Errorf("uid %d %s %d: refused %v, want %v", c.uid, c.proto, c.port, got, c.want)
+		}
+	}
+}

@@ -19,6 +19,11 @@ func (p *Policy) Digest() string {
 	}
 	field("table", p.Table, "zone", p.Zone.Lo, p.Zone.Hi, "min_uid", p.MinUID, "exempt", p.Exempt)
 	field("loopback", p.Loopback, "action", p.Action, "protocols", p.Protocols, "include", p.Include)
+	if p.BindGuard.Enabled {
+		// Only when on: a policy without a guard keeps the digest it
+		// had before guards existed.
+		field("bind_guard", p.BindGuard.Cgroup, p.BindGuard.Reserved)
+	}
 	for _, a := range p.Accounts {
 		b = append(b, "account\t"...)
 		b = append(b, a.Name...)

@@ -25,16 +25,23 @@ type ApplyOptions struct {
 	// AllowRemovals lets an apply remove more than half of the installed
 	// accounts.
 	AllowRemovals bool
+	// Policy is the policy desired was compiled from: its bind guard is
+	// applied with the table. nil: the guard is left as it is.
+	Policy *policies.Policy
 }
 
 // Applied is an apply the kernel committed. The lock is still held and the
 // state not yet recorded: call Record, then Close.
 type Applied struct {
 	Result
-	s       *session
-	pending *state.Pending
-	after   kernel.Identity
-	dir     string
+	// GuardErr is why the bind guard could not be applied; the table
+	// is, and Record records it all the same.
+	GuardErr error
+	s        *session
+	pending  *state.Pending
+	after    kernel.Identity
+	dir      string
+	guard    *state.Guard
 }
 
 // DigestInBackground starts computing p.Digest() and returns a function that
@@ -99,7 +106,21 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	if err != nil {
 		return fail(err)
 	}
-	return &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir}, nil
+	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guardRecord(opt.Policy)}
+	if opt.Policy != nil {
+		// After the table: a guard that cannot be installed never
+		// costs the table its enforcement.
+		if a.Guard, a.GuardErr = e.applyGuard(desired.Table, opt.Policy, false); a.GuardErr != nil {
+			a.GuardErr = fmt.Errorf("the table is applied, but the bind guard is not: %w", a.GuardErr)
+		}
+		e.cfg.Phase("bind guard")
+	}
+	return a, nil
+}
+
+// PlanGuard says what applying p would do to its bind guard.
+func (e *Engine) PlanGuard(p *policies.Policy) (*GuardResult, error) {
+	return e.applyGuard(p.Table, p, true)
 }
 
 // Record writes the state of the applied ruleset, so restore installs it at
@@ -107,6 +128,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 func (a *Applied) Record() error {
 	a.s.phase("committed")
 	defer a.s.phase("state saved")
+	a.pending.SetGuard(a.guard)
 	if err := a.pending.Commit(&a.after); err != nil {
 		return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 			"restore would install the previous ruleset until an apply succeeds", a.dir, err)
@@ -149,11 +171,24 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 	// them under other names than the state's (rules.Sync stages them):
 	// the state then records what the kernel holds, for the same policy.
 	if installed := res.Plan.Desired; installed != nil && installed != desired {
-		if err := state.Save(e.cfg.StateDir, e.cfg.Version, st.PolicyDigest, installed, &after); err != nil {
+		if err := state.Save(e.cfg.StateDir, e.cfg.Version, st.PolicyDigest, installed, &after, st.BindGuard); err != nil {
 			return nil, nil, fmt.Errorf("the kernel holds the recorded ruleset, but recording its new set names in %s failed: %w", e.cfg.StateDir, err)
 		}
 	}
+	if st.BindGuard != nil {
+		if res.Guard, err = e.applyGuard(desired.Table, guardPolicy(st.BindGuard, installedRuleset(res, desired)), false); err != nil {
+			return res, st, fmt.Errorf("the table is restored, but the bind guard is not: %w", err)
+		}
+	}
 	return res, st, nil
+}
+
+// installedRuleset is the ruleset a restore left in the kernel.
+func installedRuleset(res *Result, recorded *rules.Ruleset) *rules.Ruleset {
+	if res.Plan.Desired != nil {
+		return res.Plan.Desired
+	}
+	return recorded
 }
 
 // Removed is what Remove did.
@@ -168,6 +203,8 @@ type Removed struct {
 	Accounts int
 	// Purged is set when the state was deleted too.
 	Purged bool
+	// GuardRemoved is set when a bind guard was detached and removed.
+	GuardRemoved bool
 }
 
 // Remove deletes nftpol's table (TableName says which) and, with purge, the
@@ -197,6 +234,14 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 			return r, err
 		}
 		r.Deleted, r.Accounts = true, len(installedAccounts(current))
+	}
+	if g := e.guard(r.Table, ""); g != nil {
+		if st, err := g.Status(nil); err == nil && st.Installed {
+			if err := g.Remove(); err != nil {
+				return r, fmt.Errorf("removing the bind guard: %w", err)
+			}
+			r.GuardRemoved = true
+		}
 	}
 	if purge {
 		if err := state.Purge(e.cfg.StateDir); err != nil {

@@ -70,6 +70,9 @@ type Config struct {
 	Warn io.Writer
 	// Phase, when set, is told when each phase of the work ends (timings).
 	Phase func(name string)
+	// BPFDir is the bpffs the bind guard pins its programs and maps in
+	// (under nftpol/TABLE); "" means /sys/fs/bpf.
+	BPFDir string
 }
 
 // Engine plans and applies for one command. It reads the state once and
@@ -218,6 +221,11 @@ type Result struct {
 	// Source is where the kernel's content the plan started from came
 	// from.
 	Source Source
+	// Transactions is how many transactions the commit sent.
+	Transactions int
+	// Guard is what the bind guard did (or, for a plan, would do); nil
+	// when the policy has none and none is installed.
+	Guard *GuardResult
 }
 
 // Plan says what Apply would change to make the kernel hold desired.
@@ -310,7 +318,7 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 			return nil, kernel.Identity{}, err
 		}
 		e.cfg.Phase("planned")
-		sent, after, err := commit(k, snap.id, ch)
+		sent, txs, after, err := commit(k, snap.id, ch)
 		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
 			fmt.Fprintf(e.cfg.Warn, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
 			continue
@@ -318,7 +326,7 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 		if err != nil {
 			return nil, kernel.Identity{}, err
 		}
-		return &Result{Plan: ch.Plan, Sent: sent, Source: snap.source}, after, nil
+		return &Result{Plan: ch.Plan, Sent: sent, Source: snap.source, Transactions: txs}, after, nil
 	}
 }
 
@@ -328,9 +336,10 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 // yet (rules.Change.Transactions says why), then the rest. If a later one
 // is refused, the ones before are taken back, so the kernel is as it was. It
 // returns what was sent and the kernel's identity after it.
-func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, kernel.Identity, error) {
+func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, int, kernel.Identity, error) {
 	after := id
 	var sent kernel.Stats
+	n := 0
 	txs := ch.Transactions()
 	for i, tx := range txs {
 		st, err := k.Apply(tx, after.Generation)
@@ -346,13 +355,14 @@ func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, kerne
 			}
 		}
 		if err != nil {
-			return kernel.Stats{}, kernel.Identity{}, err
+			return kernel.Stats{}, 0, kernel.Identity{}, err
 		}
 		if !tx.Empty() {
 			after.Generation = kernel.NextGeneration(after.Generation)
+			n++
 		}
 		sent.Messages += st.Messages
 		sent.Elements += st.Elements
 	}
-	return sent, after, nil
+	return sent, n, after, nil
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nftpol/nftpol/bindguard"
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/state"
@@ -25,6 +26,30 @@ type Report struct {
 	LastApply *LastApply     `json:"last_apply"`
 	StateErr  string         `json:"state_error,omitempty"`
 	Top       []Violator     `json:"violations"`
+	// BindGuard is the bind guard, when the state records one or one is
+	// installed.
+	BindGuard *GuardReport `json:"bind_guard,omitempty"`
+}
+
+// GuardReport is what status knows of the bind guard.
+type GuardReport struct {
+	Installed bool   `json:"installed"`
+	Attached  bool   `json:"attached"`
+	InSync    bool   `json:"in_sync"`
+	Cgroup    string `json:"cgroup,omitempty"`
+	Error     string `json:"error,omitempty"`
+	// Events are refused binds and dropped packets, most first.
+	Events []GuardEvent `json:"events"`
+}
+
+// GuardEvent is a count of refused binds (bind) or of packets dropped on
+// the way in (ingress) of one UID, protocol and port.
+type GuardEvent struct {
+	Kind  string `json:"kind"`
+	UID   uint32 `json:"uid"`
+	Proto string `json:"proto"`
+	Port  uint16 `json:"port"`
+	Count uint64 `json:"count"`
 }
 
 // LastApply is what the state says of the last apply.
@@ -83,6 +108,7 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 		}
 		return r, nil
 	}
+	r.BindGuard = e.guardReport(table, top)
 	r.Installed, r.Owned, r.Dormant = true, current.Owned(), current.Dormant
 	names := map[uint32]string{}
 	for _, s := range current.Sets {
@@ -136,4 +162,38 @@ func (e *Engine) Status(top int, policyTable func() (string, error)) (*Report, e
 		r.Top = r.Top[:top]
 	}
 	return r, nil
+}
+
+// guardReport is the bind guard's part of status, nil when there is none.
+func (e *Engine) guardReport(table string, top int) *GuardReport {
+	s, err := e.GuardStatus(table)
+	if err != nil {
+		return &GuardReport{Error: err.Error(), Events: []GuardEvent{}}
+	}
+	if s == nil {
+		return nil
+	}
+	g := &GuardReport{Installed: s.Installed, Attached: s.InCgroup, InSync: s.InSync(), Events: []GuardEvent{}}
+	for _, l := range s.Links {
+		if l.Cgroup != "" {
+			g.Cgroup = l.Cgroup
+		}
+	}
+	for _, c := range s.Counters {
+		kind := "ingress"
+		if c.Kind == bindguard.KindBind {
+			kind = "bind"
+		}
+		g.Events = append(g.Events, GuardEvent{Kind: kind, UID: c.UID, Proto: c.Proto.String(), Port: c.Port, Count: c.Count})
+	}
+	slices.SortFunc(g.Events, func(x, y GuardEvent) int {
+		if c := cmp.Compare(y.Count, x.Count); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.UID, y.UID)
+	})
+	if len(g.Events) > top {
+		g.Events = g.Events[:top]
+	}
+	return g
 }

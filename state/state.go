@@ -84,6 +84,10 @@ type State struct {
 	// the kernel still has this identity, nobody has committed anything
 	// since, and Ruleset is what the kernel holds.
 	Kernel *kernel.Identity `json:"kernel,omitempty"`
+	// BindGuard is the bind guard the apply installed with the table
+	// (nil: none): what restore installs again, with the accounts' ports
+	// from Ruleset.
+	BindGuard *Guard `json:"bind_guard,omitempty"`
 
 	ruleset *rules.Ruleset // decoded and checked against the digest
 	// text holds, per set, its element lines as read (format 2), when
@@ -308,6 +312,17 @@ func (p prefetched) close() {
 	if p.f != nil {
 		p.f.Close()
 	}
+}
+
+// Guard is what the state records of the bind guard: the policy's part of
+// its data that the ruleset does not hold, and where it was attached.
+type Guard struct {
+	Cgroup   string      `json:"cgroup,omitempty"`
+	ZoneLo   uint16      `json:"zone_lo"`
+	ZoneHi   uint16      `json:"zone_hi"`
+	MinUID   uint32      `json:"min_uid"`
+	Exempt   []uint32    `json:"exempt,omitempty"`
+	Reserved [][2]uint16 `json:"reserved,omitempty"`
 }
 
 // Ruleset is the recorded ruleset: what the last apply installed.

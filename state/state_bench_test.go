@@ -24,7 +24,7 @@ func policy50k(b *testing.B) (*policies.Policy, *rules.Ruleset) {
 func BenchmarkLoadState50k(b *testing.B) {
 	p, rs := policy50k(b)
 	dir := filepath.Join(b.TempDir(), "state")
-	if err := Save(dir, "bench", p.Digest(), rs, nil); err != nil {
+	if err := Save(dir, "bench", p.Digest(), rs, nil, nil); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
@@ -42,7 +42,7 @@ func BenchmarkSaveState50k(b *testing.B) {
 	dir := filepath.Join(b.TempDir(), "state")
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := Save(dir, "bench", p.Digest(), rs, nil); err != nil {
+		if err := Save(dir, "bench", p.Digest(), rs, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

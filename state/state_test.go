@@ -38,7 +38,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, oldRulesetName), []byte("table inet old {}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	st, err := Load(dir)
@@ -95,7 +95,7 @@ func savedState(t *testing.T, n int) (dir string, p *policies.Policy, rs *rules.
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if st, err = Load(dir); err != nil {
@@ -296,7 +296,7 @@ func TestStateReadsFormat1(t *testing.T) {
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "record digest") {
 		t.Errorf("tampered format 1: loadState = %v, want a record digest error", err)
 	}
-	if err := Save(dir, "test", p.Digest(), rs, nil); err != nil {
+	if err := Save(dir, "test", p.Digest(), rs, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, stateNameV1)); !errors.Is(err, os.ErrNotExist) {
@@ -318,7 +318,7 @@ func TestStateRefusesSymlinkAndMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, rs := testRuleset(t)
-	if err := Save(link, "test", p.Digest(), rs, nil); err == nil || !strings.Contains(err.Error(), "symlink") {
+	if err := Save(link, "test", p.Digest(), rs, nil, nil); err == nil || !strings.Contains(err.Error(), "symlink") {
 		t.Errorf("saveState through a symlinked directory: %v", err)
 	}
 	if _, err := Load(real); !errors.Is(err, ErrNoState) {
@@ -348,7 +348,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 		t.Fatalf("Load of a new directory: %v", err)
 	}
 	pf.ch <- <-pf.ch // the prefetch has found nothing
-	if err := Save(dir, "test", p1.Digest(), rs1, nil); err != nil {
+	if err := Save(dir, "test", p1.Digest(), rs1, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, ok := pf.Take(); ok {
@@ -368,7 +368,7 @@ func TestPrefetchedStateIsCheckedUnderTheLock(t *testing.T) {
 	// Replaced between the prefetch and Take.
 	pf = StartPrefetch(dir)
 	pf.ch <- <-pf.ch // the prefetch has read the old state
-	if err := Save(dir, "test", p2.Digest(), rs2, nil); err != nil {
+	if err := Save(dir, "test", p2.Digest(), rs2, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, ok := pf.Take(); ok {

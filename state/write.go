@@ -23,13 +23,16 @@ import (
 	"github.com/nftpol/nftpol/rules/kernel"
 )
 
-func Save(dir, version, policyDigest string, rs *rules.Ruleset, id *kernel.Identity) error {
-	return Prepare(dir, version, func() string { return policyDigest }, rs, nil).Commit(id)
+func Save(dir, version, policyDigest string, rs *rules.Ruleset, id *kernel.Identity, guard *Guard) error {
+	ps := Prepare(dir, version, func() string { return policyDigest }, rs, nil)
+	ps.SetGuard(guard)
+	return ps.Commit(id)
 }
 
 type Pending struct {
 	dir     string
 	version string        // nftpol's, recorded in the header
+	guard   *Guard        // the bind guard, recorded in the header
 	digest  func() string // the policy's digest (policies.Policy.Digest)
 	rs      *rules.Ruleset
 	from    *State // the recorded state rs was laid over, or nil
@@ -56,6 +59,10 @@ func Prepare(dir, version string, digest func() string, rs *rules.Ruleset, from 
 	}()
 	return ps
 }
+
+// SetGuard records g as the bind guard installed with the ruleset; call it
+// before Commit.
+func (ps *Pending) SetGuard(g *Guard) { ps.guard = g }
 
 // Ruleset is the ruleset being recorded.
 func (ps *Pending) Ruleset() *rules.Ruleset { return ps.rs }
@@ -184,7 +191,7 @@ func (ps *Pending) Commit(id *kernel.Identity) error {
 	}
 	head, err := json.Marshal(State{
 		Format: stateFormat, Version: ps.version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
-		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id,
+		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id, BindGuard: ps.guard,
 	})
 	if err != nil {
 		return err

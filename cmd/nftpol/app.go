@@ -85,6 +85,7 @@ func (a *app) engine() *reconcile.Engine {
 			Open:        a.openKernel,
 			Warn:        a.stderr,
 			Phase:       phase,
+			BPFDir:      a.v.GetString("bpf-dir"),
 		})
 	}
 	return a.eng
@@ -125,7 +126,8 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 	pf.Bool("full-read", false, "read nftpol's whole table from the kernel even when the state proves it unchanged (env NFTPOL_FULL_READ)")
 	pf.Duration("lock-timeout", 30*time.Second, "how long plan, apply, restore and remove wait for another nftpol to finish (env NFTPOL_LOCK_TIMEOUT)")
 	pf.Bool("insecure-permissions", false, "read policy files even if users other than root could change them (env NFTPOL_INSECURE_PERMISSIONS)")
-	for _, name := range []string{"config", "netns", "state-dir", "lock-timeout", "full-read", "insecure-permissions"} {
+	pf.String("bpf-dir", "/sys/fs/bpf", "the bpffs where the bind guard pins its programs and maps, under nftpol/TABLE (env NFTPOL_BPF_DIR)")
+	for _, name := range []string{"config", "netns", "state-dir", "lock-timeout", "full-read", "insecure-permissions", "bpf-dir"} {
 		_ = a.v.BindPFlag(name, pf.Lookup(name)) // the flags exist: cannot fail
 	}
 	a.v.SetEnvPrefix("NFTPOL")

@@ -25,23 +25,30 @@ func (a *app) applyCommand() *cobra.Command {
 		eng := a.engine()
 		eng.Prefetch()
 		var digest func() string
-		_, desired, err := a.loadWith(func(p *policies.Policy) { digest = reconcile.DigestInBackground(p) })
+		p, desired, err := a.loadWith(func(p *policies.Policy) { digest = reconcile.DigestInBackground(p) })
 		if err != nil {
 			return err
 		}
-		applied, err := eng.Apply(cmd.Context(), desired, digest, reconcile.ApplyOptions{Adopt: *adopt, AllowRemovals: *allowRemovals})
+		applied, err := eng.Apply(cmd.Context(), desired, digest, reconcile.ApplyOptions{Adopt: *adopt, AllowRemovals: *allowRemovals, Policy: p})
 		if err != nil {
 			return err
 		}
 		defer applied.Close()
 		plan := applied.Plan
-		if err := a.printPlan(plan, *out, planExtras{Applied: &applied.Sent, KernelRead: string(applied.Source)}); err != nil {
+		if err := a.printPlan(plan, *out, planExtras{Applied: &applied.Sent, KernelRead: string(applied.Source), Guard: applied.Guard}); err != nil {
 			return err
 		}
 		if *out == "text" && !plan.Empty() {
-			fmt.Fprintf(a.stdout, "Applied: %d kernel operations in %d netlink messages, one transaction.\n", plan.Operations(), applied.Sent.Messages)
+			fmt.Fprintf(a.stdout, "Applied: %d kernel operations in %d netlink messages, %s.\n", plan.Operations(), applied.Sent.Messages,
+				noun(applied.Transactions, "one transaction", fmt.Sprintf("%d transactions", applied.Transactions)))
 		}
-		return applied.Record()
+		if *out == "text" {
+			a.printGuard(applied.Guard, "applied")
+		}
+		if err := applied.Record(); err != nil {
+			return err
+		}
+		return applied.GuardErr
 	}
 	return cmd
 }

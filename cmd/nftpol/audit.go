@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nftpol/nftpol/audit"
+	"github.com/nftpol/nftpol/bindguard"
 	"github.com/nftpol/nftpol/sockets"
 )
 
@@ -108,6 +109,11 @@ socket in it was bound on purpose.`,
 			return err
 		}
 		r := &auditReport{policy: a.configFile(), netns: ns, findings: findings, unreadable: unreadable, terminate: *terminate, grace: *grace}
+		if p.BindGuard.Enabled {
+			if r.guard, err = bindguard.Compile(p); err != nil {
+				return err
+			}
+		}
 		if *terminate {
 			r.terminated = audit.Terminate(cmd.Context(), findings, *grace, procRoot)
 		}
@@ -146,6 +152,21 @@ type auditReport struct {
 	terminate  bool
 	grace      time.Duration
 	terminated []audit.Termination
+	// guard is the policy's bind guard, nil when it has none.
+	guard *bindguard.Data
+}
+
+// guardRefuses reports whether the policy's bind guard refuses the bind of
+// f's socket.
+func (r *auditReport) guardRefuses(f audit.Finding) bool {
+	if r.guard == nil {
+		return false
+	}
+	proto := bindguard.UDP
+	if f.Socket.Proto == sockets.TCP || f.Socket.Proto == sockets.SCTP {
+		proto = bindguard.TCP
+	}
+	return r.guard.Refuses(f.Socket.UID, proto, f.Socket.Port)
 }
 
 func (r *auditReport) count(v audit.Verdict) int {
@@ -185,6 +206,9 @@ func (r *auditReport) writeText(w io.Writer) error {
 		}
 		if f.MaybeClient {
 			verdict += " (automatic UDP port: may be a client)"
+		}
+		if r.guardRefuses(f) {
+			verdict += " (the bind guard refuses this bind)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", f.Socket.Proto, f.Socket.AddrPort(), f.Socket.UID,
 			dash(f.Account), processes(f.Processes), verdict)
@@ -272,7 +296,8 @@ type (
 		Rule         string `json:"rule,omitempty"`
 		// MaybeClient: an unconnected UDP socket on a port the kernel
 		// also gives clients; --terminate leaves it alone.
-		MaybeClient bool `json:"maybe_client,omitempty"`
+		MaybeClient  bool `json:"maybe_client,omitempty"`
+		GuardRefuses bool `json:"bind_guard_refuses,omitempty"`
 	}
 	processJSON struct {
 		PID     int    `json:"pid"`
@@ -299,7 +324,7 @@ func (r *auditReport) writeJSON(w io.Writer) error {
 			Interface: f.Socket.Interface, UID: f.Socket.UID, Inode: f.Socket.Inode, Account: f.Account,
 			Processes: []processJSON{}, Verdict: string(f.Verdict),
 			Reason: string(f.Reason), OtherAccount: f.Other, Explanation: f.Explain(), Rule: f.Rule,
-			MaybeClient: f.MaybeClient,
+			MaybeClient: f.MaybeClient, GuardRefuses: r.guardRefuses(f),
 		}
 		for _, p := range f.Processes {
 			s.Processes = append(s.Processes, processJSON{p.PID, p.Command})

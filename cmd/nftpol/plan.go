@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nftpol/nftpol/reconcile"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
 )
@@ -37,7 +38,7 @@ func (a *app) planCommand() *cobra.Command {
 		}
 		eng := a.engine()
 		eng.Prefetch()
-		_, desired, err := a.load()
+		p, desired, err := a.load()
 		if err != nil {
 			return err
 		}
@@ -45,10 +46,21 @@ func (a *app) planCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := a.printPlan(res.Plan, *out, planExtras{KernelRead: string(res.Source)}); err != nil {
+		guard, err := eng.PlanGuard(p)
+		if err != nil {
 			return err
 		}
-		if *detailed && !res.Plan.Empty() {
+		if !guard.Enabled && !guard.Removed {
+			guard = nil
+		}
+		if err := a.printPlan(res.Plan, *out, planExtras{KernelRead: string(res.Source), Guard: guard}); err != nil {
+			return err
+		}
+		if *out == "text" {
+			a.printGuard(guard, "")
+		}
+		guardChanges := guard != nil && (guard.Removed || guard.Entries+guard.Exempt > 0)
+		if *detailed && (!res.Plan.Empty() || guardChanges) {
 			return exitCodeError{exitChanges}
 		}
 		return nil
@@ -64,6 +76,27 @@ type planExtras struct {
 	// from the kernel) or "state" (the kernel provably unchanged since the
 	// last apply). Empty: not reported.
 	KernelRead string
+	// Guard is what the bind guard did or would do; nil: not reported.
+	Guard *reconcile.GuardResult
+}
+
+// printGuard says in a line what the bind guard did (done: "applied") or
+// would do, when there is anything to say.
+func (a *app) printGuard(g *reconcile.GuardResult, done string) {
+	switch {
+	case g == nil:
+	case g.Removed && done == "":
+		fmt.Fprintln(a.stdout, "Bind guard: off in the policy; the one installed will be removed.")
+	case g.Removed:
+		fmt.Fprintln(a.stdout, "Bind guard: off in the policy; removed.")
+	case !g.Enabled:
+	case g.Entries+g.Exempt == 0:
+		fmt.Fprintf(a.stdout, "Bind guard: in sync (attached to %s).\n", g.Cgroup)
+	case done == "":
+		fmt.Fprintf(a.stdout, "Bind guard: %d port entries and %d exempt UIDs to write (attached to %s).\n", g.Entries, g.Exempt, g.Cgroup)
+	default:
+		fmt.Fprintf(a.stdout, "Bind guard: %s, %d port entries and %d exempt UIDs written (attached to %s).\n", done, g.Entries, g.Exempt, g.Cgroup)
+	}
 }
 
 func (a *app) printPlan(plan *rules.Plan, format string, x planExtras) error {
@@ -86,6 +119,13 @@ func (a *app) printPlan(plan *rules.Plan, format string, x planExtras) error {
 	}
 	if x.KernelRead != "" {
 		extra = append(extra, fmt.Sprintf(`,"kernel_read":%q`, x.KernelRead)...)
+	}
+	if x.Guard != nil {
+		gb, err := json.Marshal(x.Guard)
+		if err != nil {
+			return err
+		}
+		extra = append(append(extra, `,"bind_guard":`...), gb...)
 	}
 	b = append(append(b[:len(b)-1], extra...), '}', '\n')
 	_, err = a.stdout.Write(b)

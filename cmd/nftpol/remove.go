@@ -21,6 +21,9 @@ func (a *app) removeCommand() *cobra.Command {
 		case r.Deleted:
 			fmt.Fprintf(a.stdout, "Deleted table inet %s (%d accounts were installed).\n", r.Table, r.Accounts)
 		}
+		if r.GuardRemoved {
+			fmt.Fprintf(a.stdout, "Removed the bind guard of table inet %s.\n", r.Table)
+		}
 		if r.Purged {
 			fmt.Fprintf(a.stdout, "Purged the state in %s.\n", a.stateDir())
 		}

@@ -25,9 +25,11 @@ an error and leaves the kernel untouched.`,
 			return err
 		}
 		res, st, err := a.engine().Restore(cmd.Context(), *adopt)
-		if err != nil {
+		if err != nil && res == nil {
 			return err
 		}
+
+		guardErr := err
 		plan, stats, desired := res.Plan, res.Sent, st.Ruleset()
 		if err := a.printPlan(plan, *out, planExtras{Applied: &stats, KernelRead: "full"}); err != nil {
 			return err
@@ -39,8 +41,9 @@ an error and leaves the kernel untouched.`,
 				fmt.Fprintf(a.stdout, "Restored the ruleset applied at %s: %d netlink messages, one transaction.\n",
 					st.AppliedAt.Format("2006-01-02 15:04:05 MST"), stats.Messages)
 			}
+			a.printGuard(res.Guard, "restored")
 		}
-		return nil
+		return guardErr
 	}
 	return cmd
 }

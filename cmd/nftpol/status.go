@@ -101,6 +101,30 @@ func writeStatus(w io.Writer, r *reconcile.Report) error {
 			}
 		}
 	}
+	if g := r.BindGuard; g != nil {
+		switch {
+		case g.Error != "":
+			fmt.Fprintf(tw, "Bind guard:\tunknown: %s\n", g.Error)
+		case !g.Installed:
+			fmt.Fprintf(tw, "Bind guard:\tNOT installed (the last apply recorded one: nftpol restore or apply installs it)\n")
+		default:
+			where := "NOT attached to its cgroup"
+			if g.Attached {
+				where = "attached to " + g.Cgroup
+			}
+			sync := "in sync with the last apply"
+			if !g.InSync {
+				sync = "its maps DIFFER from the last apply"
+			}
+			fmt.Fprintf(tw, "Bind guard:\t%s, %s\n", where, sync)
+		}
+		if len(g.Events) > 0 {
+			fmt.Fprintf(tw, "\t  KIND\tUID\tPROTO\tPORT\tCOUNT\n")
+			for _, e := range g.Events {
+				fmt.Fprintf(tw, "\t  %s\t%d\t%s\t%d\t%d\n", e.Kind, e.UID, e.Proto, e.Port, e.Count)
+			}
+		}
+	}
 	return tw.Flush()
 }
 
@@ -144,6 +168,17 @@ func writePrometheus(w io.Writer, r *reconcile.Report) error {
 	for _, v := range r.Top {
 		fmt.Fprintf(&b, "nftpol_violation_packets{table=%s,uid=\"%d\",account=%s,proto=%s,port=\"%d\"} %d\n",
 			t, v.UID, promLabel(v.Account), promLabel(v.Proto), v.Port, v.Packets)
+	}
+	if g := r.BindGuard; g != nil && g.Error == "" {
+		gauge("nftpol_bind_guard_installed", "Whether the bind guard is installed and attached to its cgroup.")
+		fmt.Fprintf(&b, "nftpol_bind_guard_installed{table=%s} %d\n", t, bit(g.Installed && g.Attached))
+		gauge("nftpol_bind_guard_in_sync", "Whether the bind guard's maps hold what the last apply recorded.")
+		fmt.Fprintf(&b, "nftpol_bind_guard_in_sync{table=%s} %d\n", t, bit(g.InSync))
+		gauge("nftpol_bind_guard_events", "Binds the bind guard refused (kind bind) and packets it dropped (kind ingress), per uid, protocol and port.")
+		for _, e := range g.Events {
+			fmt.Fprintf(&b, "nftpol_bind_guard_events{table=%s,kind=%s,uid=\"%d\",proto=%s,port=\"%d\"} %d\n",
+				t, promLabel(e.Kind), e.UID, promLabel(e.Proto), e.Port, e.Count)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -6,6 +6,7 @@
 //	probe listen  -netns NS -uid U -gid G -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 60s]
 //	probe connect -netns NS [-uid U] -proto tcp|udp|udplite|unix -addr A -port P [-path SOCK] [-timeout 1500ms]
 //	probe stream  -netns NS [-uid U] -proto tcp|udp -addr A -port P [-interval 50ms] [-timeout 1s] [-max 60s]
+//	probe bind    -netns NS -uid U [-cgroup DIR] -proto tcp|udp|udplite -addr A -port P
 //	probe listen  -netns NS -uid U -gid G -sockets tcp:P1,udp:P1,tcp:P2 [-addr A] [-timeout 60s]
 //	probe hammer  -targets tcp:P1:ok,udp:P2:blocked -addrs A1,A2 [-workers 1] [-blocked-workers 1] [-pace 20ms] [-timeout 1s] [-max 10m]
 //
@@ -48,6 +49,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -67,6 +69,8 @@ func main() {
 		err = listen(os.Args[2:])
 	case "connect":
 		err = connect(os.Args[2:])
+	case "bind":
+		err = bindOnce(os.Args[2:])
 	case "stream":
 		err = stream(os.Args[2:])
 	case "hammer":
@@ -481,4 +485,59 @@ func stream(args []string) error {
 		fmt.Printf("ok %d\n", n)
 		return nil
 	}
+}
+
+// bindOnce joins -cgroup (a cgroup v2 directory) first, if given, then
+// enters the namespace and the UID, binds one socket and prints ok, denied
+// (EPERM: the bind guard refused it), in-use (EADDRINUSE) or "error: ...".
+func bindOnce(args []string) error {
+	fs := flag.NewFlagSet("bind", flag.ContinueOnError)
+	var e endpoint
+	e.register(fs)
+	cgroup := fs.String("cgroup", "", "join this cgroup v2 `DIR` before binding")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cgroup != "" {
+		if err := os.WriteFile(filepath.Join(*cgroup, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			return fmt.Errorf("joining cgroup %s: %w", *cgroup, err)
+		}
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	var err error
+	if e.proto == "udplite" {
+		var f *os.File
+		if f, err = e.udplite(false); err == nil {
+			f.Close()
+		}
+	} else {
+		network, address, nerr := e.network()
+		if nerr != nil {
+			return nerr
+		}
+		if network == "tcp" {
+			var ln net.Listener
+			if ln, err = net.Listen(network, address); err == nil {
+				ln.Close()
+			}
+		} else {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket(network, address); err == nil {
+				pc.Close()
+			}
+		}
+	}
+	switch {
+	case err == nil:
+		fmt.Println("ok")
+	case errors.Is(err, syscall.EPERM):
+		fmt.Println("denied")
+	case errors.Is(err, syscall.EADDRINUSE):
+		fmt.Println("in-use")
+	default:
+		fmt.Println("error:", err)
+	}
+	return nil
 }
