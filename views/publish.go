@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -266,7 +267,7 @@ func ensureDir(dir string, mode os.FileMode, fix bool) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("run directory %s is not a directory (a symbolic link is refused)", dir)
 	}
-	sys, ok := fi.Sys().(*unix.Stat_t)
+	sys, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fmt.Errorf("run directory %s: no owner", dir)
 	}
@@ -341,7 +342,7 @@ func createAt(d int, path, name string, b []byte, mode uint32, owner int) error 
 		}
 	}
 	if owner >= 0 {
-		if err := unix.Fchown(fd, owner, -1); err != nil {
+		if err := chown(fd, owner); err != nil {
 			return fail("chown", err)
 		}
 	}
@@ -351,6 +352,9 @@ func createAt(d int, path, name string, b []byte, mode uint32, owner int) error 
 	}
 	return nil
 }
+
+// chown gives the file fd to uid; tests without root replace it.
+var chown = func(fd, uid int) error { return unix.Fchown(fd, uid, -1) }
 
 // replaceAt writes name in d through a temporary file and a rename.
 func replaceAt(d int, path, name string, b []byte, mode uint32, owner int) error {
