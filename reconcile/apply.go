@@ -35,6 +35,7 @@ type Applied struct {
 	pending *state.Pending
 	after   kernel.Identity
 	dir     string
+	e       *Engine
 }
 
 // DigestInBackground starts computing p.Digest() and returns a function that
@@ -99,7 +100,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	if err != nil {
 		return fail(err)
 	}
-	return &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir}, nil
+	return &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, e: e}, nil
 }
 
 // Record writes the state of the applied ruleset, so restore installs it at
@@ -111,7 +112,7 @@ func (a *Applied) Record() error {
 		return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 			"restore would install the previous ruleset until an apply succeeds", a.dir, err)
 	}
-	return nil
+	return a.e.publish(a.pending.Ruleset(), &a.after)
 }
 
 // Close discards a state that was not recorded, closes the kernel and
@@ -148,12 +149,14 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 	// A restore over another table, or one that rebuilt sets, leaves
 	// them under other names than the state's (rules.Sync stages them):
 	// the state then records what the kernel holds, for the same policy.
+	published, id := desired, st.Kernel
 	if installed := res.Plan.Desired; installed != nil && installed != desired {
 		if err := state.Save(e.cfg.StateDir, e.cfg.Version, st.PolicyDigest, installed, &after); err != nil {
 			return nil, nil, fmt.Errorf("the kernel holds the recorded ruleset, but recording its new set names in %s failed: %w", e.cfg.StateDir, err)
 		}
+		published, id = installed, &after
 	}
-	return res, st, nil
+	return res, st, e.publish(published, id)
 }
 
 // Removed is what Remove did.
