@@ -170,7 +170,7 @@ func (r *sizeRun) prepare() error {
 
 // nftpolArgs is an nftpol command line for nftpol's namespace.
 func (r *sizeRun) nftpolArgs(config string, args ...string) []string {
-	return append([]string{r.b.nftpol, "--config", config, "--netns", r.nsA, "--state-dir", r.stateA}, args...)
+	return append([]string{r.b.nftpol, "--config", config, "--netns", r.nsA, "--state-dir", r.stateA, "--run-dir", r.stateA + ".run"}, args...)
 }
 
 // applyJSON is the part of `apply -o json` the bench reads.
@@ -184,7 +184,7 @@ type applyJSON struct {
 // applyMeasured runs nftpol apply -o json with extra global flags and
 // returns the sample with its message count.
 func (r *sizeRun) applyMeasured(config string, global []string, args ...string) (sample, error) {
-	a := append([]string{r.b.nftpol, "--config", config, "--netns", r.nsA, "--state-dir", r.stateA}, global...)
+	a := append([]string{r.b.nftpol, "--config", config, "--netns", r.nsA, "--state-dir", r.stateA, "--run-dir", r.stateA + ".run"}, global...)
 	a = append(a, "apply", "-o", "json")
 	a = append(a, args...)
 	res, err := r.b.run(command{args: a, stdout: true, timed: true})
@@ -288,7 +288,7 @@ func (r *sizeRun) oneAccount() error {
 		return err
 	}
 	stateB := filepath.Join(r.dir, "state-nft-ns")
-	if _, err := b.run(command{args: []string{b.nftpol, "--config", r.p0, "--netns", r.nsB, "--state-dir", stateB, "apply"}}); err != nil {
+	if _, err := b.run(command{args: []string{b.nftpol, "--config", r.p0, "--netns", r.nsB, "--state-dir", stateB, "--run-dir", stateB + ".run", "apply"}}); err != nil {
 		return err
 	}
 	for run := 1; run <= b.opts.runs; run++ {

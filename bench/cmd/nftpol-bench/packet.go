@@ -166,7 +166,7 @@ func (b *bench) measurePacket(n int) (*packetResult, error) {
 		switch {
 		case sv.policy != "":
 			state := filepath.Join(dir, fmt.Sprintf("state%d", i))
-			if _, err := b.run(command{args: []string{b.nftpol, "--config", sv.policy, "--netns", sv.ns, "--state-dir", state, "apply"}}); err != nil {
+			if _, err := b.run(command{args: []string{b.nftpol, "--config", sv.policy, "--netns", sv.ns, "--state-dir", state, "--run-dir", state + ".run", "apply"}}); err != nil {
 				return res, err
 			}
 		case sv.nftFile != "":
