@@ -39,4 +39,3 @@ func source(id *kernel.Identity) string {
 	}
 	return fmt.Sprintf("%s/%d/%d", id.BootID, id.NetnsCookie, id.Generation)
 }
-

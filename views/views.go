@@ -101,11 +101,6 @@ type account struct {
 
 var protos = [2]rules.Proto{rules.TCP, rules.UDP}
 
-func (a *account) equal(b *account) bool {
-	return a.name == b.name && a.exempt == b.exempt &&
-		slices.Equal(a.ports[0], b.ports[0]) && slices.Equal(a.ports[1], b.ports[1])
-}
-
 // derive reads the globals and the per-UID data out of rs, as the kernel
 // enforces it: rules.Accounts gives the ranges each UID is looked up with
 // (moved accounts included), the chains the zone, min_uid and loopback.
