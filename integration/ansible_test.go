@@ -75,7 +75,7 @@ func newAnsibleRun(t *testing.T, nftpolBin, netns string) *ansibleRun {
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
 		switch {
-		case strings.HasPrefix(name, "ANSIBLE_"), name == "HOME", name == "TMPDIR", name == "LC_ALL":
+		case strings.HasPrefix(name, "ANSIBLE_"), name == "NFTPOL_RUN_DIR", name == "HOME", name == "TMPDIR", name == "LC_ALL":
 		default:
 			env = append(env, kv)
 		}
@@ -85,6 +85,7 @@ func newAnsibleRun(t *testing.T, nftpolBin, netns string) *ansibleRun {
 		"TMPDIR="+filepath.Join(dir, "ansible/tmp"), // modules unpack themselves there
 		"LC_ALL=C.UTF-8", // Ansible refuses a locale that is not UTF-8
 		"PYTHONDONTWRITEBYTECODE=1",
+		"NFTPOL_RUN_DIR="+filepath.Join(dir, "run"), // the account views, not the host's /run/nftpol
 		"ANSIBLE_CONFIG="+cfg,
 		"ANSIBLE_HOME="+filepath.Join(dir, "ansible/home/.ansible"),
 		"ANSIBLE_LOCAL_TEMP="+filepath.Join(dir, "ansible/local"),

@@ -228,15 +228,27 @@ func writePolicy(t *testing.T, text string) string {
 // nftpolRun is one configured nftpol working on the server namespace.
 type nftpolRun struct {
 	bin, config, netns, stateDir string
+	// runDir is where apply publishes the account views; "" is beside
+	// the state directory (stateDir.run), never the host's /run/nftpol.
+	runDir string
 }
 
-// run runs `nftpol --config … --netns … --state-dir … ARGS…` and returns its
-// output and exit code; it fails the test only if nftpol could not be run.
+// runDirectory is n's --run-dir.
+func (n nftpolRun) runDirectory() string {
+	if n.runDir != "" {
+		return n.runDir
+	}
+	return filepath.Clean(n.stateDir) + ".run"
+}
+
+// run runs `nftpol --config … --netns … --state-dir … --run-dir … ARGS…` and
+// returns its output and exit code; it fails the test only if nftpol could
+// not be run.
 func (n nftpolRun) run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	all := append([]string{"--config", n.config, "--netns", n.netns, "--state-dir", n.stateDir}, args...)
+	all := append([]string{"--config", n.config, "--netns", n.netns, "--state-dir", n.stateDir, "--run-dir", n.runDirectory()}, args...)
 	var o, e bytes.Buffer
 	cmd := exec.CommandContext(ctx, n.bin, all...)
 	cmd.Stdout, cmd.Stderr = &o, &e

@@ -34,7 +34,7 @@ func TestStateFullAfterCommit(t *testing.T) {
 	script := fmt.Sprintf(`set -e
 mount -t tmpfs -o size=8k,mode=0700 nftpol-test %[1]s
 dd if=/dev/zero of=%[1]s/filler bs=1k count=64 2>/dev/null || true
-exec %[2]s --config %[3]s --netns %[4]s --state-dir %[1]s apply`, state, bin, n.config, ns)
+exec %[2]s --config %[3]s --netns %[4]s --state-dir %[1]s --run-dir %[1]s.run apply`, state, bin, n.config, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c", script).CombinedOutput()

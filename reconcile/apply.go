@@ -42,6 +42,7 @@ type Applied struct {
 	after    kernel.Identity
 	dir      string
 	guard    *state.Guard
+	e        *Engine
 }
 
 // DigestInBackground starts computing p.Digest() and returns a function that
@@ -106,7 +107,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	if err != nil {
 		return fail(err)
 	}
-	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guardRecord(opt.Policy)}
+	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guardRecord(opt.Policy), e: e}
 	if opt.Policy != nil {
 		// After the table: a guard that cannot be installed never
 		// costs the table its enforcement.
@@ -127,13 +128,14 @@ func (e *Engine) PlanGuard(p *policies.Policy) (*GuardResult, error) {
 // boot and the next plan can trust it.
 func (a *Applied) Record() error {
 	a.s.phase("committed")
-	defer a.s.phase("state saved")
 	a.pending.SetGuard(a.guard)
 	if err := a.pending.Commit(&a.after); err != nil {
+		a.s.phase("state saved")
 		return fmt.Errorf("the kernel is updated, but recording it in %s failed: %w; "+
 			"restore would install the previous ruleset until an apply succeeds", a.dir, err)
 	}
-	return nil
+	a.s.phase("state saved")
+	return a.e.publish(a.pending.Ruleset(), &a.after)
 }
 
 // Close discards a state that was not recorded, closes the kernel and
@@ -170,17 +172,19 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 	// A restore over another table, or one that rebuilt sets, leaves
 	// them under other names than the state's (rules.Sync stages them):
 	// the state then records what the kernel holds, for the same policy.
+	published, id := desired, st.Kernel
 	if installed := res.Plan.Desired; installed != nil && installed != desired {
 		if err := state.Save(e.cfg.StateDir, e.cfg.Version, st.PolicyDigest, installed, &after, st.BindGuard); err != nil {
 			return nil, nil, fmt.Errorf("the kernel holds the recorded ruleset, but recording its new set names in %s failed: %w", e.cfg.StateDir, err)
 		}
+		published, id = installed, &after
 	}
 	if st.BindGuard != nil {
 		if res.Guard, err = e.applyGuard(desired.Table, guardPolicy(st.BindGuard, installedRuleset(res, desired)), false); err != nil {
 			return res, st, fmt.Errorf("the table is restored, but the bind guard is not: %w", err)
 		}
 	}
-	return res, st, nil
+	return res, st, e.publish(published, id)
 }
 
 // installedRuleset is the ruleset a restore left in the kernel.

@@ -57,6 +57,9 @@ type Kernel interface {
 type Config struct {
 	// StateDir is the state directory (state.Acquire, state.Load).
 	StateDir string
+	// RunDir is where apply and restore publish the per-UID views that
+	// `nftpol ports` reads (views.Publish); "" publishes none.
+	RunDir string
 	// Version is nftpol's version, recorded in the state.
 	Version string
 	// FullRead makes plan and apply read the kernel's table even when the

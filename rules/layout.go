@@ -465,6 +465,109 @@ func Accounts(rs *Ruleset) map[Proto][]Element {
 	return m
 }
 
+// AccountsOf returns, for each of uids, the elements Accounts gives it per
+// protocol (nil for a UID without any), looking each up in its own shard
+// instead of merging every account's.
+func AccountsOf(rs *Ruleset, uids []uint32) map[uint32]map[Proto][]Element {
+	views := accountViews(rs)
+	out := make(map[uint32]map[Proto][]Element, len(uids))
+	for _, uid := range uids {
+		for p, v := range views {
+			if g := v.group(uid); len(g) > 0 {
+				if out[uid] == nil {
+					out[uid] = map[Proto][]Element{}
+				}
+				out[uid][p] = g
+			}
+		}
+	}
+	return out
+}
+
+// ChangedAccounts returns, sorted, the UIDs whose elements (ranges and
+// comments) Accounts gives differently in a and b, for any protocol. A shard
+// that holds the same elements in both (the same slice: Sync's Target keeps
+// the slice of every set the overlay leaves as it was) is not walked, so a
+// one-account change costs no walk of 50,000 elements.
+func ChangedAccounts(a, b *Ruleset) []uint32 {
+	va, vb := accountViews(a), accountViews(b)
+	changed := map[uint32]bool{}
+	for _, p := range Protos {
+		x, y := va[p], vb[p]
+		if x == nil && y == nil {
+			continue
+		}
+		if x == nil || y == nil || len(x.bases) != len(y.bases) {
+			diffGroups(x.all(), y.all(), nil, changed)
+			continue
+		}
+		moved := map[uint32]bool{}
+		for _, m := range [][]Element{x.moved, y.moved} {
+			for _, e := range m {
+				moved[e.UID] = true
+			}
+		}
+		for uid := range moved {
+			if !slices.Equal(x.group(uid), y.group(uid)) {
+				changed[uid] = true
+			}
+		}
+		n := uint32(len(x.bases))
+		for k := range x.bases {
+			if sameSlice(x.bases[k], y.bases[k]) {
+				continue
+			}
+			// Only a UID of this shard is looked up here, and a moved
+			// one not at all (compared above).
+			skip := func(uid uint32) bool { return uid%n != uint32(k) || moved[uid] }
+			diffGroups(x.bases[k], y.bases[k], skip, changed)
+		}
+	}
+	out := make([]uint32, 0, len(changed))
+	for uid := range changed {
+		out = append(out, uid)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sameSlice(a, b []Element) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// diffGroups walks a and b, sorted by UID, and marks in changed every UID
+// (but those skip says) whose elements differ between them.
+func diffGroups(a, b []Element, skip func(uint32) bool, changed map[uint32]bool) {
+	next := func(es []Element) ([]Element, []Element) {
+		j := 1
+		for j < len(es) && es[j].UID == es[0].UID {
+			j++
+		}
+		return es[:j], es[j:]
+	}
+	for len(a) > 0 || len(b) > 0 {
+		var ga, gb []Element
+		switch {
+		case len(b) == 0 || len(a) > 0 && a[0].UID < b[0].UID:
+			ga, a = next(a)
+		case len(a) == 0 || b[0].UID < a[0].UID:
+			gb, b = next(b)
+		default:
+			ga, a = next(a)
+			gb, b = next(b)
+		}
+		var uid uint32
+		if len(ga) > 0 {
+			uid = ga[0].UID
+		} else {
+			uid = gb[0].UID
+		}
+		if (skip == nil || !skip(uid)) && !slices.Equal(ga, gb) {
+			changed[uid] = true
+		}
+	}
+}
+
 // accountView is one protocol's per-account sets of a ruleset.
 type accountView struct {
 	// bases holds the base's elements by shard: a UID's elements are

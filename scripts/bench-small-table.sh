@@ -97,7 +97,7 @@ for cfg in "${configs[@]}"; do
 	case $cfg in
 	ct) ip netns exec "$ns" nft -f "$ctfile" ;;
 	flat) ip netns exec "$ns" nft -f "$work/flat.nft" ;;
-	sharded) "$NFTPOL" --config "$work/small.yaml" --netns "$ns" --state-dir "$work/state-$cfg" apply >/dev/null ;;
+	sharded) "$NFTPOL" --config "$work/small.yaml" --netns "$ns" --state-dir "$work/state-$cfg" --run-dir "$work/run-$cfg" apply >/dev/null ;;
 	esac
 	[ "$cfg" = none ] || ip netns exec "$ns" sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=1 2>/dev/null || true
 	for acc in 0 2; do # the first and the last account

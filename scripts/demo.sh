@@ -52,7 +52,7 @@ ip -n "$CLI" link set veth1 up
 cp -R examples "$tmp/examples"
 chown -R 0:0 "$tmp/examples"
 chmod -R go-w "$tmp/examples"
-nftpol() { "$tmp/nftpol" --config "$tmp/examples/nftpol.yaml" --netns "$SRV" --state-dir "$tmp/state" "$@"; }
+nftpol() { "$tmp/nftpol" --config "$tmp/examples/nftpol.yaml" --netns "$SRV" --state-dir "$tmp/state" --run-dir "$tmp/run" "$@"; }
 
 echo
 echo "== nftpol validate"

@@ -31,6 +31,7 @@ const (
 const (
 	defaultConfig   = "/etc/nftpol/nftpol.yaml"
 	defaultStateDir = "/var/lib/nftpol"
+	defaultRunDir   = "/run/nftpol"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -79,6 +80,7 @@ func (a *app) engine() *reconcile.Engine {
 	if a.eng == nil {
 		a.eng = reconcile.New(reconcile.Config{
 			StateDir:    a.stateDir(),
+			RunDir:      a.runDir(),
 			Version:     version,
 			FullRead:    a.v.GetBool("full-read"),
 			LockTimeout: a.v.GetDuration("lock-timeout"),
@@ -123,11 +125,12 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 	pf.String("config", defaultConfig, "policy file (env NFTPOL_CONFIG)")
 	pf.String("netns", "", "work on the network namespace /run/netns/NAME (env NFTPOL_NETNS)")
 	pf.String("state-dir", defaultStateDir, "where apply records what it applied (env NFTPOL_STATE_DIR)")
+	pf.String("run-dir", "", "where apply and restore publish what each account may read, for nftpol ports, on tmpfs; unset: nothing is published, and ports reads "+defaultRunDir+" (env NFTPOL_RUN_DIR)")
 	pf.Bool("full-read", false, "read nftpol's whole table from the kernel even when the state proves it unchanged (env NFTPOL_FULL_READ)")
 	pf.Duration("lock-timeout", 30*time.Second, "how long plan, apply, restore and remove wait for another nftpol to finish (env NFTPOL_LOCK_TIMEOUT)")
 	pf.Bool("insecure-permissions", false, "read policy files even if users other than root could change them (env NFTPOL_INSECURE_PERMISSIONS)")
 	pf.String("bpf-dir", "/sys/fs/bpf", "the bpffs where the bind guard pins its programs and maps, under nftpol/TABLE (env NFTPOL_BPF_DIR)")
-	for _, name := range []string{"config", "netns", "state-dir", "lock-timeout", "full-read", "insecure-permissions", "bpf-dir"} {
+	for _, name := range []string{"config", "netns", "state-dir", "run-dir", "lock-timeout", "full-read", "insecure-permissions", "bpf-dir"} {
 		_ = a.v.BindPFlag(name, pf.Lookup(name)) // the flags exist: cannot fail
 	}
 	a.v.SetEnvPrefix("NFTPOL")
@@ -136,7 +139,7 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 
 	root.AddCommand(a.validateCommand(), a.exportCommand(), a.planCommand(), a.applyCommand(),
 		a.restoreCommand(), a.statusCommand(), a.removeCommand(),
-		a.auditCommand(), a.allocateCommand(), a.manCommand())
+		a.auditCommand(), a.portsCommand(), a.allocateCommand(), a.manCommand())
 	root.SetVersionTemplate(versionTemplate)
 	return root
 }
@@ -172,6 +175,8 @@ func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.
 }
 
 func (a *app) stateDir() string { return a.v.GetString("state-dir") }
+
+func (a *app) runDir() string { return a.v.GetString("run-dir") }
 
 // openKernel connects to the kernel of the namespace --netns names, or of
 // our own.

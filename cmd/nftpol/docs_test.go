@@ -13,7 +13,7 @@ func TestManPages(t *testing.T) {
 	if code, _, errOut := nftpol(t, "man", dir); code != 0 {
 		t.Fatalf("man: exit %d: %s", code, errOut)
 	}
-	for _, page := range []string{"nftpol.1", "nftpol-audit.1", "nftpol-allocate.1", "nftpol-apply.1"} {
+	for _, page := range []string{"nftpol.1", "nftpol-audit.1", "nftpol-allocate.1", "nftpol-apply.1", "nftpol-ports.1"} {
 		text, err := os.ReadFile(filepath.Join(dir, page))
 		if err != nil {
 			t.Error(err)
@@ -39,5 +39,9 @@ func TestCompletion(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "nftpol") {
 			t.Errorf("completion %s: exit %d: %s", shell, code, errOut)
 		}
+	}
+	// The scripts ask the binary (cobra's __complete) for the commands.
+	if code, out, _ := nftpol(t, "__complete", ""); code != 0 || !strings.Contains(out, "ports\t") {
+		t.Errorf("__complete does not offer ports:\n%s", out)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/nftpol/nftpol/views"
 )
 
 func (a *app) removeCommand() *cobra.Command {
@@ -15,6 +17,11 @@ func (a *app) removeCommand() *cobra.Command {
 	purge := cmd.Flags().Bool("purge", false, "also delete the recorded state, so restore has nothing to install")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		r, err := a.engine().Remove(cmd.Context(), *purge, a.policyTable)
+		if err == nil && (r.Deleted || r.Absent) && a.runDir() != "" {
+			// With the table gone the account views would promise
+			// ports nothing enforces.
+			err = views.Withdraw(a.runDir())
+		}
 		switch {
 		case r.Absent:
 			fmt.Fprintf(a.stdout, "Table inet %s is not installed; nothing to remove.\n", r.Table)
