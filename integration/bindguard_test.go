@@ -132,8 +132,20 @@ func TestBindGuardThroughTheCLI(t *testing.T) {
 		t.Errorf("remove:\n%s", out)
 	}
 	expect("after remove", true, uidAlpha, "tcp", 40021, "ok")
+	// As after a reboot: a fresh cgroup (the same path, made again) and a
+	// fresh network namespace; restore needs neither policy nor NSS.
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.netns = newNetns(t, "guard-boot")
 	if out := cli(0, "restore"); !strings.Contains(out, "Bind guard: restored") {
 		t.Errorf("restore:\n%s", out)
+	}
+	if got := nftList(t, n.netns); !strings.Contains(got, "table inet nftpol") {
+		t.Errorf("restore did not install the table in the fresh namespace:\n%s", got)
 	}
 	expect("after restore", true, uidAlpha, "tcp", 40021, "denied", true, uidAlpha, "tcp", 40035, "ok")
 	cli(0, "remove")
