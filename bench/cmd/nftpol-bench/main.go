@@ -81,6 +81,7 @@ type bench struct {
 
 	nftpol, nft, ip, self string
 	work                  string
+	bpfDir                string // every nftpol's --bpf-dir unless it names one: an empty directory of the bench's
 	namespaces            []string
 	quietWaited           time.Duration // spent waiting for a quiet machine
 	notQuiet              int           // measurements made on a busy machine
@@ -287,7 +288,11 @@ func (b *bench) setup(nftpol string) error {
 		return err
 	}
 	b.logf("work directory %s", b.work)
-	return nil
+	// Not a bpffs: an nftpol given it finds no guard there to remove,
+	// and cannot install one (only the guard section installs any, in a
+	// bpffs of its own).
+	b.bpfDir = filepath.Join(b.work, "no-bpffs")
+	return os.Mkdir(b.bpfDir, 0o755)
 }
 
 // cleanup deletes every namespace the bench created (which ends nft's and
