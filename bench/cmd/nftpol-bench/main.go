@@ -72,6 +72,8 @@ type options struct {
 	quietBudget  time.Duration
 	nice         int
 	keepWork     bool
+	guardBinds   int
+	guardRounds  int
 }
 
 type bench struct {
@@ -83,6 +85,7 @@ type bench struct {
 	work                  string
 	bpfDir                string // every nftpol's --bpf-dir unless it names one: an empty directory of the bench's
 	namespaces            []string
+	cgroups, mounts       []string      // the guard section's cgroups and bpffs
 	quietWaited           time.Duration // spent waiting for a quiet machine
 	notQuiet              int           // measurements made on a busy machine
 	started               time.Time
@@ -95,7 +98,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) section(s string) bool { return b.opts.sections == nil || b.opts.sections[s] }
 
-var allSections = []string{"full", "change", "plan", "sets", "load", "packet"}
+var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard"}
 
 func main() {
 	if len(os.Args) > 1 {
@@ -107,6 +110,8 @@ func main() {
 			err = clientMain(os.Args[2:])
 		case "exec":
 			err = execMain(os.Args[2:])
+		case "bindloop":
+			err = bindLoopMain(os.Args[2:])
 		default:
 			os.Exit(benchMain(os.Args[1:]))
 		}
@@ -140,11 +145,14 @@ func benchMain(args []string) int {
 	nice := fs.Int("nice", -10, "run measured processes at this niceness (ahead of other work on a shared machine)")
 	gobench := fs.String("gobench", "", "output of `go test -bench` to include in the report")
 	keep := fs.Bool("keep", false, "keep the work directory (policies, nft files)")
+	guardBinds := fs.Int("guard-binds", 50000, "guard: bind+close per run of the bind loop")
+	guardRounds := fs.Int("guard-rounds", 10, "guard: runs of the bind loop with the guard and without it each, alternating")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	o := options{runs: *runs, quick: *quick, out: *out, packetIters: *packetIters, packetRounds: *packetRounds,
-		packetN: *packetN, packetCPU: *packetCPU, cellBudget: *cellBudget, opLimit: *opLimit, opTimeout: *opTimeout, settle: *settle, quietWait: *quietWait, quietBudget: *quietBudget, nice: *nice, keepWork: *keep}
+		packetN: *packetN, packetCPU: *packetCPU, cellBudget: *cellBudget, opLimit: *opLimit, opTimeout: *opTimeout, settle: *settle, quietWait: *quietWait, quietBudget: *quietBudget, nice: *nice, keepWork: *keep,
+		guardBinds: *guardBinds, guardRounds: *guardRounds}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 2 || n > zoneHi-zoneLo-20 {
@@ -164,9 +172,15 @@ func benchMain(args []string) int {
 		if !flagSet(fs, "packet-rounds") {
 			o.packetRounds = 2
 		}
+		if !flagSet(fs, "guard-binds") {
+			o.guardBinds = 20000
+		}
+		if !flagSet(fs, "guard-rounds") {
+			o.guardRounds = 4
+		}
 	}
-	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 {
-		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds)")
+	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 || o.guardBinds < bindBlock || o.guardRounds < 1 {
+		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds, -guard-binds, -guard-rounds)")
 		return 2
 	}
 	if o.packetN == 0 {
@@ -225,6 +239,15 @@ func benchMain(args []string) int {
 		if err != nil {
 			b.logf("per-packet: %v", err)
 			rep.errors = append(rep.errors, "per-packet: "+firstLine(err.Error()))
+			failed = true
+		}
+	}
+	if b.section("guard") && ctx.Err() == nil {
+		g, err := b.measureGuard(o.packetN)
+		rep.guard = g
+		if err != nil {
+			b.logf("bind guard: %v", err)
+			rep.errors = append(rep.errors, "bind guard: "+firstLine(err.Error()))
 			failed = true
 		}
 	}
@@ -301,6 +324,7 @@ func (b *bench) cleanup() {
 	for len(b.namespaces) > 0 {
 		b.deleteNetns(b.namespaces[len(b.namespaces)-1])
 	}
+	b.removeGuardEnv()
 	if b.opts.keepWork {
 		b.logf("kept %s", b.work)
 		return
@@ -346,6 +370,7 @@ type report struct {
 	cmdline string
 	sizes   []*sizeResult
 	packet  *packetResult
+	guard   *guardResult
 	errors  []string
 	elapsed time.Duration
 
@@ -395,6 +420,9 @@ func (r *report) write(w io.Writer) {
 			"its 1-byte echo over one connection.\n\n", packetBlock)
 		writePacket(w, r.packet)
 	}
+	if r.guard != nil {
+		writeGuard(w, r.guard)
+	}
 	r.writeTargets(w)
 	if r.gobench != "" {
 		writeGoBench(w, r.gobench)
@@ -417,7 +445,7 @@ func writeGoBench(w io.Writer, out string) {
 
 // writeTargets sums up the issue's targets at the largest N measured.
 func (r *report) writeTargets(w io.Writer) {
-	if len(r.sizes) == 0 && r.packet == nil {
+	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n")
@@ -539,6 +567,11 @@ func (r *report) writeTargets(w io.Writer) {
 			}
 			line(fmt.Sprintf("per packet at %s accounts within 10%% of 1 account, %s account (medians)", thousands(int64(p.n)), acc),
 				fmt.Sprintf("%s: %s", strings.Join(parts, ", "), st))
+		}
+	}
+	if g := r.guard; g != nil {
+		for _, t := range g.targets() {
+			line(t.what, t.status)
 		}
 	}
 	fmt.Fprintln(w)
