@@ -580,7 +580,7 @@ func writeGuard(w io.Writer, g *guardResult) {
 			"carries whatever preempted it on a shared machine.\n\n")
 	}
 	if len(g.fillGuard.samples)+len(g.fillPlain.samples) > 0 || g.fillGuard.err != "" || g.fillPlain.err != "" {
-		fmt.Fprintf(w, "### Map fill\n\n`nftpol apply -o json` of %s accounts into an empty namespace (no table, no state), without the guard "+
+		fmt.Fprintf(w, "### Map fill\n\n`nftpol apply` of %s accounts into an empty namespace (no table, no state), without the guard "+
 			"and with it (fresh maps each time: `nftpol remove --purge` detaches and unpins it after each run), alternating which goes "+
 			"first, with NFTPOL_TIMINGS=1. The `%s` phase runs after the table's transaction: compiling the guard's data, creating and "+
 			"filling its maps (%s port entries written), loading and attaching the programs.\n\n", n, guardPhaseName, thousands(int64(g.fillEntries)))
