@@ -17,7 +17,11 @@
 //  5. `nftpol validate` of N accounts in one file and in N include files;
 //  6. per packet: TCP connect+close and 1-byte round trips from a client
 //     namespace to listeners of the first and the last account, with no
-//     table, conntrack only, nftpol at 1 account and at N accounts.
+//     table, conntrack only, nftpol at 1 account and at N accounts;
+//  7. the bind guard at the per-packet N (guard.go): per packet with and
+//     without it, bind+close of an enforced UID, and its map fill against
+//     the table's own full apply, in child cgroups of the cgroup v2
+//     hierarchy and a bpffs the bench creates and removes.
 //
 // Everything happens in network namespaces the bench creates (`ip netns
 // add`) and deletes at the end, also after a failure or SIGINT/SIGTERM;
