@@ -108,6 +108,9 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 		return fail(err)
 	}
 	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guardRecord(opt.Policy), e: e}
+	// The table's transaction ends here: its own phase, so that the
+	// timings keep the kernel's share apart from the guard's.
+	s.phase("committed")
 	if opt.Policy != nil {
 		// After the table: a guard that cannot be installed never
 		// costs the table its enforcement.
@@ -127,7 +130,7 @@ func (e *Engine) PlanGuard(p *policies.Policy) (*GuardResult, error) {
 // Record writes the state of the applied ruleset, so restore installs it at
 // boot and the next plan can trust it.
 func (a *Applied) Record() error {
-	a.s.phase("committed")
+	a.s.phase("reported")
 	a.pending.SetGuard(a.guard)
 	if err := a.pending.Commit(&a.after); err != nil {
 		a.s.phase("state saved")

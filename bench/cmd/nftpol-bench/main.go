@@ -17,7 +17,11 @@
 //  5. `nftpol validate` of N accounts in one file and in N include files;
 //  6. per packet: TCP connect+close and 1-byte round trips from a client
 //     namespace to listeners of the first and the last account, with no
-//     table, conntrack only, nftpol at 1 account and at N accounts.
+//     table, conntrack only, nftpol at 1 account and at N accounts;
+//  7. the bind guard at the per-packet N (guard.go): per packet with and
+//     without it, bind+close of an enforced UID, and its map fill against
+//     the table's own full apply, in child cgroups of the cgroup v2
+//     hierarchy and a bpffs the bench creates and removes.
 //
 // Everything happens in network namespaces the bench creates (`ip netns
 // add`) and deletes at the end, also after a failure or SIGINT/SIGTERM;
@@ -72,6 +76,8 @@ type options struct {
 	quietBudget  time.Duration
 	nice         int
 	keepWork     bool
+	guardBinds   int
+	guardRounds  int
 }
 
 type bench struct {
@@ -81,7 +87,9 @@ type bench struct {
 
 	nftpol, nft, ip, self string
 	work                  string
+	bpfDir                string // every nftpol's --bpf-dir unless it names one: an empty directory of the bench's
 	namespaces            []string
+	cgroups, mounts       []string      // the guard section's cgroups and bpffs
 	quietWaited           time.Duration // spent waiting for a quiet machine
 	notQuiet              int           // measurements made on a busy machine
 	started               time.Time
@@ -94,7 +102,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) section(s string) bool { return b.opts.sections == nil || b.opts.sections[s] }
 
-var allSections = []string{"full", "change", "plan", "sets", "load", "packet"}
+var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard"}
 
 func main() {
 	if len(os.Args) > 1 {
@@ -106,6 +114,8 @@ func main() {
 			err = clientMain(os.Args[2:])
 		case "exec":
 			err = execMain(os.Args[2:])
+		case "bindloop":
+			err = bindLoopMain(os.Args[2:])
 		default:
 			os.Exit(benchMain(os.Args[1:]))
 		}
@@ -139,11 +149,14 @@ func benchMain(args []string) int {
 	nice := fs.Int("nice", -10, "run measured processes at this niceness (ahead of other work on a shared machine)")
 	gobench := fs.String("gobench", "", "output of `go test -bench` to include in the report")
 	keep := fs.Bool("keep", false, "keep the work directory (policies, nft files)")
+	guardBinds := fs.Int("guard-binds", 50000, "guard: bind+close per run of the bind loop")
+	guardRounds := fs.Int("guard-rounds", 10, "guard: runs of the bind loop with the guard and without it each, alternating")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	o := options{runs: *runs, quick: *quick, out: *out, packetIters: *packetIters, packetRounds: *packetRounds,
-		packetN: *packetN, packetCPU: *packetCPU, cellBudget: *cellBudget, opLimit: *opLimit, opTimeout: *opTimeout, settle: *settle, quietWait: *quietWait, quietBudget: *quietBudget, nice: *nice, keepWork: *keep}
+		packetN: *packetN, packetCPU: *packetCPU, cellBudget: *cellBudget, opLimit: *opLimit, opTimeout: *opTimeout, settle: *settle, quietWait: *quietWait, quietBudget: *quietBudget, nice: *nice, keepWork: *keep,
+		guardBinds: *guardBinds, guardRounds: *guardRounds}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 2 || n > zoneHi-zoneLo-20 {
@@ -163,9 +176,15 @@ func benchMain(args []string) int {
 		if !flagSet(fs, "packet-rounds") {
 			o.packetRounds = 2
 		}
+		if !flagSet(fs, "guard-binds") {
+			o.guardBinds = 20000
+		}
+		if !flagSet(fs, "guard-rounds") {
+			o.guardRounds = 4
+		}
 	}
-	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 {
-		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds)")
+	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 || o.guardBinds < bindBlock || o.guardRounds < 1 {
+		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds, -guard-binds, -guard-rounds)")
 		return 2
 	}
 	if o.packetN == 0 {
@@ -224,6 +243,15 @@ func benchMain(args []string) int {
 		if err != nil {
 			b.logf("per-packet: %v", err)
 			rep.errors = append(rep.errors, "per-packet: "+firstLine(err.Error()))
+			failed = true
+		}
+	}
+	if b.section("guard") && ctx.Err() == nil {
+		g, err := b.measureGuard(o.packetN)
+		rep.guard = g
+		if err != nil {
+			b.logf("bind guard: %v", err)
+			rep.errors = append(rep.errors, "bind guard: "+firstLine(err.Error()))
 			failed = true
 		}
 	}
@@ -287,7 +315,11 @@ func (b *bench) setup(nftpol string) error {
 		return err
 	}
 	b.logf("work directory %s", b.work)
-	return nil
+	// Not a bpffs: an nftpol given it finds no guard there to remove,
+	// and cannot install one (only the guard section installs any, in a
+	// bpffs of its own).
+	b.bpfDir = filepath.Join(b.work, "no-bpffs")
+	return os.Mkdir(b.bpfDir, 0o755)
 }
 
 // cleanup deletes every namespace the bench created (which ends nft's and
@@ -296,6 +328,7 @@ func (b *bench) cleanup() {
 	for len(b.namespaces) > 0 {
 		b.deleteNetns(b.namespaces[len(b.namespaces)-1])
 	}
+	b.removeGuardEnv()
 	if b.opts.keepWork {
 		b.logf("kept %s", b.work)
 		return
@@ -341,6 +374,7 @@ type report struct {
 	cmdline string
 	sizes   []*sizeResult
 	packet  *packetResult
+	guard   *guardResult
 	errors  []string
 	elapsed time.Duration
 
@@ -390,6 +424,9 @@ func (r *report) write(w io.Writer) {
 			"its 1-byte echo over one connection.\n\n", packetBlock)
 		writePacket(w, r.packet)
 	}
+	if r.guard != nil {
+		writeGuard(w, r.guard)
+	}
 	r.writeTargets(w)
 	if r.gobench != "" {
 		writeGoBench(w, r.gobench)
@@ -412,7 +449,7 @@ func writeGoBench(w io.Writer, out string) {
 
 // writeTargets sums up the issue's targets at the largest N measured.
 func (r *report) writeTargets(w io.Writer) {
-	if len(r.sizes) == 0 && r.packet == nil {
+	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n")
@@ -534,6 +571,11 @@ func (r *report) writeTargets(w io.Writer) {
 			}
 			line(fmt.Sprintf("per packet at %s accounts within 10%% of 1 account, %s account (medians)", thousands(int64(p.n)), acc),
 				fmt.Sprintf("%s: %s", strings.Join(parts, ", "), st))
+		}
+	}
+	if g := r.guard; g != nil {
+		for _, t := range g.targets() {
+			line(t.what, t.status)
 		}
 	}
 	fmt.Fprintln(w)

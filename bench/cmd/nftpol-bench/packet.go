@@ -220,9 +220,11 @@ func (b *bench) measurePacket(n int) (*packetResult, error) {
 
 // startServer runs this program's serve subcommand in netns as uid. stop
 // ends it (closing its standard input) and waits.
-func (b *bench) startServer(netns, addr string, uid, port int) (stop func(), err error) {
-	cmd := exec.Command(b.self, "serve", "-netns", netns, "-addr", addr, "-uid", fmt.Sprint(uid), "-port", fmt.Sprint(port),
-		"-max", serveLife.String(), "-cpu", fmt.Sprint(b.opts.packetCPU), "-nice", fmt.Sprint(b.opts.nice))
+// extra are more flags of serve (-cgroup, -probe).
+func (b *bench) startServer(netns, addr string, uid, port int, extra ...string) (stop func(), err error) {
+	args := []string{"serve", "-netns", netns, "-addr", addr, "-uid", fmt.Sprint(uid), "-port", fmt.Sprint(port),
+		"-max", serveLife.String(), "-cpu", fmt.Sprint(b.opts.packetCPU), "-nice", fmt.Sprint(b.opts.nice)}
+	cmd := exec.Command(b.self, append(args, extra...)...)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -296,7 +298,18 @@ func serveMain(args []string) error {
 	maxLife := fs.Duration("max", time.Hour, "exit after this long")
 	cpu := fs.Int("cpu", -1, "run on this CPU only (negative: anywhere)")
 	nice := fs.Int("nice", 0, "run at this niceness")
+	cgroup := fs.String("cgroup", "", "join this cgroup v2 `DIR` first (one the bench created)")
+	probe := probeFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	addr, err := netip.ParseAddr(*addrS)
+	if *netns == "" || *uid < 0 || *port <= 0 || err != nil || !addr.Is4() {
+		return errors.New("serve needs -netns, -addr (IPv4), -uid and -port")
+	}
+	// Before any socket exists: a socket belongs to the cgroup its
+	// creator was in, and the guard's programs go by the socket's.
+	if err := joinCgroup(*cgroup); err != nil {
 		return err
 	}
 	if err := pinProcess(*cpu); err != nil {
@@ -306,10 +319,6 @@ func serveMain(args []string) error {
 		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, *nice); err != nil {
 			return fmt.Errorf("setpriority %d: %w", *nice, err)
 		}
-	}
-	addr, err := netip.ParseAddr(*addrS)
-	if *netns == "" || *uid < 0 || *port <= 0 || err != nil || !addr.Is4() {
-		return errors.New("serve needs -netns, -addr (IPv4), -uid and -port")
 	}
 	// The socket's namespace is the creating thread's, and its owner (what
 	// meta skuid matches) the creating credentials: enter, drop, then
@@ -327,6 +336,9 @@ func serveMain(args []string) error {
 	}
 	if err := syscall.Setuid(*uid); err != nil {
 		return fmt.Errorf("setuid: %w", err)
+	}
+	if err := probe.check(); err != nil {
+		return err
 	}
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -26,6 +26,10 @@ func accountPort(i int) int    { return zoneLo + i }
 type edit struct {
 	ports map[int]string
 	drop  map[int]bool
+	// guardCgroup, when set, turns the bind guard on, attached to this
+	// cgroup (always one the bench created: never the default, the
+	// root).
+	guardCgroup string
 }
 
 // header is the main file's settings.
@@ -49,6 +53,9 @@ func writePolicy(path string, first, n int, e edit) error {
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	w.WriteString(header)
+	if e.guardCgroup != "" {
+		fmt.Fprintf(w, "bind_guard: {enabled: true, cgroup: %q}\n", e.guardCgroup)
+	}
 	w.WriteString("accounts:\n")
 	for i := first; i < n; i++ {
 		if !e.drop[i] {

@@ -78,9 +78,18 @@ func (b *bench) run(c command) (result, error) {
 		cmd.Stdout = &out
 	}
 	cmd.Stderr = &errb
-	if len(c.env) > 0 {
+	env := c.env
+	if len(c.args) > 0 && c.args[0] == b.nftpol && b.bpfDir != "" {
+		// The bind guard's pins are the host's, not a namespace's: an
+		// nftpol with the default --bpf-dir and a policy without the
+		// guard would remove a guard the host installed under
+		// /sys/fs/bpf/nftpol/<table>, --netns or not. A --bpf-dir on
+		// the command line wins over this.
+		env = append([]string{"NFTPOL_BPF_DIR=" + b.bpfDir}, env...)
+	}
+	if len(env) > 0 {
 		// The exec helper passes its environment on to the command.
-		cmd.Env = append(os.Environ(), c.env...)
+		cmd.Env = append(os.Environ(), env...)
 	}
 	if c.stdin != nil {
 		cmd.Stdin = bytes.NewReader(c.stdin)

@@ -424,3 +424,182 @@ func writePacket(w io.Writer, p *packetResult) {
 		fmt.Fprintf(w, "The per-packet run stopped: %s\n\n", firstLine(p.err))
 	}
 }
+
+// guardTarget is one of the bind guard's targets and how this run did.
+type guardTarget struct{ what, status string }
+
+// medianF is the median of xs; ok is false for none.
+func medianF(xs []float64) (float64, bool) {
+	if len(xs) == 0 {
+		return 0, false
+	}
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2], true
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2, true
+}
+
+// bindMedian is the median over the runs of each run's median block.
+func bindMedian(runs []bindStats, f func(bindStats) float64) (float64, bool) {
+	xs := make([]float64, 0, len(runs))
+	for _, r := range runs {
+		xs = append(xs, f(r))
+	}
+	return medianF(xs)
+}
+
+// fillPhase is the median duration of the guarded applies' guard phase.
+func (g *guardResult) fillPhase() (time.Duration, bool) {
+	ds := g.fillPhases.durs[guardPhaseName]
+	if len(ds) == 0 {
+		return 0, false
+	}
+	return medianDur(ds), true
+}
+
+// targets judges the issue's three targets for the guard.
+func (g *guardResult) targets() []guardTarget {
+	var ts []guardTarget
+	n := thousands(int64(g.n))
+	if p := g.packet; p != nil {
+		for _, acc := range []string{accFirst, accLast} {
+			var parts []string
+			worst, have := 0.0, true
+			for _, x := range []struct {
+				what string
+				m    map[packetConfig][]opStats
+			}{{"connect+close", p.connect}, {"round trip", p.rr}} {
+				y, _, _, ok1 := roundStat(x.m[packetConfig{guardOn, acc}], medianOf)
+				z, _, _, ok2 := roundStat(x.m[packetConfig{guardOff, acc}], medianOf)
+				if !ok1 || !ok2 || z == 0 {
+					have = false
+					continue
+				}
+				parts = append(parts, fmt.Sprintf("%s %s (%.1f vs %.1f µs)", x.what, fmtRatio(y/z), y, z))
+				worst = max(worst, y/z)
+			}
+			st := verdict(worst, have, 1.05)
+			if len(parts) > 0 {
+				st = strings.Join(parts, ", ") + ": " + st
+			}
+			ts = append(ts, guardTarget{fmt.Sprintf("per packet at %s accounts with the bind guard ≤ 1.05× without, %s account (medians)", n, acc), st})
+		}
+	}
+	if len(g.bindOn)+len(g.bindOff) > 0 {
+		y, ok1 := bindMedian(g.bindOn, func(s bindStats) float64 { return s.Median })
+		z, ok2 := bindMedian(g.bindOff, func(s bindStats) float64 { return s.Median })
+		st := "no data"
+		if ok1 && ok2 && z > 0 {
+			st = fmt.Sprintf("%s (%.0f vs %.0f ns): %s", fmtRatio(y/z), y, z, verdict(y/z, true, 1.10))
+		}
+		ts = append(ts, guardTarget{fmt.Sprintf("bind+close of an enforced UID with the bind guard at %s accounts ≤ 1.10× without", n), st})
+	}
+	if len(g.fillGuard.samples)+len(g.fillPlain.samples) > 0 || g.fillGuard.err != "" || g.fillPlain.err != "" {
+		ph, ok := g.fillPhase()
+		st := "no data"
+		switch {
+		case len(g.fillGuard.samples) > 0 && !ok:
+			st = fmt.Sprintf("no data: the guarded applies printed no `%s` phase (NFTPOL_TIMINGS)", guardPhaseName)
+		case ok && len(g.fillPlain.samples) > 0:
+			x := float64(ph) / float64(g.fillPlain.median())
+			st = fmt.Sprintf("%s (%s ms vs %s): %s", fmtRatio(x), fmtMS(ph), fmtDur(g.fillPlain.median()), verdict(x, true, 0.25))
+		}
+		ts = append(ts, guardTarget{fmt.Sprintf("filling the bind guard's maps for %s accounts ≤ 0.25× the table's full apply", n), st})
+	}
+	return ts
+}
+
+// writeGuard writes the bind guard section.
+func writeGuard(w io.Writer, g *guardResult) {
+	n := thousands(int64(g.n))
+	fmt.Fprintf(w, "## Bind guard\n\nThe guard as nftpol installs it: a policy of %s accounts with `bind_guard: {enabled: true, cgroup: ...}`, "+
+		"applied with `--bpf-dir` on a bpffs the bench mounts for the run; the cgroup is a child of the cgroup v2 hierarchy (%s) "+
+		"that the bench creates and removes, never the root or one that existed. Every process measured in a cgroup joined it "+
+		"itself before making a socket, and proved where it was: as its account, a UDP bind of another account's port was refused "+
+		"with EPERM in the guard's cgroup and allowed in the other. Without the guard means the same table, and processes in a "+
+		"cgroup of the bench's with no programs attached.\n\n", n, g.cgroup)
+	if p := g.packet; p != nil && (len(p.connect) > 0 || len(p.rr) > 0) {
+		fmt.Fprintf(w, "### Receive path, per packet: %s operations of each kind per listener and run, %d runs "+
+			"(µs per operation: median over the runs, range in parentheses)\n\n", thousands(int64(p.iters)), p.rounds)
+		fmt.Fprintf(w, "Two server namespaces hold the same nftpol table of %s accounts; in the guard's, the listeners run in the guard's "+
+			"cgroup, so every packet delivered to them passes the `cgroup_skb/ingress` program (the veth is not loopback: the full path) "+
+			"and their sockets' binds the `bind4` program. One client cycles through the four listeners in blocks of %d operations, so "+
+			"both configurations see the same machine.", n, packetBlock)
+		if p.cpu >= 0 {
+			fmt.Fprintf(w, " Client and listeners ran on CPU %d only.", p.cpu)
+		}
+		fmt.Fprintf(w, "\n\n")
+		head := []string{"configuration", "listener", "connect+close mean", "connect+close median", "1-byte round trip mean", "round trip median"}
+		var rows [][]string
+		for _, cfg := range []string{guardOn, guardOff} {
+			for _, acc := range []string{accFirst, accLast} {
+				k := packetConfig{cfg, acc}
+				if len(p.connect[k]) == 0 && len(p.rr[k]) == 0 {
+					continue
+				}
+				a := fmt.Sprintf("first account (uid %d, port %d)", accountUID(0), accountPort(0))
+				if acc == accLast {
+					a = fmt.Sprintf("last account (uid %d, port %d)", accountUID(g.n-1), accountPort(g.n-1))
+				}
+				name := "nftpol, " + n + " accounts, bind guard"
+				if cfg == guardOff {
+					name = "nftpol, " + n + " accounts, no guard"
+				}
+				rows = append(rows, []string{name, a, fmtUS(p.connect[k], meanOf), fmtUS(p.connect[k], medianOf), fmtUS(p.rr[k], meanOf), fmtUS(p.rr[k], medianOf)})
+			}
+		}
+		mdTable(w, head, rows)
+		if p.err != "" {
+			fmt.Fprintf(w, "The per-packet run stopped: %s\n\n", firstLine(p.err))
+		}
+	}
+	if len(g.bindOn)+len(g.bindOff) > 0 {
+		fmt.Fprintf(w, "### bind+close\n\nOne process per run (this program's `bindloop`) as uid %d, an enforced UID: socket + bind of "+
+			"0.0.0.0 on its own zone port %d (TCP) + close, %s times after a warm-up, timed in blocks of %d; runs with and "+
+			"without the guard alternate (%d each). ns per bind+close:\n\n", accountUID(g.n/2), accountPort(g.n/2), thousands(int64(g.binds)), bindBlock, g.bindRounds)
+		fmtB := func(runs []bindStats, f func(bindStats) float64) string {
+			m, ok := bindMedian(runs, f)
+			if !ok {
+				return "–"
+			}
+			lo, hi := f(runs[0]), f(runs[0])
+			for _, r := range runs {
+				lo, hi = min(lo, f(r)), max(hi, f(r))
+			}
+			return fmt.Sprintf("%.0f (%.0f–%.0f)", m, lo, hi)
+		}
+		mean := func(s bindStats) float64 { return s.Mean }
+		med := func(s bindStats) float64 { return s.Median }
+		mdTable(w, []string{"configuration", "runs", "mean per run", "median block per run"}, [][]string{
+			{"bind guard, " + n + " accounts", fmt.Sprint(len(g.bindOn)), fmtB(g.bindOn, mean), fmtB(g.bindOn, med)},
+			{"no guard", fmt.Sprint(len(g.bindOff)), fmtB(g.bindOff, mean), fmtB(g.bindOff, med)},
+		})
+		fmt.Fprintf(w, "Cells: the median over the runs, the range in parentheses. The target is judged on the median blocks: a run's mean "+
+			"carries whatever preempted it on a shared machine.\n\n")
+	}
+	if len(g.fillGuard.samples)+len(g.fillPlain.samples) > 0 || g.fillGuard.err != "" || g.fillPlain.err != "" {
+		fmt.Fprintf(w, "### Map fill\n\n`nftpol apply` of %s accounts into an empty namespace (no table, no state), without the guard "+
+			"and with it (fresh maps each time: `nftpol remove --purge` detaches and unpins it after each run), alternating which goes "+
+			"first, with NFTPOL_TIMINGS=1. The `%s` phase runs after the table's transaction: compiling the guard's data, creating and "+
+			"filling its maps (%s port entries written), loading and attaching the programs.\n\n", n, guardPhaseName, thousands(int64(g.fillEntries)))
+		ph := "–"
+		if d, ok := g.fillPhase(); ok {
+			ph = fmt.Sprintf("%s ms (median of %d)", fmtMS(d), len(g.fillPhases.durs[guardPhaseName]))
+		}
+		phOff := "–"
+		if ds := g.plainPhases.durs[guardPhaseName]; len(ds) > 0 {
+			phOff = fmt.Sprintf("%s ms (median of %d)", fmtMS(medianDur(ds)), len(ds))
+		}
+		extra := ""
+		if len(g.fillGuard.samples) > 0 && len(g.fillPlain.samples) > 0 {
+			extra = fmt.Sprintf("; the guarded apply took %s longer", fmtDur(g.fillGuard.median()-g.fillPlain.median()))
+		}
+		mdTable(w, []string{"full apply", "wall", "peak RSS", "`" + guardPhaseName + "` phase"}, [][]string{
+			{"without the guard (the table's own)", g.fillPlain.time(), g.fillPlain.rss(), phOff},
+			{"with the guard", g.fillGuard.time(), g.fillGuard.rss(), ph},
+		})
+		fmt.Fprintf(w, "The target compares the guarded apply's `%s` phase with the whole unguarded apply (wall, fork to exit)%s.\n\n", guardPhaseName, extra)
+	}
+}
