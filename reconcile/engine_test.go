@@ -471,3 +471,18 @@ func TestRebuildIsStaged(t *testing.T) {
 	}
 	r.planEmpty(accounts(n))
 }
+
+// TestStatusWithoutGuard: a state that records no bind guard, on a host
+// where the guard could not even be looked for (no bpffs), reports none.
+func TestStatusWithoutGuard(t *testing.T) {
+	r := newRig(t)
+	r.mustApply(accounts(2))
+	e := New(Config{StateDir: r.dir, Version: "test", LockTimeout: time.Second, Open: r.k.open, BPFDir: t.TempDir()})
+	rep, err := e.Status(10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BindGuard != nil {
+		t.Errorf("status reports a bind guard nobody asked for: %+v", rep.BindGuard)
+	}
+}

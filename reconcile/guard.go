@@ -141,6 +141,9 @@ func (e *Engine) GuardStatus(table string) (*bindguard.Status, error) {
 		}
 	}
 	s, err := e.guard(table, cgroup).Status(d)
+	if err != nil && d == nil {
+		return nil, nil // none recorded, none to be found: nothing to say
+	}
 	if err != nil {
 		return nil, err
 	}
