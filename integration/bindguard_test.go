@@ -120,12 +120,31 @@ func TestBindGuardThroughTheCLI(t *testing.T) {
 		t.Errorf("status does not show the guard and its refused binds:\n%s", out)
 	}
 
+	// An apply of a policy without a guard from another state directory
+	// (another deployment, a test) leaves this one's guard alone: the pins
+	// are the host's.
+	other := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: newNetns(t, "guard-other"), stateDir: t.TempDir()}
+	if stdout, stderr, code := other.run(t, "apply", "--bpf-dir", bpf); code != 0 || strings.Contains(stdout, "Bind guard") {
+		t.Fatalf("apply from another state directory: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	expect("after another state directory's apply", true, uidAlpha, "tcp", 40021, "denied")
+
 	// alpha gets 40030-40039 as well: the maps follow, only what changed.
 	n.setPolicy(t, policy(`["40010-40019", "40030-40039"]`))
 	if out := cli(0, "apply"); !strings.Contains(out, "Bind guard: applied, 20 port entries") {
 		t.Errorf("apply of a changed account:\n%s", out)
 	}
 	expect("after the change", true, uidAlpha, "tcp", 40035, "ok", true, uidBeta, "tcp", 40035, "denied")
+
+	// The policy turns it off: the next apply removes it; on again.
+	n.setPolicy(t, strings.Replace(policy(`["40010-40019", "40030-40039"]`), "enabled: true", "enabled: false", 1))
+	if out := cli(0, "apply"); !strings.Contains(out, "Bind guard: off in the policy; removed.") {
+		t.Errorf("apply with the guard turned off:\n%s", out)
+	}
+	expect("with the guard off", true, uidAlpha, "tcp", 40021, "ok")
+	n.setPolicy(t, policy(`["40010-40019", "40030-40039"]`))
+	cli(0, "apply")
+	expect("with the guard on again", true, uidAlpha, "tcp", 40021, "denied")
 
 	// remove detaches it; restore installs table and guard from the state.
 	if out := cli(0, "remove"); !strings.Contains(out, "Removed the bind guard") {

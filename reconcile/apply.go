@@ -242,7 +242,8 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 		}
 		r.Deleted, r.Accounts = true, len(installedAccounts(current))
 	}
-	if g := e.guard(r.Table, ""); g != nil {
+	if rec, err := e.Recorded(); err == nil && rec.BindGuard != nil {
+		g := e.guard(r.Table, "")
 		if st, err := g.Status(nil); err == nil && st.Installed {
 			if err := g.Remove(); err != nil {
 				return r, fmt.Errorf("removing the bind guard: %w", err)

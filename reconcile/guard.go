@@ -96,6 +96,13 @@ func (e *Engine) guard(table, cgroup string) *bindguard.Guard {
 func (e *Engine) applyGuard(table string, p *policies.Policy, dryRun bool) (*GuardResult, error) {
 	g := e.guard(table, p.BindGuard.Cgroup)
 	if !p.BindGuard.Enabled {
+		// Only a guard this state directory's last apply recorded is
+		// ours to take away: the pins are the host's, not a network
+		// namespace's, and an apply into a test namespace with a policy
+		// of its own must not remove the host's guard.
+		if rec, err := e.Recorded(); err != nil || rec.BindGuard == nil {
+			return &GuardResult{}, nil
+		}
 		st, err := g.Status(nil)
 		if err != nil || !st.Installed {
 			return &GuardResult{}, nil // nothing of ours to take away
