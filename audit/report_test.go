@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nftpol/nftpol/bindguard"
+	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/sockets"
 )
 
@@ -77,5 +79,37 @@ func TestAuditJSON(t *testing.T) {
 	}
 	if !strings.Contains(b.String(), `"processes": []`) {
 		t.Errorf("a socket without processes must still have a processes list:\n%s", b.String())
+	}
+}
+
+// TestReportGuard: with the policy's bind guard, the report marks the
+// sockets whose bind the guard refuses, in text and JSON, and no other.
+func TestReportGuard(t *testing.T) {
+	p := &policies.Policy{Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
+		BindGuard: policies.BindGuard{Enabled: true},
+		Accounts:  []policies.Account{{Name: "alpha", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
+	d, err := bindguard.Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sampleReport()
+	r.Guard = d
+	var text, js bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	// alpha on beta's 40025 and on the zone port 41000 for udp (alpha has
+	// tcp only; loopback or not, the bind is refused) are refused; alpha's
+	// own 40010 and root's 22 are not.
+	if n := strings.Count(text.String(), "(the bind guard refuses this bind)"); n != 2 ||
+		!strings.Contains(text.String(), "another account's port (beta) (the bind guard refuses this bind)") ||
+		!strings.Contains(text.String(), "local-only (the bind guard refuses this bind)") {
+		t.Errorf("text marks %d sockets:\n%s", n, text.String())
+	}
+	if n := strings.Count(js.String(), `"bind_guard_refuses": true`); n != 2 {
+		t.Errorf("JSON marks %d sockets:\n%s", n, js.String())
 	}
 }
