@@ -10,11 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -491,18 +489,8 @@ func bindLoopMain(args []string) error {
 	if err := pinProcess(*cpu); err != nil {
 		return err
 	}
-	runtime.LockOSThread()
-	if err := enterNetns(*netns); err != nil {
+	if err := becomeAccount(*netns, *uid); err != nil {
 		return err
-	}
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setgid(*uid); err != nil {
-		return fmt.Errorf("setgid: %w", err)
-	}
-	if err := syscall.Setuid(*uid); err != nil {
-		return fmt.Errorf("setuid: %w", err)
 	}
 	if err := probe.check(); err != nil {
 		return err

@@ -320,22 +320,8 @@ func serveMain(args []string) error {
 			return fmt.Errorf("setpriority %d: %w", *nice, err)
 		}
 	}
-	// The socket's namespace is the creating thread's, and its owner (what
-	// meta skuid matches) the creating credentials: enter, drop, then
-	// create, all on this locked thread.
-	runtime.LockOSThread()
-	if err := enterNetns(*netns); err != nil {
+	if err := becomeAccount(*netns, *uid); err != nil {
 		return err
-	}
-	// The syscall package applies these to every thread of the process.
-	if err := syscall.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := syscall.Setgid(*uid); err != nil {
-		return fmt.Errorf("setgid: %w", err)
-	}
-	if err := syscall.Setuid(*uid); err != nil {
-		return fmt.Errorf("setuid: %w", err)
 	}
 	if err := probe.check(); err != nil {
 		return err
@@ -575,6 +561,29 @@ func pinProcess(cpu int) error {
 }
 
 // enterNetns moves the calling (locked) thread into /run/netns/<name>.
+// becomeAccount moves the calling goroutine's OS thread, locked for good,
+// into the namespace called netns and then drops the process to uid (gid
+// the same, no supplementary groups). A socket's namespace is its creating
+// thread's and its owner (what meta skuid matches) the creating
+// credentials: enter, drop, then create, all on this thread.
+func becomeAccount(netns string, uid int) error {
+	runtime.LockOSThread()
+	if err := enterNetns(netns); err != nil {
+		return err
+	}
+	// The syscall package applies these to every thread of the process.
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setgid(uid); err != nil {
+		return fmt.Errorf("setgid: %w", err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return fmt.Errorf("setuid: %w", err)
+	}
+	return nil
+}
+
 func enterNetns(name string) error {
 	if name == "" || strings.Contains(name, "/") {
 		return fmt.Errorf("bad namespace name %q", name)
