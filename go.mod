@@ -11,7 +11,10 @@ require (
 	golang.org/x/sys v0.48.0
 )
 
-require github.com/cilium/ebpf v0.22.0 // indirect
+require (
+	github.com/cilium/ebpf v0.22.0 // indirect
+	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
+)
 
 require (
 	dario.cat/mergo v1.0.2 // indirect

@@ -28,6 +28,10 @@ type ApplyOptions struct {
 	// Policy is the policy desired was compiled from: its bind guard is
 	// applied with the table. nil: the guard is left as it is.
 	Policy *policies.Policy
+	// Rebuild replaces the table whole, inside one transaction, even
+	// when it could be changed in place: an agent that cannot adopt a
+	// table (its flags are fixed when it is created) makes its own.
+	Rebuild bool
 }
 
 // Applied is an apply the kernel committed. The lock is still held and the
@@ -99,8 +103,18 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
 		}
 		planned, err := e.planTo(s.k, ch, opt.Adopt)
+		if err == nil && opt.Rebuild && planned.Current != nil && planned.Plan.TableAction != rules.TableReplace {
+			planned = planned.Replace()
+		}
 		if err == nil && !opt.AllowRemovals {
 			err = removalGuard(planned.Plan, current)
+		}
+		if err == nil && planned.Target != ch.Target {
+			// Replaced (adopted, rebuilt): what the state records is
+			// what the replacement installs.
+			pending.Discard()
+			ch = planned
+			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
 		}
 		return planned, err
 	})
@@ -138,6 +152,10 @@ func (a *Applied) Record() error {
 			"restore would install the previous ruleset until an apply succeeds", a.dir, err)
 	}
 	a.s.phase("state saved")
+	if a.e.cfg.Keep {
+		a.e.Close()
+		a.e.recorded, a.e.recordedErr, a.e.stateRead = a.pending.Recorded(), nil, true
+	}
 	return a.e.publish(a.pending.Ruleset(), &a.after)
 }
 
@@ -158,6 +176,9 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 		return nil, nil, err
 	}
 	defer s.end()
+	if e.cfg.Keep {
+		defer e.Forget()
+	}
 	st, err := e.Recorded()
 	if err == nil {
 		err = st.VerifyRendered()
@@ -224,6 +245,9 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 		return r, err
 	}
 	defer s.end()
+	if e.cfg.Keep {
+		defer e.Forget()
+	}
 	if r.Table, err = e.TableName(policyTable); err != nil {
 		return r, err
 	}

@@ -76,6 +76,11 @@ type Config struct {
 	// BPFDir is the bpffs the bind guard pins its programs and maps in
 	// (under nftpol/TABLE); "" means /sys/fs/bpf.
 	BPFDir string
+	// Keep makes the engine outlive one command (the agent): after an
+	// apply it keeps the state it recorded, as Load would read it back,
+	// to plan the next change from; after a restore or a remove it reads
+	// the state again when next asked.
+	Keep bool
 }
 
 // Engine plans and applies for one command. It reads the state once and
@@ -100,6 +105,24 @@ func New(cfg Config) *Engine {
 		cfg.Phase = func(string) {}
 	}
 	return &Engine{cfg: cfg}
+}
+
+// SetWarn sends the warnings to w from now on (an agent serving a command
+// sends them to that command's caller).
+func (e *Engine) SetWarn(w io.Writer) {
+	if w == nil {
+		w = io.Discard
+	}
+	e.cfg.Warn = w
+}
+
+// SetFullRead sets Config.FullRead from now on.
+func (e *Engine) SetFullRead(full bool) { e.cfg.FullRead = full }
+
+// Forget drops the state read, so the next command reads it again.
+func (e *Engine) Forget() {
+	e.Close()
+	e.recorded, e.recordedErr, e.stateRead = nil, nil, false
 }
 
 // maxAttempts bounds how often apply and restore plan again when somebody

@@ -486,3 +486,49 @@ func TestStatusWithoutGuard(t *testing.T) {
 		t.Errorf("status reports a bind guard nobody asked for: %+v", rep.BindGuard)
 	}
 }
+
+// TestKeptEnginePlansFromWhatItRecorded: an engine that outlives one command
+// (the agent's) plans each apply from the state it recorded last, never
+// reading the state file again, and sees a change by somebody else.
+func TestKeptEnginePlansFromWhatItRecorded(t *testing.T) {
+	r := newRig(t)
+	e := New(Config{StateDir: r.dir, Version: "test", LockTimeout: time.Second, Open: r.k.open, Warn: &r.warn, Keep: true})
+	defer e.Close()
+	apply := func(p *policies.Policy, opt ApplyOptions) *Result {
+		t.Helper()
+		a, err := e.Apply(context.Background(), compile(t, p), DigestInBackground(p), opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.Record(); err != nil {
+			t.Fatal(err)
+		}
+		return &a.Result
+	}
+	apply(accounts(3), ApplyOptions{})
+	// The state file goes: the kept engine does not need it.
+	if err := os.Remove(filepath.Join(r.dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	res := apply(accounts(3, 1), ApplyOptions{})
+	if res.Source != FromState || res.Plan.Empty() {
+		t.Fatalf("second apply: source %s, empty %v; want the recorded state, a change", res.Source, res.Plan.Empty())
+	}
+	if got := r.planEmpty(accounts(3, 1)); got != FromState {
+		t.Errorf("a fresh engine plans from %s after the kept engine's apply; want state", got)
+	}
+	r.k.commitBy() // somebody else commits
+	if res := apply(accounts(3, 1), ApplyOptions{}); res.Source != FromKernel {
+		t.Errorf("after a foreign commit the kept engine planned from %s, want a full read", res.Source)
+	}
+	// Rebuild replaces the table whole, and the state follows what it
+	// installed.
+	res = apply(accounts(3, 1), ApplyOptions{Rebuild: true})
+	if res.Plan.TableAction != rules.TableReplace {
+		t.Errorf("rebuild: table action %v, want a replacement", res.Plan.TableAction)
+	}
+	if got := r.planEmpty(accounts(3, 1)); got != FromState {
+		t.Errorf("after the rebuild a plan reads from %s, want state", got)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/rules"
+	"github.com/nftpol/nftpol/rules/kernel"
 )
 
 func testRuleset(t *testing.T) (*policies.Policy, *rules.Ruleset) {
@@ -420,5 +421,35 @@ func TestStateReusesUnchangedSets(t *testing.T) {
 	got, err := Load(dir)
 	if err != nil || !rules.SyncExact(got.Ruleset(), changed).Plan.Empty() {
 		t.Errorf("read back: %v, differs: %v", err, err == nil && !rules.SyncExact(got.Ruleset(), changed).Plan.Empty())
+	}
+}
+
+func TestRecordedIsWhatLoadReadsBack(t *testing.T) {
+	dir, p, rs, _ := savedState(t, (sectionElements+52)*rules.Shards)
+	ps := Prepare(dir, "test", p.Digest, rs, nil)
+	if ps.Recorded() != nil {
+		t.Fatal("Recorded before Commit")
+	}
+	id := &kernel.Identity{Generation: 7}
+	if err := ps.Commit(id); err != nil {
+		t.Fatal(err)
+	}
+	mem := ps.Recorded()
+	disk, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mem.Digest() != disk.Digest() || mem.Path() != disk.Path() || mem.Table != disk.Table ||
+		mem.PolicyDigest != disk.PolicyDigest || *mem.Kernel != *disk.Kernel || !mem.AppliedAt.Equal(disk.AppliedAt) {
+		t.Errorf("in memory %+v, read back %+v", mem, disk)
+	}
+	if !rules.SyncExact(mem.Ruleset(), disk.Ruleset()).Plan.Empty() {
+		t.Error("the ruleset in memory differs from the one read back")
+	}
+	// The next state written from the one in memory reuses its section
+	// files, as one written from the state read back does.
+	shard := rs.Set(rules.PortsSet(rules.TCP, 0))
+	if text, ok := mem.elementText(shard); !ok || text.sum == "" {
+		t.Errorf("the section of %s is not reused from the state in memory", shard.Name)
 	}
 }

@@ -49,6 +49,10 @@ type Pending struct {
 	// text is the buffer they are formatted in.
 	written map[string]bool
 	text    []byte
+	// sectionText is, per set written as a section file, its digest:
+	// what the next state written from Recorded reuses.
+	sectionText map[string]section
+	committed   *State
 }
 
 func Prepare(dir, version string, digest func() string, rs *rules.Ruleset, from *State) *Pending {
@@ -90,6 +94,10 @@ func (ps *Pending) write() error {
 				}
 				b = fmt.Appendf(b, "elements %s %d %s\n", s.Name, len(s.Elements), sum)
 				ps.sections = append(ps.sections, sum)
+				if ps.sectionText == nil {
+					ps.sectionText = map[string]section{}
+				}
+				ps.sectionText[s.Name] = section{sum: sum}
 				continue
 			}
 			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
@@ -189,16 +197,18 @@ func (ps *Pending) Commit(id *kernel.Identity) error {
 	if ps.err != nil {
 		return ps.err
 	}
-	head, err := json.Marshal(State{
+	st := &State{
 		Format: stateFormat, Version: ps.version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
 		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id, BindGuard: ps.guard,
-	})
+	}
+	head, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
 	head = append(head, '\n')
 	ps.hash.Write(head)
-	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, ps.hash.Sum(nil))
+	sum := ps.hash.Sum(nil)
+	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, sum)
 	if _, err := ps.body.Write(tail); err != nil {
 		return fmt.Errorf("writing %s: %w", ps.body.Name(), err)
 	}
@@ -218,8 +228,18 @@ func (ps *Pending) Commit(id *kernel.Identity) error {
 	}
 	// Section files no state refers to any more; left behind they would
 	// only take space.
-	return removeStaleSections(ps.dir, ps.sections)
+	if err := removeStaleSections(ps.dir, ps.sections); err != nil {
+		return err
+	}
+	st.ruleset, st.path, st.sha, st.text = ps.rs, filepath.Join(ps.dir, stateName), fmt.Sprintf("%x", sum), ps.sectionText
+	ps.committed = st
+	return nil
 }
+
+// Recorded is the state a successful Commit wrote, as Load would read it
+// back, without reading it: a process that keeps applying (the agent)
+// plans its next change from it. nil before a successful Commit.
+func (ps *Pending) Recorded() *State { return ps.committed }
 
 func (ps *Pending) Discard() {
 	<-ps.done
