@@ -15,13 +15,11 @@ import (
 // cacheFixture is a main file and its include directory, and a Cache of
 // them.
 type cacheFixture struct {
-	t          *testing.T
-	dir, file  string
-	inc        string
-	opts       []Option
-	c          *Cache
-	fullLoads  int
-	lastReload string
+	t         *testing.T
+	dir, file string
+	inc       string
+	opts      []Option
+	c         *Cache
 }
 
 func newCacheFixture(t *testing.T, main string, files map[string]string, opts ...Option) *cacheFixture {
