@@ -68,6 +68,11 @@ var (
 // problem: it is most likely a write cut short, and would take every port
 // it stood for away from its accounts.
 func Load(file string, opts ...Option) (*Policy, error) {
+	return newLoader(opts).run(file)
+}
+
+// newLoader makes the loader of one Load with opts.
+func newLoader(opts []Option) *loader {
 	l := &loader{
 		lookup: lookupNSS, users: map[string]userResult{},
 		checkPerms: true, checkedDirs: map[string]bool{}, permMsgs: map[string]bool{},
@@ -77,6 +82,11 @@ func Load(file string, opts ...Option) (*Policy, error) {
 		o(l)
 	}
 	l.dec = document.NewDecoder(append([]document.Option{document.WithProtocols(protocolNames...)}, l.decoding...)...)
+	return l
+}
+
+// run is Load with the loader l.
+func (l *loader) run(file string) (*Policy, error) {
 	doc, err := readFile(l.dec, file)
 	var bad badFile
 	switch {
@@ -153,6 +163,8 @@ type loader struct {
 	// slab is where the ports of accounts are carved from: one allocation
 	// for many accounts instead of one each.
 	slab []PortRange
+	// rec, when not nil, records what each file added, for a Cache.
+	rec *recorder
 }
 
 // meta is what the loader knows about an account beyond the Account.
@@ -226,10 +238,17 @@ func (l *loader) load(file string, d *document.Document) bool {
 	if v := doc["include"]; v != nil {
 		l.include(file, v)
 	}
+	if l.rec != nil {
+		l.rec.checks(l)
+	}
 	l.checkAccounts()
 	l.checkReserved(file)
 
 	l.p.Accounts = l.accounts
+	if l.rec != nil {
+		// The Cache keeps the accounts in the order they were read.
+		l.p.Accounts = slices.Clone(l.accounts)
+	}
 	if len(l.accounts) == 0 {
 		l.p.Accounts = nil // as when none was ever added (JSON null)
 	}
@@ -648,31 +667,62 @@ func (l *loader) include(file string, v any) {
 	// as an include file.
 	mainInfo, _ := os.Stat(file)
 	in := l.newIncludeReader(dir)
+	if l.rec != nil {
+		l.rec.start(l, in, mainInfo)
+	}
 	l.grow(len(files)) // typically one account per file
 	// Files are read and decoded in parallel, a window of them ahead of
 	// the one being checked; everything that reports a problem or adds an
 	// account happens here, in name order.
 	ordered(len(files), 64, func(i int) *includeRead {
 		return in.read(files[i], mainInfo)
-	}, func(_ int, r *includeRead) bool {
-		switch fi := r.fi; {
-		case r.statErr != nil:
-			l.add(r.path, "", "", "cannot read: "+printable(r.statErr.Error()))
-			return true
-		case mainInfo != nil && os.SameFile(fi, mainInfo):
-			return true
-		case fi.IsDir():
-			// A symbolic link to a directory: skipped like a directory.
-			return true
-		case !fi.Mode().IsRegular():
-			// Reading a FIFO would block nftpol for good.
-			l.add(r.path, "", "", fmt.Sprintf("not a regular file (%s); an include file holds accounts:", fi.Mode().Type()))
-			return true
+	}, func(i int, r *includeRead) bool {
+		p0, a0 := len(l.problems), len(l.accounts)
+		m := l.includeRead(r, mainInfo)
+		if l.rec != nil {
+			l.rec.file(l, files[i], r, p0, a0, m)
 		}
-		l.checkStat(r.path, "", r.path, policyFile, r.fi, r.abs, r.absErr, r.real)
-		l.includeFile(r.path, r.doc, r.err)
 		return true
 	})
+}
+
+// fileMarks is where the problems of one include file stand in
+// loader.problems: checked says its permissions were checked, own ends the
+// problems with the file itself, above the ones with the directories above
+// it.
+type fileMarks struct {
+	checked    bool
+	own, above int
+}
+
+// includeRead adds what the include file read as r says, with mainInfo the
+// main file's (to skip it).
+func (l *loader) includeRead(r *includeRead, mainInfo fs.FileInfo) fileMarks {
+	var m fileMarks
+	switch fi := r.fi; {
+	case r.statErr != nil:
+		l.add(r.path, "", "", "cannot read: "+printable(r.statErr.Error()))
+		return m
+	case mainInfo != nil && os.SameFile(fi, mainInfo):
+		return m
+	case fi.IsDir():
+		// A symbolic link to a directory: skipped like a directory.
+		return m
+	case !fi.Mode().IsRegular():
+		// Reading a FIFO would block nftpol for good.
+		l.add(r.path, "", "", fmt.Sprintf("not a regular file (%s); an include file holds accounts:", fi.Mode().Type()))
+		return m
+	}
+	m.checked = true
+	if l.checkSelf(r.path, "", r.path, policyFile, r.fi, r.absErr) {
+		m.own = len(l.problems)
+		l.checkAbove(r.path, "", r.abs, r.real)
+	} else {
+		m.own = len(l.problems)
+	}
+	m.above = len(l.problems)
+	l.includeFile(r.path, r.doc, r.err)
+	return m
 }
 
 // includeFile adds what one include file says, from its document d or the

@@ -79,8 +79,16 @@ func realPath(abs string, absErr error) string {
 // include directory's files are looked at in parallel, their problems
 // reported here in order.
 func (l *loader) checkStat(file, field, path string, kind pathKind, fi fs.FileInfo, abs string, absErr error, real string) {
+	if l.checkSelf(file, field, path, kind, fi, absErr) {
+		l.checkAbove(file, field, abs, real)
+	}
+}
+
+// checkSelf is the part of checkStat about path itself. It returns whether
+// the directories above it are to be checked (see checkAbove).
+func (l *loader) checkSelf(file, field, path string, kind pathKind, fi fs.FileInfo, absErr error) bool {
 	if !l.checkPerms {
-		return
+		return false
 	}
 	what := "file"
 	if kind == includeDir {
@@ -91,8 +99,14 @@ func (l *loader) checkStat(file, field, path string, kind pathKind, fi fs.FileIn
 	}
 	if absErr != nil {
 		l.addPerm(file, field, fmt.Sprintf("cannot check the permissions of %s: %s", showPath(path), printable(absErr.Error())))
-		return
+		return false
 	}
+	return true
+}
+
+// checkAbove is the part of checkStat about the directories above abs and
+// real, those not checked yet.
+func (l *loader) checkAbove(file, field, abs, real string) {
 	dirs := []string{filepath.Dir(abs)}
 	if real != "" && real != abs {
 		dirs = append(dirs, filepath.Dir(real))
