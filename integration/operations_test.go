@@ -329,8 +329,8 @@ func TestMakeInstall(t *testing.T) {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
 	for _, f := range []string{
-		"usr/sbin/nftpol", "usr/lib/systemd/system/nftpol-restore.service", "usr/lib/systemd/system/nftpol.path",
-		"usr/lib/systemd/system/nftpol.service", "etc/nftpol/nftpol.yaml", "usr/share/doc/nftpol/examples/nftpol.yaml",
+		"usr/sbin/nftpol", "usr/lib/systemd/system/nftpol-restore.service", "usr/lib/systemd/system/nftpol-watch.service",
+		"etc/nftpol/nftpol.yaml", "usr/share/doc/nftpol/examples/nftpol.yaml",
 	} {
 		if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
 			t.Errorf("make install did not install %s: %v", f, err)
@@ -345,5 +345,46 @@ func TestMakeInstall(t *testing.T) {
 	out, err := exec.CommandContext(ctx, filepath.Join(dest, "usr/sbin/nftpol"), "--config", filepath.Join(dest, "etc/nftpol/nftpol.yaml"), "validate").CombinedOutput()
 	if err != nil {
 		t.Errorf("the installed example config does not validate: %v\n%s", err, out)
+	}
+}
+
+// TestUnitsVerify: systemd-analyze verify finds nothing to say about any
+// unit nftpol ships (it exits 0 on unknown keys and bad values, so its
+// output must be empty too), with the paths filled in as make install does.
+func TestUnitsVerify(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("systemd-analyze is missing (CI=true: not skipping)")
+		}
+		t.Skip("systemd-analyze not installed")
+	}
+	bin := buildBinary(t, "cmd/nftpol")
+	units, _ := filepath.Glob("../packaging/systemd/*.service")
+	if len(units) < 2 {
+		t.Fatalf("units %v, want nftpol-restore.service and nftpol-watch.service", units)
+	}
+	dir := t.TempDir()
+	var files []string
+	for _, u := range units {
+		text, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		filled := strings.NewReplacer("@SBINDIR@", filepath.Dir(bin), "@SYSCONFDIR@", "/etc").Replace(string(text))
+		out := filepath.Join(dir, filepath.Base(u))
+		if err := os.WriteFile(out, []byte(filled), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, out)
+	}
+	stdout, stderr, err := runCommand("systemd-analyze", append([]string{"verify", "--man=no"}, files...)...)
+	if err != nil || stdout != "" || stderr != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s%s", err, stdout, stderr)
+	}
+	watch, _ := os.ReadFile(filepath.Join(dir, "nftpol-watch.service"))
+	for _, want := range []string{"Type=notify", "Restart=on-failure", "After=nftables.service", "ReloadPropagatedFrom=nftables.service", "WatchdogSec=", " watch\n"} {
+		if !strings.Contains(string(watch), want) {
+			t.Errorf("nftpol-watch.service lacks %q", want)
+		}
 	}
 }

@@ -29,7 +29,7 @@ install -m 0755 "$BIN" "$stage/nftpol"
 # The units are templates (make install fills them in too); the package
 # puts the binary in /usr/sbin and the policy in /etc.
 shopt -s nullglob
-for unit in packaging/systemd/*.service packaging/systemd/*.path; do
+for unit in packaging/systemd/*.service; do
 	out="$stage/systemd/$(basename "$unit")"
 	sed -e 's|@SBINDIR@|/usr/sbin|g' -e 's|@SYSCONFDIR@|/etc|g' "$unit" >"$out"
 	if grep -n '@[A-Z_]*@' "$out" >&2; then

@@ -29,6 +29,32 @@ type Report struct {
 	// BindGuard is the bind guard, when the state records one or one is
 	// installed.
 	BindGuard *GuardReport `json:"bind_guard,omitempty"`
+	// Agent is the running agent (nftpol watch) that served the status;
+	// absent when none runs.
+	Agent *AgentReport `json:"agent,omitempty"`
+}
+
+// AgentReport is what a running agent adds to status.
+type AgentReport struct {
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
+	// Mode is "owner" (the agent holds the table: the kernel refuses
+	// every other process's change to it) or "monitor" (it follows the
+	// kernel's changes and heals them).
+	Mode string `json:"mode"`
+	// PolicyError is why the policy files cannot be applied now, since
+	// PolicyErrorSince; the last good policy stays enforced.
+	PolicyError      string     `json:"policy_error,omitempty"`
+	PolicyErrorSince *time.Time `json:"policy_error_since,omitempty"`
+	// Suspended says why the agent enforces nothing now (nftpol remove).
+	Suspended string     `json:"suspended,omitempty"`
+	Applies   uint64     `json:"applies"`
+	Failures  uint64     `json:"failures"`
+	Heals     uint64     `json:"heals"`
+	LastApply *time.Time `json:"last_apply,omitempty"`
+	LastHeal  *time.Time `json:"last_heal,omitempty"`
+	// LastHealCause names who changed the table before the last heal.
+	LastHealCause string `json:"last_heal_cause,omitempty"`
 }
 
 // GuardReport is what status knows of the bind guard.

@@ -45,6 +45,26 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "Accounts:\t%d installed (%d set elements)\n", r.Accounts, total)
 	}
+	if a := r.Agent; a != nil {
+		mode := "follows the kernel and heals every change to the table"
+		if a.Mode == "owner" {
+			mode = "owns the table: no other process can change it"
+		}
+		fmt.Fprintf(tw, "Agent:\tnftpol watch, pid %d since %s, %s; %d applies, %d failed, %d heals\n",
+			a.PID, a.Since.Format("2006-01-02 15:04:05 MST"), mode, a.Applies, a.Failures, a.Heals)
+		if a.LastHeal != nil {
+			fmt.Fprintf(tw, "Last heal:\t%s, after %s\n", a.LastHeal.Format("2006-01-02 15:04:05 MST"), orDash(a.LastHealCause))
+		}
+		if a.Suspended != "" {
+			fmt.Fprintf(tw, "Enforcing:\tNOTHING: %s\n", a.Suspended)
+		}
+		if a.PolicyError != "" {
+			fmt.Fprintf(tw, "Policy:\tNOT APPLIED since %s, the last good policy stays enforced:\n", a.PolicyErrorSince.Format("2006-01-02 15:04:05 MST"))
+			for _, l := range strings.Split(strings.TrimRight(a.PolicyError, "\n"), "\n") {
+				fmt.Fprintf(tw, "\t  %s\n", l)
+			}
+		}
+	}
 	if r.LastApply != nil {
 		fmt.Fprintf(tw, "Last apply:\t%s by nftpol %s, state sha256 %.12s, policy sha256 %.12s\n",
 			r.LastApply.Time.Format("2006-01-02 15:04:05 MST"), r.LastApply.Version, r.LastApply.StateDigest, r.LastApply.PolicyDigest)

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
+	"github.com/nftpol/nftpol/agent"
 	"github.com/nftpol/nftpol/compiler"
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/reconcile"
@@ -45,13 +46,19 @@ func (e exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.c
 // run executes nftpol with args and returns the process exit code. Results
 // go to stdout, errors to stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{v: viper.New(), stdout: stdout, stderr: stderr}
+	a := &app{v: viper.New(), stdout: stdout, stderr: stderr, args: args}
+	return a.execute(ctx)
+}
+
+// execute runs the command a.args names.
+func (a *app) execute(ctx context.Context) int {
+	args, stdout, stderr := a.args, a.stdout, a.stderr
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
-	if a.eng != nil {
+	if a.eng != nil && a.host == nil {
 		a.eng.Close()
 	}
 	var ec exitCodeError
@@ -73,10 +80,18 @@ type app struct {
 	// eng is the sync engine, made on first use (the flags are parsed
 	// by then).
 	eng *reconcile.Engine
+	// args are the command line, as given (a command the agent serves
+	// is sent to it as it is).
+	args []string
+	// host is the agent, when it serves this command (see watch.go).
+	host *agent.Host
 }
 
 // engine returns the sync engine for the global settings.
 func (a *app) engine() *reconcile.Engine {
+	if a.eng == nil && a.host != nil {
+		a.eng = a.host.Engine(a.stderr, a.v.GetBool("full-read"))
+	}
 	if a.eng == nil {
 		a.eng = reconcile.New(reconcile.Config{
 			StateDir:    a.stateDir(),
@@ -137,8 +152,9 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 	a.v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
 	a.v.AutomaticEnv()
 
+	root.PersistentPreRunE = a.forward
 	root.AddCommand(a.validateCommand(), a.exportCommand(), a.planCommand(), a.applyCommand(),
-		a.restoreCommand(), a.statusCommand(), a.removeCommand(),
+		a.restoreCommand(), a.statusCommand(), a.removeCommand(), a.watchCommand(),
 		a.auditCommand(), a.portsCommand(), a.allocateCommand(), a.manCommand())
 	root.SetVersionTemplate(versionTemplate)
 	return root
@@ -154,7 +170,13 @@ func (a *app) load() (*policies.Policy, *rules.Ruleset, error) {
 // loadWith is load, calling loaded with the policy as soon as it is read,
 // before it is compiled (to start work in the background).
 func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.Ruleset, error) {
-	p, err := policies.Load(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+	var p *policies.Policy
+	var err error
+	if a.host != nil {
+		p, err = a.host.Load()
+	} else {
+		p, err = policies.Load(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+	}
 	if errors.Is(err, policies.ErrInsecurePermissions) {
 		err = fmt.Errorf("%w\nnftpol: the policy decides the firewall; fix the permissions as shown, or pass --insecure-permissions to read it anyway", err)
 	}

@@ -48,6 +48,9 @@ func (a *app) applyCommand() *cobra.Command {
 		if err := applied.Record(); err != nil {
 			return err
 		}
+		if a.host != nil {
+			a.host.Applied(p, desired, *allowRemovals)
+		}
 		return applied.GuardErr
 	}
 	return cmd

@@ -17,6 +17,9 @@ func (a *app) removeCommand() *cobra.Command {
 	purge := cmd.Flags().Bool("purge", false, "also delete the recorded state, so restore has nothing to install")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		r, err := a.engine().Remove(cmd.Context(), *purge, a.policyTable)
+		if a.host != nil && (r.Deleted || r.Absent) {
+			a.host.Removed()
+		}
 		if err == nil && (r.Deleted || r.Absent) && a.runDir() != "" {
 			// With the table gone the account views would promise
 			// ports nothing enforces.

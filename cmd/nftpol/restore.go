@@ -28,6 +28,9 @@ an error and leaves the kernel untouched.`,
 		if err != nil && res == nil {
 			return err
 		}
+		if a.host != nil {
+			a.host.Restored()
+		}
 
 		guardErr := err
 		plan, stats, desired := res.Plan, res.Sent, st.Ruleset()

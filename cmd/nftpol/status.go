@@ -28,6 +28,9 @@ func (a *app) statusCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if a.host != nil {
+			r.Agent = a.host.Report()
+		}
 		switch f {
 		case "json":
 			b, err := json.Marshal(r)

@@ -1,0 +1,223 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nftpol/nftpol/policies"
+)
+
+func policyOf(uids ...uint32) *policies.Policy {
+	p := &policies.Policy{}
+	for _, u := range uids {
+		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("a%d", u), UID: u,
+			Ports: []policies.PortRange{{Lo: uint16(40000 + u), Hi: uint16(40000 + u)}}})
+	}
+	return p
+}
+
+func uids(from, to uint32) []uint32 {
+	var out []uint32
+	for u := from; u < to; u++ {
+		out = append(out, u)
+	}
+	return out
+}
+
+// TestBurstOfRemovals: accounts removed one change at a time are judged
+// against the accounts of the burst's start, so deleting the include
+// files one by one stops at half of them, while the same removals spread
+// wider apart than the burst window pass.
+func TestBurstOfRemovals(t *testing.T) {
+	var r removals
+	now := time.Unix(1e9, 0)
+	installed := policyOf(uids(1, 21)...) // 20 accounts
+	step := 0
+	for n := 20; n > 0; n-- {
+		next := policyOf(uids(1, uint32(n))...) // one fewer
+		err := r.check(now, installed, next)
+		removed := 21 - n
+		if want := 2*removed > 20; (err != nil) != want {
+			t.Fatalf("removing %d of 20 one at a time: refused %v, want %v (%v)", removed, err != nil, want, err)
+		}
+		if err != nil {
+			if !strings.Contains(err.Error(), "refusing to remove 11 of the 20 accounts") || !strings.Contains(err.Error(), "--allow-removals") {
+				t.Errorf("refusal says %q", err)
+			}
+			break
+		}
+		r.applied(now, installed, next)
+		installed = next
+		now = now.Add(time.Second)
+		step++
+	}
+	if step != 10 {
+		t.Errorf("%d removals passed, want 10", step)
+	}
+	// Once the burst is over (no removal for longer than the window),
+	// the accounts installed then are the new base.
+	now = now.Add(burstWindow + time.Second)
+	next := policyOf(uids(1, 9)...)
+	if err := r.check(now, installed, next); err != nil {
+		t.Errorf("after the window: %v", err)
+	}
+	// An operator's confirmation ends the burst.
+	r.reset()
+	if err := r.check(now, policyOf(uids(1, 30)...), policyOf(1)); err == nil {
+		t.Error("removing 28 of 29 at once passed")
+	}
+	// Few accounts: never refused.
+	if err := r.check(now, policyOf(uids(1, 10)...), policyOf()); err != nil {
+		t.Errorf("9 accounts removed: %v", err)
+	}
+}
+
+// TestSocketServesRoot: a command sent to the agent's socket runs there,
+// its stdout, stderr and exit code come back as written; a caller that is
+// not root is refused; a socket nobody serves is no agent.
+func TestSocketServesRoot(t *testing.T) {
+	dir := t.TempDir()
+	var log bytes.Buffer
+	a := New(Config{StateDir: dir, Log: slog.New(slog.NewTextHandler(&log, nil)),
+		Settings: map[string]string{"config": "/etc/nftpol/nftpol.yaml"},
+		Serve: func(_ context.Context, _ *Host, req Request, stdout, stderr io.Writer) int {
+			fmt.Fprintf(stdout, "ran %s\n", strings.Join(req.Args, " "))
+			fmt.Fprintf(stderr, "warning\n")
+			stdout.Write(bytes.Repeat([]byte("x"), 3<<20)) // more than one frame
+			return 3
+		}})
+	ln, err := a.listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.accept(ctx, ln)
+	go func() {
+		for {
+			select {
+			case s := <-a.requests:
+				a.serve(ctx, s)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if fi, err := os.Stat(filepath.Join(dir, SocketName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket: %v, mode %v; want 0600", err, fi.Mode())
+	}
+	var out, errOut bytes.Buffer
+	code, err := Forward(dir, Request{Args: []string{"plan", "-o", "json"}, Settings: map[string]string{"config": "/etc/nftpol/nftpol.yaml"}}, &out, &errOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() != 0 {
+		if code != 1 || !strings.Contains(errOut.String(), "is not root") {
+			t.Errorf("non-root caller: exit %d, stderr %q; want 1 and a refusal", code, errOut.String())
+		}
+	} else {
+		if code != 3 || !strings.HasPrefix(out.String(), "ran plan -o json\n") || out.Len() != len("ran plan -o json\n")+3<<20 || errOut.String() != "warning\n" {
+			t.Errorf("exit %d, stdout %.40q (%d bytes), stderr %q", code, out.String(), out.Len(), errOut.String())
+		}
+		// Another policy file than the agent's: refused, saying so.
+		out.Reset()
+		errOut.Reset()
+		code, err = Forward(dir, Request{Args: []string{"apply"}, Settings: map[string]string{"config": "/tmp/other.yaml"}}, &out, &errOut)
+		if err != nil || code != 1 || !strings.Contains(errOut.String(), `works with --config "/etc/nftpol/nftpol.yaml", not "/tmp/other.yaml"`) || out.Len() != 0 {
+			t.Errorf("other config: %v, exit %d, stderr %q, stdout %q", err, code, errOut.String(), out.String())
+		}
+	}
+	ln.Close()
+	if _, err := Forward(dir, Request{}, io.Discard, io.Discard); !errors.Is(err, ErrNoAgent) {
+		t.Errorf("no socket: %v, want ErrNoAgent", err)
+	}
+	// A socket file left by an agent that died: nobody listens.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, SocketName), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := Forward(dir, Request{}, io.Discard, io.Discard); !errors.Is(err, ErrNoAgent) {
+		t.Errorf("stale socket: %v, want ErrNoAgent", err)
+	}
+}
+
+// TestSecondAgentRefused: the agent lock names the agent that holds it.
+func TestSecondAgentRefused(t *testing.T) {
+	dir := t.TempDir()
+	first, err := acquire(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = acquire(dir)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("another nftpol watch serves the state directory %s (pid %d, since ", dir, os.Getpid())) {
+		t.Fatalf("second agent: %v", err)
+	}
+	first.release()
+	again, err := acquire(dir)
+	if err != nil {
+		t.Fatalf("after the first released: %v", err)
+	}
+	again.release()
+}
+
+// TestFilesCoalesce: changes that arrive while the agent is busy wait
+// together for the next take, and only the main file and the include
+// directory count.
+func TestFilesCoalesce(t *testing.T) {
+	dir := t.TempDir()
+	inc := filepath.Join(dir, "policies.d")
+	if err := os.Mkdir(inc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	main := filepath.Join(dir, "nftpol.yaml")
+	os.WriteFile(main, []byte("zone: 40010-49999\n"), 0o644)
+	f, err := newFiles(main, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	f.follow(inc)
+	if _, all := f.take(); !all {
+		t.Error("a newly followed include directory does not ask for a full read")
+	}
+	os.WriteFile(filepath.Join(dir, "unrelated"), []byte("x"), 0o644)
+	for i := range 3 {
+		tmp := filepath.Join(inc, fmt.Sprintf(".a%d.tmp", i))
+		os.WriteFile(tmp, []byte("accounts: []\n"), 0o644)
+		os.Rename(tmp, filepath.Join(inc, fmt.Sprintf("a%d.yaml", i)))
+	}
+	os.WriteFile(main, []byte("zone: 40010-49998\n"), 0o644)
+	deadline := time.After(5 * time.Second)
+	seen := map[string]bool{}
+	for !seen[main] || !seen[filepath.Join(inc, "a2.yaml")] {
+		select {
+		case <-f.wake:
+		case <-deadline:
+			t.Fatalf("changes seen: %v", seen)
+		}
+		changed, _ := f.take()
+		for _, c := range changed {
+			seen[c] = true
+		}
+	}
+	if seen[filepath.Join(dir, "unrelated")] {
+		t.Error("a file beside the main file counts as a change")
+	}
+	for i := range 3 {
+		if p := filepath.Join(inc, fmt.Sprintf("a%d.yaml", i)); !seen[p] {
+			t.Errorf("%s not reported", p)
+		}
+	}
+}

@@ -1,0 +1,309 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// agentLifetime bounds an agent a test starts.
+const agentLifetime = 3 * time.Minute
+
+// agentProc is a running `nftpol watch`.
+type agentProc struct {
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+
+	mu    sync.Mutex
+	lines []map[string]any // its log, one JSON object per line
+	raw   strings.Builder
+	seen  chan struct{} // a value after each new line
+}
+
+// startAgent starts `nftpol watch` for n with extra watch flags and waits
+// until it says it is ready. It is stopped (SIGTERM, then killed) when the
+// test ends.
+func startAgent(t *testing.T, n nftpolRun, extra ...string) *agentProc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), agentLifetime)
+	args := append([]string{"--config", n.config, "--netns", n.netns, "--state-dir", n.stateDir, "--run-dir", n.runDirectory(), "watch"}, extra...)
+	cmd := exec.CommandContext(ctx, n.bin, args...)
+	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	a := &agentProc{cmd: cmd, cancel: cancel, done: make(chan struct{}), seen: make(chan struct{}, 1)}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<16), 1<<22)
+		for sc.Scan() {
+			var m map[string]any
+			line := sc.Text()
+			a.mu.Lock()
+			a.raw.WriteString(line + "\n")
+			if json.Unmarshal([]byte(line), &m) == nil {
+				a.lines = append(a.lines, m)
+			}
+			a.mu.Unlock()
+			select {
+			case a.seen <- struct{}{}:
+			default:
+			}
+		}
+		a.err = cmd.Wait()
+		close(a.done)
+	}()
+	t.Cleanup(func() { a.stop(t) })
+	a.waitLog(t, 20*time.Second, func(m map[string]any) bool { return m["msg"] == "ready" })
+	return a
+}
+
+// stop ends the agent with SIGTERM, as systemd does, and checks it exits 0.
+func (a *agentProc) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-a.done:
+		a.cancel()
+		return
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+		if a.err != nil {
+			t.Errorf("the agent exited with %v after SIGTERM\n%s", a.err, a.log())
+		}
+	case <-time.After(10 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		t.Errorf("the agent did not end within 10s of SIGTERM\n%s", a.log())
+	}
+	a.cancel()
+}
+
+// kill ends the agent with SIGKILL.
+func (a *agentProc) kill() {
+	_ = a.cmd.Process.Kill()
+	<-a.done
+	a.cancel()
+}
+
+func (a *agentProc) log() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.raw.String()
+}
+
+// count is how many log lines match.
+func (a *agentProc) count(match func(map[string]any) bool) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, m := range a.lines {
+		if match(m) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitLog waits until a log line matches and returns it.
+func (a *agentProc) waitLog(t *testing.T, within time.Duration, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.After(within)
+	for i := 0; ; {
+		a.mu.Lock()
+		for ; i < len(a.lines); i++ {
+			if match(a.lines[i]) {
+				m := a.lines[i]
+				a.mu.Unlock()
+				return m
+			}
+		}
+		a.mu.Unlock()
+		select {
+		case <-a.seen:
+		case <-a.done:
+			a.mu.Lock()
+			n := len(a.lines)
+			a.mu.Unlock()
+			if i >= n {
+				t.Fatalf("the agent exited (%v) before the log line the test waits for\n%s", a.err, a.log())
+			}
+		case <-deadline:
+			t.Fatalf("no such agent log line within %s\n%s", within, a.log())
+		}
+	}
+}
+
+func msgIs(msg string) func(map[string]any) bool {
+	return func(m map[string]any) bool { return m["msg"] == msg }
+}
+
+// eventually polls cond every 10 ms until it holds or within passes; it
+// returns how long it took.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// nftTry runs nft in ns and returns its combined output and error.
+func nftTry(ns string, args ...string) (string, error) {
+	out, errOut, err := runCommand("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...)
+	return out + errOut, err
+}
+
+// agentPolicyDir is a main policy file with an include directory, for the
+// tests that change account files one at a time.
+func agentPolicyDir(t *testing.T, main string) (config, include string) {
+	t.Helper()
+	dir := t.TempDir()
+	include = filepath.Join(dir, "policies.d")
+	if err := os.Mkdir(include, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config = filepath.Join(dir, "nftpol.yaml")
+	if err := os.WriteFile(config, []byte(main+"include: "+include+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return config, include
+}
+
+// writeAtomically writes a file as config management does: a temporary
+// file renamed into place.
+func writeAtomically(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentFollowsPolicyFiles: an include file added, changed and removed
+// changes what the world can reach within a second, with no apply run; a
+// broken file changes nothing and shows in status (served by the agent)
+// until it is fixed; a second agent on the same state directory refuses to
+// start, naming the first; SIGTERM ends the agent with exit 0 and leaves the
+// table.
+func TestAgentFollowsPolicyFiles(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	config, include := agentPolicyDir(t, "zone: 40010-49999\nmin_uid: 1000\naccounts:\n  - {name: alpha, uid: 1001, ports: [\"40010-40019\"]}\n")
+	n := nftpolRun{bin: bin, config: config, netns: tp.Server, stateDir: t.TempDir()}
+	ag := startAgent(t, n)
+
+	// The agent applied the policy at its start.
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40010)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40010); got != "ok" {
+		t.Fatalf("alpha's own port after the agent started: %q, want ok\n%s", got, ag.log())
+	}
+	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40025)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+		t.Fatalf("beta's 40025 before beta exists: %q, want blocked", got)
+	}
+
+	reach := func(port int) func() bool {
+		return func() bool { return tp.Connect(t, "tcp", ServerIPv4, port) == "ok" }
+	}
+	notReach := func(port int) func() bool {
+		return func() bool { return blocked(tp.Connect(t, "tcp", ServerIPv4, port)) }
+	}
+	beta := filepath.Join(include, "beta.yaml")
+	writeAtomically(t, beta, "accounts:\n  - {name: beta, uid: 1002, ports: [\"40020-40029\"]}\n")
+	took := eventually(t, 3*time.Second, "beta's port reachable after beta.yaml was added", reach(40025))
+	t.Logf("include file added: reachable after %s (connect attempts included)", took)
+
+	tp.Listen(t, uidBeta, "tcp", ServerIPv4, 40035)
+	writeAtomically(t, beta, "accounts:\n  - {name: beta, uid: 1002, ports: [\"40030-40039\"]}\n")
+	eventually(t, 3*time.Second, "beta's new port reachable after beta.yaml changed", reach(40035))
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+		t.Errorf("beta's old port after the change: %q, want blocked", got)
+	}
+
+	// A broken file: nothing changes, status says why.
+	writeAtomically(t, beta, "accounts:\n  - {name: beta, uid: 1002, ports: [\"40030-40039\"], colour: blue}\n")
+	ag.waitLog(t, 5*time.Second, msgIs("policy not applied; the last good policy stays enforced"))
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40035); got != "ok" {
+		t.Errorf("beta's port with a broken beta.yaml: %q, want ok (the last good policy)", got)
+	}
+	status, stderr, code := n.run(t, "status")
+	if code != 0 || !strings.Contains(status, "Agent:") || !strings.Contains(status, "NOT APPLIED") ||
+		!strings.Contains(status, "beta.yaml") || !strings.Contains(status, "colour") {
+		t.Errorf("status with a broken file (exit %d):\n%s%s", code, status, stderr)
+	}
+	var sj struct {
+		Agent *struct {
+			PolicyError string `json:"policy_error"`
+			Mode        string `json:"mode"`
+			PID         int    `json:"pid"`
+		} `json:"agent"`
+	}
+	out, _, _ := n.run(t, "status", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &sj); err != nil || sj.Agent == nil || !strings.Contains(sj.Agent.PolicyError, "colour") || sj.Agent.PID != ag.cmd.Process.Pid {
+		t.Errorf("status -o json: %v %+v\n%s", err, sj.Agent, out)
+	}
+	// Fixed: applied, and status is clean again.
+	writeAtomically(t, beta, "accounts:\n  - {name: beta, uid: 1002, ports: [\"40020-40029\"]}\n")
+	eventually(t, 3*time.Second, "beta's port back after the fix", reach(40025))
+	if status, _, _ := n.run(t, "status"); strings.Contains(status, "NOT APPLIED") {
+		t.Errorf("status after the fix still shows the error:\n%s", status)
+	}
+
+	// Removed: the port closes.
+	if err := os.Remove(beta); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "beta's port blocked after beta.yaml was removed", notReach(40025))
+
+	// The CLI is served by the agent.
+	n.planExit(t, 0)
+	if ag.count(msgIs("served")) < 3 {
+		t.Errorf("the agent served %d commands, want the status and plan runs\n%s", ag.count(msgIs("served")), ag.log())
+	}
+
+	// A second agent refuses, naming the first.
+	second := exec.Command(bin, "--config", n.config, "--netns", n.netns, "--state-dir", n.stateDir, "--run-dir", n.runDirectory(), "watch")
+	msg, err := second.CombinedOutput()
+	if err == nil || !strings.Contains(string(msg), fmt.Sprintf("another nftpol watch serves the state directory %s (pid %d,", n.stateDir, ag.cmd.Process.Pid)) {
+		t.Errorf("second agent: %v\n%s", err, msg)
+	}
+
+	// SIGTERM: exit 0, the table stays and enforces.
+	ag.stop(t)
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40010); got != "ok" {
+		t.Errorf("alpha after the agent stopped: %q, want ok", got)
+	}
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+		t.Errorf("beta's 40025 after the agent stopped: %q, want blocked", got)
+	}
+	// Without the agent the CLI works alone again.
+	n.planExit(t, 0)
+}
