@@ -123,6 +123,10 @@ type Config struct {
 	// Settings are the agent's global settings (config, netns), which
 	// a served command's must equal.
 	Settings map[string]string
+	// FollowFiles false: the policy files are not followed; only a served
+	// apply (or SIGHUP) applies them, for config management that plans
+	// before it applies. The table is kept all the same.
+	FollowFiles bool
 	// Reload delivers a value for each SIGHUP: everything is read again.
 	Reload <-chan os.Signal
 }
@@ -285,7 +289,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.cfg.Notify("STOPPING=1")
 			return nil
 		case <-a.files.wake:
-			a.policyChanged()
+			if a.cfg.FollowFiles {
+				a.policyChanged()
+			}
 		case ch := <-changes:
 			a.changed(ch)
 		case <-healC:
@@ -301,7 +307,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reread("SIGHUP")
 			a.cfg.Notify("READY=1\nSTATUS=" + a.statusLine())
 		case <-recheck.C:
-			a.reread("hourly re-read")
+			if a.cfg.FollowFiles {
+				a.reread("hourly re-read")
+			} else {
+				// The last applied policy, against the table read in full.
+				a.eng.SetFullRead(true)
+				a.heal()
+				a.eng.SetFullRead(false)
+			}
 		case <-watchdog:
 			a.cfg.Notify("WATCHDOG=1")
 		}

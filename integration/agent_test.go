@@ -307,3 +307,55 @@ func TestAgentFollowsPolicyFiles(t *testing.T) {
 	// Without the agent the CLI works alone again.
 	n.planExit(t, 0)
 }
+
+// agents are the agents TestThroughTheAgent started, by state directory.
+var agents sync.Map
+
+// throughAgent starts an agent for n's state directory after its first
+// successful apply or restore, when the test runs under
+// TestThroughTheAgent: from then on the test's plan, apply, restore, remove
+// and status are served by the agent. It follows the kernel but not the
+// policy files (--follow-policy=false), so the test's own plan of a
+// changed policy sees the change before its apply.
+func throughAgent(t *testing.T, n nftpolRun) {
+	if !strings.HasPrefix(t.Name(), "TestThroughTheAgent/") {
+		return
+	}
+	if _, ok := agents.Load(n.stateDir); ok {
+		return
+	}
+	t.Helper()
+	ag := startAgent(t, n, "--follow-policy=false")
+	agents.Store(n.stateDir, ag)
+	t.Cleanup(func() {
+		agents.Delete(n.stateDir)
+		if ag.count(msgIs("served")) == 0 {
+			t.Errorf("the agent on %s served no command: the test did not run through it\n%s", n.stateDir, ag.log())
+		}
+	})
+}
+
+// TestThroughTheAgent runs integration tests of plan, apply, restore,
+// remove and status again with an agent serving them: their interface,
+// output, JSON and exit codes must be the same. Left out are the tests
+// that work on one state directory from several namespaces or processes
+// at once (an agent refuses a command for another namespace than its own,
+// and serves concurrent applies one after the other) and those that tamper
+// with the table by hand to see plan report it (the agent heals it first).
+func TestThroughTheAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T)
+	}{
+		{"ApplyOneAccountChange", TestApplyOneAccountChange},
+		{"RenamedTableIsRetired", TestRenamedTableIsRetired},
+		{"RemoveTouchesOnlyItsTable", TestRemoveTouchesOnlyItsTable},
+		{"UpgradeFromUnshardedTable", TestUpgradeFromUnshardedTable},
+		{"RemovalGuard", TestRemovalGuard},
+		{"StatusReportsViolation", TestStatusReportsViolation},
+		{"ApplyState", TestApplyState},
+		{"Contract", TestContract},
+	} {
+		t.Run(tc.name, tc.test)
+	}
+}

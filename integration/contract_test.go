@@ -261,6 +261,9 @@ func (n nftpolRun) run(t *testing.T, args ...string) (stdout, stderr string, cod
 	default:
 		t.Fatalf("nftpol %s: %v\n%s", strings.Join(all, " "), err, e.String())
 	}
+	if code == 0 && len(args) > 0 && (args[0] == "apply" || args[0] == "restore") {
+		throughAgent(t, n)
+	}
 	return o.String(), e.String(), code
 }
 

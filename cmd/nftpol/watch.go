@@ -67,12 +67,13 @@ protocol (Type=notify, WatchdogSec).`,
 		Args: cobra.NoArgs,
 	}
 	own := cmd.Flags().String("own-table", "auto", "own the table (yes), follow and heal it (no), or own it where the kernel can (auto)")
+	follow := cmd.Flags().Bool("follow-policy", true, "apply changes of the policy files as they happen; false: only nftpol apply (and SIGHUP) applies them")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		mode, err := ownMode(*own)
 		if err != nil {
 			return err
 		}
-		return a.watch(cmd.Context(), mode)
+		return a.watch(cmd.Context(), mode, *follow)
 	}
 	return cmd
 }
@@ -86,7 +87,7 @@ func ownMode(s string) (string, error) {
 }
 
 // watch runs the agent until ctx ends.
-func (a *app) watch(ctx context.Context, own string) error {
+func (a *app) watch(ctx context.Context, own string, follow bool) error {
 	log := slog.New(slog.NewJSONHandler(a.stderr, nil))
 	k, mode, err := a.openAgentKernel(own, log)
 	if err != nil {
@@ -121,6 +122,7 @@ func (a *app) watch(ctx context.Context, own string) error {
 			_, _ = daemon.SdNotify(false, state)
 		},
 		WatchdogEvery: every,
+		FollowFiles:   follow,
 		Log:           log,
 		Settings:      a.settings(),
 		Reload:        hup,
