@@ -169,7 +169,10 @@ func (k *Kernel) TableOwner(table string) (TableState, error) {
 	if err != nil {
 		return st, err
 	}
-	if st.Owned && !st.Mine {
+	switch {
+	case st.Mine:
+		st.PID = os.Getpid()
+	case st.Owned:
 		st.PID = k.portPID(st.PortID)
 	}
 	return st, nil
