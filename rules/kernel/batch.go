@@ -30,13 +30,16 @@ func (k *Kernel) Apply(p *rules.Plan, genID uint32) (Stats, error) {
 	if p.Empty() {
 		return Stats{}, nil
 	}
-	b, err := buildBatch(p)
+	b, err := buildBatch(p, k.tableFlags())
 	if err != nil {
 		return Stats{}, err
 	}
 	if err := k.commit(b.ops, genID, b.bytes); err != nil {
 		if errors.Is(err, ErrGenerationChanged) {
 			return Stats{}, err
+		}
+		if oe := k.explainRefusal(err, p.Table, p.Retire); oe != err {
+			return Stats{}, oe
 		}
 		return Stats{}, fmt.Errorf("applying to table inet %s: %w", p.Table, err)
 	}
@@ -55,10 +58,32 @@ func (b *batch) add(desc string, call func(*nftables.Conn) error) {
 	b.stats.Messages++
 }
 
+// addTable adds a NEWTABLE for t with the given flags; excl makes it a
+// create, which fails if the table exists.
+func (b *batch) addTable(desc string, t *nftables.Table, flags uint32, excl bool) {
+	switch {
+	case flags != 0:
+		b.ops = append(b.ops, newTableOp(desc, t.Name, flags, excl))
+		b.stats.Messages++
+	case excl:
+		b.add(desc, func(c *nftables.Conn) error { c.CreateTable(t); return nil })
+	default:
+		b.add(desc, func(c *nftables.Conn) error { c.AddTable(t); return nil })
+	}
+}
+
+// delTableOp deletes table inet <name>.
+func delTableOp(desc, name string) op {
+	t := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
+	return op{desc: desc, call: func(c *nftables.Conn) error { c.DelTable(t); return nil }}
+}
+
 // buildBatch orders the plan's operations so that every reference is valid
 // when the kernel reaches it: the table before its sets, sets (with their
-// element changes) before the rules that look them up.
-func buildBatch(p *rules.Plan) (*batch, error) {
+// element changes) before the rules that look them up. Every NEWTABLE
+// carries tableFlags (see WithOwnership): with 0 google/nftables encodes
+// it, otherwise nftpol does (google/nftables always sends flags 0).
+func buildBatch(p *rules.Plan, tableFlags uint32) (*batch, error) {
 	b := &batch{}
 	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
 	if p.Retire != "" {
@@ -71,16 +96,18 @@ func buildBatch(p *rules.Plan) (*batch, error) {
 		return b, nil
 	case rules.TableReplace:
 		b.add("delete table inet "+t.Name, func(c *nftables.Conn) error { c.DelTable(t); return nil })
-		b.add("add table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
+		b.addTable("add table inet "+t.Name, t, tableFlags, false)
 	case rules.TableCreate:
 		// Exclusive: if somebody created a table of this name since we
 		// read the kernel, fail rather than merge into theirs.
-		b.add("create table inet "+t.Name, func(c *nftables.Conn) error { c.CreateTable(t); return nil })
+		b.addTable("create table inet "+t.Name, t, tableFlags, true)
 	}
 	if p.Wake {
 		// Sent for an existing table, NEWTABLE without EXCL updates its
-		// flags; ours are 0, which clears dormant.
-		b.add("activate table inet "+t.Name, func(c *nftables.Conn) error { c.AddTable(t); return nil })
+		// flags; ours lack DORMANT, which clears it. An owned table must
+		// be sent its OWNER|PERSIST again: the kernel refuses to drop
+		// either.
+		b.addTable("activate table inet "+t.Name, t, tableFlags, false)
 	}
 
 	// Rules that will be rewritten go first, and chains that go away, so
@@ -211,9 +238,11 @@ func chunk[E any](es []E, size func(E) int) [][]E {
 // Delete deletes table inet <table> in one transaction. The caller checks
 // first that the table is nftpol's.
 func (k *Kernel) Delete(table string) error {
-	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
-	ops := []op{{desc: "delete table inet " + table, call: func(c *nftables.Conn) error { c.DelTable(t); return nil }}}
+	ops := []op{delTableOp("delete table inet "+table, table)}
 	if err := k.commit(ops, 0, 0); err != nil {
+		if oe := k.explainRefusal(err, table); oe != err {
+			return oe
+		}
 		return fmt.Errorf("deleting table inet %s: %w", table, err)
 	}
 	return nil

@@ -30,5 +30,7 @@
 // google/nftables.
 //
 // kernel.go holds the Kernel, its options and sockets; hits.go reads the
-// dynamic violation sets. All of it is Linux only.
+// dynamic violation sets; owner.go makes a long-lived Kernel own its table
+// (NFT_TABLE_F_OWNER|PERSIST: WithOwnership, Own, TableOwner, CanOwn), and
+// portid.go finds the process behind an owner's netlink port. All of it is Linux only.
 package kernel

@@ -44,33 +44,48 @@ func dump(conn *netlink.Conn, msgType uint16, tableAttr uint16, table string, mo
 // host byte order instead of network byte order, so a dormant table would
 // read as not dormant.
 func findTable(conn *netlink.Conn, table string) (flags uint32, found bool, err error) {
+	info, err := findTableInfo(conn, table)
+	return info.flags, info.found, err
+}
+
+// tableInfo is a table as the GETTABLE dump gives it.
+type tableInfo struct {
+	found bool
+	flags uint32
+	owner uint32 // NFTA_TABLE_OWNER, for a table with NFT_TABLE_F_OWNER
+}
+
+func findTableInfo(conn *netlink.Conn, table string) (tableInfo, error) {
 	msgs, err := dump(conn, unix.NFT_MSG_GETTABLE, unix.NFTA_TABLE_NAME, table)
 	if err != nil {
-		return 0, false, fmt.Errorf("listing inet tables: %w", noNetfilter(err))
+		return tableInfo{}, fmt.Errorf("listing inet tables: %w", noNetfilter(err))
 	}
 	for _, m := range msgs {
 		ad, err := netlink.NewAttributeDecoder(m)
 		if err != nil {
-			return 0, false, err
+			return tableInfo{}, err
 		}
 		ad.ByteOrder = binary.BigEndian
 		var name string
+		info := tableInfo{found: true}
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_TABLE_NAME:
 				name = ad.String()
 			case unix.NFTA_TABLE_FLAGS:
-				flags = ad.Uint32()
+				info.flags = ad.Uint32()
+			case nftaTableOwner:
+				info.owner = ad.Uint32()
 			}
 		}
 		if err := ad.Err(); err != nil {
-			return 0, false, err
+			return tableInfo{}, err
 		}
 		if name == table {
-			return flags, true, nil
+			return info, nil
 		}
 	}
-	return 0, false, nil
+	return tableInfo{}, nil
 }
 
 // getRules dumps the rules of every chain of table inet <table>.

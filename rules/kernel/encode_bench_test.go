@@ -88,7 +88,7 @@ func BenchmarkEncodeBatch50k(b *testing.B) {
 func benchEncode(b *testing.B, p *rules.Plan) (msgs, bytes int) {
 	b.ReportAllocs()
 	for b.Loop() {
-		bt, err := buildBatch(p)
+		bt, err := buildBatch(p, 0)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -122,7 +122,7 @@ func TestElemMsgMatchesGoogleNftables(t *testing.T) {
 // its length set and is padded, as the kernel parses them.
 func TestBatchWithRawElements(t *testing.T) {
 	rs := benchTable(3, false)
-	bt, err := buildBatch(rules.SyncExact(nil, rs).Plan)
+	bt, err := buildBatch(rules.SyncExact(nil, rs).Plan, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,9 @@ type Kernel struct {
 	fake nltest.Func
 	// commitConn is the socket commits are sent on, open until Close.
 	commitConn *netlink.Conn
+	// own: the tables this Kernel writes are owned by commitConn
+	// (WithOwnership).
+	own bool
 }
 
 // Option configures a Kernel.

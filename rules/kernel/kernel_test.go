@@ -310,7 +310,7 @@ func TestReplaceBatchOrder(t *testing.T) {
 	ch := rules.SyncExact(cur, want)
 	order := func(p *rules.Plan) string {
 		t.Helper()
-		b, err := buildBatch(p)
+		b, err := buildBatch(p, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
