@@ -91,7 +91,10 @@ func kindOf(msg uint16) Kind {
 // Committer is who committed a transaction, from its NEWGEN notification.
 type Committer struct {
 	Port uint32 // netlink port id of the committing socket
-	PID  uint32 // NFTA_GEN_PROC_PID: the committing process
+	// PID is NFTA_GEN_PROC_PID, the id of the committing thread
+	// (task_pid_nr): nft's pid, but for a multi-threaded program such as
+	// a Go one the id of whichever thread sent the batch.
+	PID  uint32
 	Comm string // NFTA_GEN_PROC_NAME: its name (comm, at most 15 bytes)
 }
 
@@ -115,7 +118,9 @@ type Change struct {
 	By Committer
 	// Lost says the socket overflowed (ENOBUFS): notifications were
 	// dropped, the table may have changed in any way; read it again.
-	// Kinds, Events and Generation then cover only what did arrive.
+	// Kinds, Events and Generation then cover only what did arrive. It
+	// is reported at once, and again with the transaction that closes
+	// the events following the overflow, if they touched the table.
 	Lost bool
 	// Err, when set, ends the watch: the channel closes after it.
 	Err error
@@ -140,10 +145,10 @@ func (c Change) String() string {
 func (c *Change) merge(n Change) {
 	c.Kinds |= n.Kinds
 	c.Events += n.Events
-	if n.Transactions > 0 {
-		if n.Own < n.Transactions || c.Transactions == c.Own {
-			c.By = n.By
-		}
+	if n.Transactions > 0 && (n.Own < n.Transactions || c.Transactions == c.Own) {
+		c.By = n.By
+	}
+	if n.Generation != 0 {
 		c.Generation = n.Generation
 	}
 	c.Transactions += n.Transactions
@@ -171,6 +176,7 @@ func WatchBuffer(bytes int) WatchOption { return func(c *watchConfig) { c.buffer
 
 // Watcher reports committed changes to one table inet <name>.
 type Watcher struct {
+	k     *Kernel
 	conn  *netlink.Conn
 	recv  func([]byte) (int, error)
 	table []byte // NUL-terminated, as the attributes carry it
@@ -247,7 +253,7 @@ func (k *Kernel) Watch(table string, opts ...WatchOption) (*Watcher, error) {
 		return n, rerr
 	}
 	w := newWatcher(table, recv, k.ownPort)
-	w.conn = conn
+	w.k, w.conn = k, conn
 	w.start()
 	return w, nil
 }
@@ -287,6 +293,44 @@ func (w *Watcher) Close() error {
 	return err
 }
 
+// Pause leaves the notification group, so that the next commit is made
+// without listeners: the kernel builds a notification per element for
+// every commit while anybody listens, an 8 KiB buffer each until the end
+// of the commit, which makes a 50,000-account Apply 2-20 times slower
+// (see monitor_root_test.go). What arrived before Pause is still
+// reported. Resume ends the pause. Other listeners (nft monitor) still
+// cost the same.
+func (w *Watcher) Pause() error {
+	if err := w.conn.LeaveGroup(unix.NFNLGRP_NFTABLES); err != nil {
+		return fmt.Errorf("leaving the nf_tables notification group: %w", err)
+	}
+	return nil
+}
+
+// Resume joins the notification group again after Pause and checks that
+// nobody committed meanwhile: gen is the generation the caller's own
+// commits during the pause left behind (NextGeneration of the genID an
+// Apply was given), or the generation before the pause if it committed
+// nothing. If the ruleset generation is another one, Resume reports a
+// Change with Lost set: something changed unwatched. It reads the
+// generation on the Kernel's commit socket: call it where the Kernel is
+// used, not concurrently with Apply.
+func (w *Watcher) Resume(gen uint32) error {
+	if err := w.conn.JoinGroup(unix.NFNLGRP_NFTABLES); err != nil {
+		return fmt.Errorf("joining the nf_tables notification group: %w", err)
+	}
+	// Joined first: a commit after this read is notified.
+	now, err := w.k.Generation()
+	if err != nil {
+		w.post(Change{Lost: true})
+		return err
+	}
+	if now != gen {
+		w.post(Change{Lost: true, Generation: now})
+	}
+	return nil
+}
+
 // recvBuffer holds one datagram. The kernel coalesces a commit's
 // notifications into datagrams of at most NLMSG_GOODSIZE (a page, 8 KiB
 // at most); a larger datagram is cut (MSG_TRUNC tells) and counts as lost.
@@ -319,9 +363,12 @@ func (w *Watcher) read() {
 
 // overflow reports lost notifications now, not at the next NEWGEN, which
 // may itself be lost; what the transaction being read had is kept with it.
+// The kernel goes on delivering what fits of the same transaction: events
+// up to the next NEWGEN (which may also have been dropped, and then the
+// next transaction's closes them) are reported as Lost too.
 func (w *Watcher) overflow() {
 	c := w.tx
-	w.tx = Change{}
+	w.tx = Change{Lost: true}
 	c.Lost = true
 	w.post(c)
 }
