@@ -344,6 +344,27 @@ func TestWatchMeasure(t *testing.T) {
 	t.Logf("own Apply of 50,000 accounts, watcher paused: %v", paused)
 	noChange(t, w, 100*time.Millisecond)
 
+	// A whole heal as the agent would do it, minus its planning: nft
+	// flush ruleset, the change, a paused Apply of the full table.
+	var heals []time.Duration
+	for i := 0; i < 5; i++ {
+		_, end := nftIn(t, ns, "flush ruleset\n")
+		c, _ := nextChange(t, w, 2*time.Second)
+		if err := w.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := k.Apply(rules.SyncExact(nil, rs).Plan, c.Generation); err != nil {
+			t.Fatal(err)
+		}
+		heals = append(heals, time.Since(end))
+		if err := w.Resume(NextGeneration(c.Generation)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sort.Slice(heals, func(i, j int) bool { return heals[i] < heals[j] })
+	t.Logf("heal at 50,000 accounts (flush ruleset exit -> paused full Apply done): %v", heals)
+	noChange(t, w, 100*time.Millisecond)
+
 	w.Close()
 	if err := k.Delete("nftpol"); err != nil {
 		t.Fatal(err)
