@@ -30,5 +30,6 @@
 // google/nftables.
 //
 // kernel.go holds the Kernel, its options and sockets; hits.go reads the
-// dynamic violation sets. All of it is Linux only.
+// dynamic violation sets; monitor.go watches the kernel's notifications of
+// committed transactions (Watch), for an agent that keeps the table. All of it is Linux only.
 package kernel
