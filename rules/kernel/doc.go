@@ -32,5 +32,7 @@
 // kernel.go holds the Kernel, its options and sockets; hits.go reads the
 // dynamic violation sets; owner.go makes a long-lived Kernel own its table
 // (NFT_TABLE_F_OWNER|PERSIST: WithOwnership, Own, TableOwner, CanOwn), and
-// portid.go finds the process behind an owner's netlink port. All of it is Linux only.
+// portid.go finds the process behind an owner's netlink port; monitor.go
+// watches the kernel's notifications of committed transactions (Watch), for
+// an agent that keeps the table. All of it is Linux only.
 package kernel

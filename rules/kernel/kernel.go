@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -26,6 +27,11 @@ type Kernel struct {
 	// own: the tables this Kernel writes are owned by commitConn
 	// (WithOwnership).
 	own bool
+	// ports are the netlink port ids every commit socket of this Kernel
+	// had, so that a Watcher can tell its commits from others' (the
+	// kernel stamps each notification with the committer's port id).
+	portsMu sync.Mutex
+	ports   []uint32
 }
 
 // Option configures a Kernel.
@@ -118,8 +124,38 @@ func (k *Kernel) conn() (*netlink.Conn, error) {
 			return nil, err
 		}
 		k.commitConn = c
+		k.portsMu.Lock()
+		k.ports = append(k.ports, c.PID())
+		k.portsMu.Unlock()
 	}
 	return k.commitConn, nil
+}
+
+// CommitPort returns the netlink port id of the socket the Kernel commits
+// on, opening it if need be. The kernel puts it into the header of every
+// notification of a transaction committed on that socket; a Watcher made
+// by this Kernel counts those transactions as Own.
+func (k *Kernel) CommitPort() (uint32, error) {
+	if k.fake != nil {
+		return 0, errors.New("no commit socket for a test dial")
+	}
+	c, err := k.conn()
+	if err != nil {
+		return 0, err
+	}
+	return c.PID(), nil
+}
+
+// ownPort says whether port is, or was, one of the Kernel's commit sockets.
+func (k *Kernel) ownPort(port uint32) bool {
+	k.portsMu.Lock()
+	defer k.portsMu.Unlock()
+	for _, p := range k.ports {
+		if p == port {
+			return true
+		}
+	}
+	return false
 }
 
 // dropConn closes the kept socket, after a failed exchange on it.

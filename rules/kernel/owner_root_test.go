@@ -51,7 +51,7 @@ func requireRootNetns(t *testing.T) string {
 }
 
 // nftIn runs nft in namespace ns (another process, its own socket).
-func nftIn(ns string, args ...string) (string, error) {
+func nftArgsIn(ns string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out bytes.Buffer
@@ -114,7 +114,7 @@ func TestTableOwnership(t *testing.T) {
 		_ = unix.Uname(&u)
 		t.Fatalf("CanOwn: false on kernel %s; this test needs Linux 6.9 or later", unix.ByteSliceToString(u.Release[:]))
 	}
-	if out, err := nftIn(ns, "list", "tables"); err != nil || strings.TrimSpace(out) != "" {
+	if out, err := nftArgsIn(ns, "list", "tables"); err != nil || strings.TrimSpace(out) != "" {
 		t.Fatalf("CanOwn left something behind: %q %v", out, err)
 	}
 
@@ -139,13 +139,13 @@ func TestTableOwnership(t *testing.T) {
 		t.Errorf("seen from another Kernel: %+v (owner port %d, pid %d)", st, agent.commitConn.PID(), os.Getpid())
 	}
 
-	if out, err := nftIn(ns, "flush", "ruleset"); err != nil {
+	if out, err := nftArgsIn(ns, "flush", "ruleset"); err != nil {
 		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
 	}
 	if rs, err := other.Read(table); err != nil || rs == nil || !rules.SyncExact(rs, want).Plan.Empty() {
 		t.Fatalf("after nft flush ruleset the owned table reads %v (%v)", rs, err)
 	}
-	if out, err := nftIn(ns, "delete", "table", "inet", table); err == nil || !strings.Contains(out, "Operation not permitted") {
+	if out, err := nftArgsIn(ns, "delete", "table", "inet", table); err == nil || !strings.Contains(out, "Operation not permitted") {
 		t.Fatalf("nft delete table of an owned table: %v\n%s", err, out)
 	}
 
@@ -203,14 +203,14 @@ func TestTableOwnership(t *testing.T) {
 	if rs, err := next.Read(table); err != nil || rs == nil || !rules.SyncExact(rs, want).Plan.Empty() {
 		t.Fatalf("after Own the table reads %v (%v)", rs, err)
 	}
-	if out, err := nftIn(ns, "delete", "table", "inet", table); err == nil {
+	if out, err := nftArgsIn(ns, "delete", "table", "inet", table); err == nil {
 		t.Fatalf("nft delete table after adoption succeeded\n%s", out)
 	}
 	// The owner's own plans still work, and its wake keeps the flags.
 	if _, err := next.Apply(rules.SyncExact(want, changed).Plan, 0); err != nil {
 		t.Fatalf("Apply by the adopter: %v", err)
 	}
-	if out, err := nftIn(ns, "delete", "table", "inet", table); err == nil {
+	if out, err := nftArgsIn(ns, "delete", "table", "inet", table); err == nil {
 		t.Fatalf("nft delete table after the adopter's apply succeeded\n%s", out)
 	}
 	if err := next.Delete(table); err != nil {
@@ -243,7 +243,7 @@ func TestTableOwnership(t *testing.T) {
 	if rs, err := other.Read(table); err != nil || rs == nil || !rules.SyncExact(rs, want).Plan.Empty() {
 		t.Fatalf("after replace the table reads %v (%v)", rs, err)
 	}
-	if out, err := nftIn(ns, "delete", "table", "inet", table); err == nil {
+	if out, err := nftArgsIn(ns, "delete", "table", "inet", table); err == nil {
 		t.Fatalf("nft delete table after replace succeeded\n%s", out)
 	}
 
