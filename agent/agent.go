@@ -292,7 +292,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.cfg.FollowFiles {
 				a.policyChanged()
 			}
-		case ch := <-changes:
+		case ch, ok := <-changes:
+			if !ok {
+				// The watch ended (it said why): the hourly re-read
+				// is all that is left; say so, and let systemd
+				// restart the agent.
+				return fmt.Errorf("following the kernel's changes to table inet %s ended; restart the agent", table)
+			}
 			a.changed(ch)
 		case <-healC:
 			healC = nil

@@ -138,11 +138,4 @@ func (f *files) take() (changed []string, all bool) {
 	return changed, all
 }
 
-// pending says whether changes wait to be taken.
-func (f *files) pending() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.changed) > 0 || f.doubt
-}
-
 func (f *files) close() { f.w.Close() }

@@ -317,7 +317,10 @@ var agents sync.Map
 // TestThroughTheAgent: from then on the test's plan, apply, restore, remove
 // and status are served by the agent. It follows the kernel but not the
 // policy files (--follow-policy=false), so the test's own plan of a
-// changed policy sees the change before its apply.
+// changed policy sees the change before its apply. It follows the kernel
+// without owning the table (--own-table=no): to own a table the one-shot
+// CLI created, an agent replaces it (staged, under the other set names),
+// which the tests' expectations of set names do not know.
 func throughAgent(t *testing.T, n nftpolRun) {
 	if !strings.HasPrefix(t.Name(), "TestThroughTheAgent/") {
 		return
@@ -326,7 +329,7 @@ func throughAgent(t *testing.T, n nftpolRun) {
 		return
 	}
 	t.Helper()
-	ag := startAgent(t, n, "--follow-policy=false")
+	ag := startAgent(t, n, "--follow-policy=false", "--own-table=no")
 	agents.Store(n.stateDir, ag)
 	t.Cleanup(func() {
 		agents.Delete(n.stateDir)
@@ -440,4 +443,132 @@ func newRand(t *testing.T) *rand.Rand {
 	}
 	t.Logf("random seed %d (NFTPOL_TEST_SEED)", seed)
 	return rand.New(rand.NewSource(seed))
+}
+
+// prober is a client trying a blocked port from outside about 100 times a
+// second (the probe's hammer: twenty workers, 200 ms each at most) until
+// finished.
+type prober struct{ h *hammerProc }
+
+func startProber(t *testing.T, tp *Topology, port int) *prober {
+	t.Helper()
+	lifetime := 2 * time.Minute
+	p := startProcess(t, lifetime, "ready", "ip", "netns", "exec", tp.Client, probePath(t), "hammer",
+		"-targets", fmt.Sprintf("tcp:%d:blocked", port), "-addrs", ServerIPv4,
+		"-workers", "1", "-blocked-workers", "20", "-pace", "10ms",
+		"-timeout", "200ms", "-max", lifetime.String())
+	h := &hammerProc{p: p, result: make(chan string, 1)}
+	go func() {
+		for line := range p.lines {
+			if r, ok := strings.CutPrefix(line, "result "); ok {
+				h.result <- r
+			}
+		}
+		close(h.result)
+	}()
+	return &prober{h: h}
+}
+
+// finish stops the client and says how many connections it tried and how
+// many succeeded.
+func (p *prober) finish(t *testing.T) (tries, ok int) {
+	t.Helper()
+	res := p.h.finish(t)
+	for _, tg := range res.Targets {
+		for word, n := range tg.Words {
+			tries += n
+			if word == "ok" {
+				ok += n
+			}
+		}
+	}
+	return tries, ok
+}
+
+// ownedTable is what the owner-mode test compares: the table without set
+// elements (the violation sets fill while the client tries), and the
+// elements of every set nftpol writes.
+func ownedTable(t *testing.T, ns string) string {
+	t.Helper()
+	out := run(t, "ip", "netns", "exec", ns, "nft", "-t", "-s", "list", "table", "inet", "nftpol")
+	// The table's own flags and owner comment say who holds it: the
+	// agent, or nobody after it died (nft 1.0.6 prints PERSIST alone as
+	// an empty "flags").
+	_, out, _ = strings.Cut(out, "\n\tflags ")
+	_, out, _ = strings.Cut(out, "\n")
+	for _, set := range []string{"tcp_open", "udp_open", "exempt", "tcp_ports_1", "tcp_ports_2", "udp_ports_1"} {
+		out += run(t, "ip", "netns", "exec", ns, "nft", "list", "set", "inet", "nftpol", set)
+	}
+	return out
+}
+
+// disturbances are what other tools do to nftpol's table on a live host.
+var disturbances = []struct {
+	name string
+	args []string
+}{
+	{"nft flush ruleset", []string{"flush", "ruleset"}},
+	{"nft delete table", []string{"delete", "table", "inet", "nftpol"}},
+	{"nft delete element", []string{"delete", "element", "inet", "nftpol", "tcp_open", "{ 40010-40029 }"}},
+	{"nft add rule", []string{"add", "rule", "inet", "nftpol", "input", "tcp", "dport", "40025", "accept"}},
+}
+
+// TestAgentOwnsTable: an agent that owns the table (kernel 6.9 and later)
+// makes every other process's flush, delete and edit of it fail or pass it
+// by, while a client tries a blocked port: no connection succeeds and the
+// table never changes. kill -9 of the agent leaves the table enforcing, and
+// a new agent adopts it.
+func TestAgentOwnsTable(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	ag := startAgent(t, n, "--own-table=yes")
+	if m := ag.waitLog(t, time.Second, msgIs("ready")); m["mode"] != "owner" {
+		t.Fatalf("agent mode %v, want owner\n%s", m["mode"], ag.log())
+	}
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40025) // beta's port: blocked
+	want := ownedTable(t, tp.Server)
+	pr := startProber(t, tp, 40025)
+	for _, d := range disturbances {
+		out, err := nftTry(tp.Server, d.args...)
+		t.Logf("%s: %v %s", d.name, err, strings.TrimSpace(out))
+		if d.name != "nft flush ruleset" && err == nil {
+			t.Errorf("%s succeeded on a table the agent owns", d.name)
+		}
+		if got := ownedTable(t, tp.Server); got != want {
+			t.Fatalf("after %s the table changed:\n%s", d.name, got)
+		}
+	}
+	// Only the agent can change it; so kill -9: the table stays
+	// (PERSIST) and still blocks.
+	ag.kill()
+	time.Sleep(100 * time.Millisecond)
+	if got := ownedTable(t, tp.Server); got != want {
+		t.Fatalf("after kill -9 of the agent the table changed:\n%s", got)
+	}
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+		t.Errorf("40025 after kill -9: %q, want blocked", got)
+	}
+	// Nobody owns it now: the flags say PERSIST alone.
+	if head := run(t, "ip", "netns", "exec", tp.Server, "nft", "-t", "list", "table", "inet", "nftpol"); strings.Contains(head, "flags owner") {
+		t.Errorf("still owned after kill -9:\n%.200s", head)
+	}
+	// A new agent adopts it: owned again, nothing rebuilt.
+	startAgent(t, n, "--own-table=yes")
+	if head := run(t, "ip", "netns", "exec", tp.Server, "nft", "-t", "list", "table", "inet", "nftpol"); !strings.Contains(head, "flags owner") {
+		t.Errorf("not owned after a new agent started:\n%.200s", head)
+	}
+	if _, err := nftTry(tp.Server, "delete", "table", "inet", "nftpol"); err == nil {
+		t.Error("nft delete table succeeded after a new agent adopted the table")
+	}
+	if got := ownedTable(t, tp.Server); got != want {
+		t.Errorf("the new agent changed the table it adopted:\n%s", got)
+	}
+	tries, ok := pr.finish(t)
+	if ok != 0 || tries < 20 {
+		t.Errorf("%d of %d connections to a blocked port succeeded (want 0 of at least 20)", ok, tries)
+	}
+	t.Logf("%d connections tried during the disturbances, %d succeeded", tries, ok)
+	n.planExit(t, 0)
 }
