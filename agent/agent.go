@@ -447,7 +447,8 @@ func (a *Agent) commit(desired *rules.Ruleset, p *policies.Policy, opt reconcile
 // restore installs what the state records, for an agent that starts with a
 // broken policy.
 func (a *Agent) restore(why string, rebuild bool) {
-	if _, err := state.Load(a.cfg.StateDir); errors.Is(err, state.ErrNoState) {
+	// The engine keeps what it reads: Restore does not read it again.
+	if _, err := a.eng.Recorded(); errors.Is(err, state.ErrNoState) {
 		a.log.Warn("nothing applied before and the policy is broken: enforcing nothing until it is fixed")
 		return
 	}

@@ -102,7 +102,7 @@ func (a *Agent) serve(ctx context.Context, s served) {
 // thinks.
 func (a *Agent) checkSettings(req Request) error {
 	for _, name := range []string{"config", "netns"} {
-		want, ok := a.settings()[name]
+		want, ok := a.cfg.Settings[name]
 		if got := req.Settings[name]; ok && got != want {
 			return fmt.Errorf("the agent serving this state directory (pid %d) works with --%s %q, not %q: run the command with its settings, or without the agent (systemctl stop nftpol-watch)",
 				os.Getpid(), name, want, got)
@@ -110,9 +110,6 @@ func (a *Agent) checkSettings(req Request) error {
 	}
 	return nil
 }
-
-// settings are the agent's global settings as a client names them.
-func (a *Agent) settings() map[string]string { return a.cfg.Settings }
 
 // Host is what a command the agent serves uses of it: the agent's engine,
 // the policy as the files say now, and the news of what the command did.

@@ -145,15 +145,10 @@ func (kept) Close() error { return nil }
 // the agent, as the CLI would run it.
 func (a *app) serveForAgent(ctx context.Context, h *agent.Host, req agent.Request, stdout, stderr io.Writer) int {
 	s := &app{v: viper.New(), stdout: stdout, stderr: stderr, args: req.Args, host: h}
-	code := s.executeServed(ctx, req.Settings)
-	return code
-}
-
-// executeServed is execute with the caller's settings that the agent takes
-// over.
-func (a *app) executeServed(ctx context.Context, settings map[string]string) int {
-	if settings["full-read"] == "true" {
-		a.v.Set("full-read", true)
+	// The caller's settings the agent takes over; config and netns
+	// were checked to be the agent's own.
+	if req.Settings["full-read"] == "true" {
+		s.v.Set("full-read", true)
 	}
-	return a.execute(ctx)
+	return s.execute(ctx)
 }
