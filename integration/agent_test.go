@@ -572,3 +572,52 @@ func TestAgentOwnsTable(t *testing.T) {
 	t.Logf("%d connections tried during the disturbances, %d succeeded", tries, ok)
 	n.planExit(t, 0)
 }
+
+// TestAgentHealsTable: an agent that follows the kernel without owning the
+// table (older kernels, or --own-table=no) puts back every disturbance of
+// another tool, names the tool that did it, and status counts the heals.
+func TestAgentHealsTable(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	n := nftpolRun{bin: bin, config: writePolicy(t, contractPolicy), netns: tp.Server, stateDir: t.TempDir()}
+	ag := startAgent(t, n, "--own-table=no")
+	if m := ag.waitLog(t, time.Second, msgIs("ready")); m["mode"] != "monitor" {
+		t.Fatalf("agent mode %v, want monitor\n%s", m["mode"], ag.log())
+	}
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40025) // beta's port: blocked
+	want := ownedTable(t, tp.Server)
+	for i, d := range disturbances {
+		if out, err := nftTry(tp.Server, d.args...); err != nil {
+			t.Fatalf("%s: %v %s", d.name, err, out)
+		}
+		took := eventually(t, 3*time.Second, "the table healed after "+d.name, func() bool {
+			return ag.count(msgIs("healed a change to the table by somebody else")) > i
+		})
+		if got := ownedTable(t, tp.Server); got != want {
+			t.Fatalf("after %s was healed the table differs:\n%s\nwant:\n%s", d.name, got, want)
+		}
+		if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+			t.Errorf("40025 after %s was healed: %q, want blocked", d.name, got)
+		}
+		t.Logf("%s: healed within %s", d.name, took)
+	}
+	var causes []string
+	ag.count(func(m map[string]any) bool {
+		if m["msg"] == "healed a change to the table by somebody else" {
+			causes = append(causes, fmt.Sprint(m["cause"]))
+		}
+		return false
+	})
+	for _, c := range causes {
+		if !strings.HasPrefix(c, "nft[") {
+			t.Errorf("heal cause %q, want the nft process that made the change (causes %q)", c, causes)
+		}
+	}
+	status, _, code := n.run(t, "status")
+	if code != 0 || !strings.Contains(status, fmt.Sprintf("%d heals", len(disturbances))) || !strings.Contains(status, "Last heal:") {
+		t.Errorf("status after the heals (exit %d):\n%s", code, status)
+	}
+	t.Logf("status:\n%s", status)
+	n.planExit(t, 0)
+}
