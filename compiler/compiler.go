@@ -42,6 +42,13 @@ import (
 const (
 	ViolationTimeout = time.Hour
 	ViolationSetSize = 65536
+	// NotifyGroup is the NFLOG group that tells `nftpol watch` a serving
+	// packet was blocked, at most NotifyRate times a second per rule: a
+	// doorbell, not a record (the agent then reads the violation sets),
+	// so a flood of blocked packets costs the agent a bounded amount of
+	// work. With nobody bound to the group the kernel drops the message.
+	NotifyGroup = 9781
+	NotifyRate  = 4
 	// LogRate bounds the kernel log lines per protocol and minute.
 	LogRate = 10
 )
@@ -254,6 +261,7 @@ func outputChain(p *policies.Policy, protos []rules.Proto) *rules.Chain {
 			append(slices.Clip(violation),
 				rules.Limit{Rate: LogRate, Unit: rules.PerMinute},
 				rules.Log{Prefix: fmt.Sprintf("nftpol: blocked %s serving: ", proto)})...))
+		rr = append(rr, notify(fmt.Sprintf("tell nftpol watch: %s served outside the account's ports", proto), violation))
 		rr = append(rr, rule(fmt.Sprintf("%s served outside the account's ports", proto),
 			append(slices.Clip(violation),
 				rules.UpdateSet{Proto: proto, Set: rules.ViolationsSet(proto)},
@@ -324,9 +332,17 @@ func otherTransports(p *policies.Policy) []rules.Rule {
 	return []rules.Rule{
 		rule("log transports no account is granted",
 			with(rules.Limit{Rate: LogRate, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked transport: "})...),
+		notify("tell nftpol watch: transports no account is granted", guard),
 		rule("accounts use tcp and udp only",
 			with(rules.UpdateSetTransport{Set: rules.TransportViolationsSet}, rules.Counter{}, rules.Verdict{Kind: rules.Drop})...),
 	}
+}
+
+// notify is the doorbell rule of a violation: rate-limited, in a rule of
+// its own like the log (its limit must never stop the verdict).
+func notify(why string, match []rules.Stmt) rules.Rule {
+	return rule(why, append(slices.Clip(match),
+		rules.Limit{Rate: NotifyRate, Unit: rules.PerSecond}, rules.Log{Prefix: "nftpol", Group: NotifyGroup})...)
 }
 
 // rule makes a rule with a comment that says why it is there; the comment

@@ -273,10 +273,11 @@ func TestCompileOtherTransports(t *testing.T) {
 	guard := "meta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt "
 	want := []string{
 		guard + `limit rate 10/minute log prefix "nftpol: blocked transport: " flags skuid`,
+		guard + `limit rate 4/second log prefix "nftpol" group 9781`,
 		guard + "update @other_violations { meta skuid . meta l4proto . th sport } counter drop",
 	}
 	if orig != len(want)+1 {
-		t.Fatalf("the original-direction accept is rule %d, want %d (after lo and the two rules):\n%s", orig, len(want)+1, rules.RenderString(rs))
+		t.Fatalf("the original-direction accept is rule %d, want %d (after lo and the three rules):\n%s", orig, len(want)+1, rules.RenderString(rs))
 	}
 	for i, w := range want {
 		if got := out[1+i].String(); !strings.HasPrefix(got, w+" comment ") {
@@ -304,7 +305,7 @@ func TestCompileOtherTransports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rs.Chain("output").Rules[2].String(); !strings.Contains(got, "meta skuid >= 0 meta skuid != @exempt update @other_violations") || !strings.Contains(got, " counter drop ") {
+	if got := rs.Chain("output").Rules[3].String(); !strings.Contains(got, "meta skuid >= 0 meta skuid != @exempt update @other_violations") || !strings.Contains(got, " counter drop ") {
 		t.Errorf("min_uid 0: %s", got)
 	}
 }

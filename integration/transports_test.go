@@ -130,6 +130,7 @@ func TestTransports(t *testing.T) {
 	for _, re := range []string{
 		`\n\t\toif "lo" accept comment "nftpol: loopback is not enforced"\n` +
 			`\t\tmeta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt limit rate 10/minute log prefix "nftpol: blocked transport: " flags skuid comment "nftpol: log transports no account is granted"\n` +
+			`\t\tmeta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt limit rate 4/second log prefix "nftpol" group 9781 comment "nftpol: tell nftpol watch: transports no account is granted"\n` +
 			`\t\tmeta l4proto != tcp meta l4proto != udp meta l4proto != icmp meta l4proto != ipv6-icmp meta skuid >= 1000 meta skuid != @exempt update @other_violations \{ meta skuid \. meta l4proto \. th sport \} counter packets [1-9][0-9]* bytes [0-9]+ drop comment "nftpol: accounts use tcp and udp only"\n` +
 			`\t\tct direction original accept comment`,
 		`\n\t\tudplite dport 40010-49999 counter packets [1-9][0-9]* bytes [0-9]+ reject comment`, // the zone check above

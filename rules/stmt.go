@@ -180,8 +180,14 @@ const (
 	PerMinute LimitUnit = "minute"
 )
 
-// Log writes a kernel log line with Prefix and the socket's UID.
-type Log struct{ Prefix string }
+// Log writes a kernel log line with Prefix and the socket's UID; with a
+// Group, it sends the packet's metadata to that NFLOG group instead (a
+// netlink listener such as `nftpol watch` reads it; nobody bound to the
+// group, the kernel drops it at once).
+type Log struct {
+	Prefix string
+	Group  uint16
+}
 
 // Counter counts packets and bytes. Its values are kernel state, not part of
 // the model.
@@ -277,7 +283,12 @@ func (s UpdateSetTransport) String() string {
 
 func (s Limit) String() string { return fmt.Sprintf("limit rate %d/%s", s.Rate, s.Unit) }
 
-func (s Log) String() string { return fmt.Sprintf("log prefix %s flags skuid", Quote(s.Prefix)) }
+func (s Log) String() string {
+	if s.Group != 0 {
+		return fmt.Sprintf("log prefix %s group %d", Quote(s.Prefix), s.Group)
+	}
+	return fmt.Sprintf("log prefix %s flags skuid", Quote(s.Prefix))
+}
 
 func (s Verdict) String() string {
 	switch s.Kind {

@@ -64,6 +64,7 @@ type stateStmt struct {
 	Rate    uint64      `json:"rate,omitempty"`
 	Unit    string      `json:"unit,omitempty"`
 	Prefix  string      `json:"prefix,omitempty"`
+	Group   uint16      `json:"group,omitempty"`
 	Verdict string      `json:"verdict,omitempty"`
 }
 
@@ -152,7 +153,7 @@ func stmtToJSON(st rules.Stmt) (stateStmt, error) {
 	case rules.Limit:
 		return stateStmt{Type: "limit", Rate: s.Rate, Unit: string(s.Unit)}, nil
 	case rules.Log:
-		return stateStmt{Type: "log", Prefix: s.Prefix}, nil
+		return stateStmt{Type: "log", Prefix: s.Prefix, Group: s.Group}, nil
 	case rules.Verdict:
 		v, ok := verdictNames[s.Kind]
 		if !ok {
@@ -199,7 +200,7 @@ func stmtFromJSON(j stateStmt) (rules.Stmt, error) {
 		}
 		return rules.Limit{Rate: j.Rate, Unit: rules.LimitUnit(j.Unit)}, nil
 	case "log":
-		return rules.Log{Prefix: j.Prefix}, nil
+		return rules.Log{Prefix: j.Prefix, Group: j.Group}, nil
 	case "update_set_transport":
 		return rules.UpdateSetTransport{Set: j.Set}, nil
 	case "l4proto_not":

@@ -161,6 +161,7 @@ func sampleRules() []rules.Rule {
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.SkuidCmp{Op: rules.Ge, UID: 0}, rules.Counter{}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.TCP, Lo: 40010, Hi: 49999}, rules.DportNotInSet{Proto: rules.TCP, Set: "tcp_open"}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.Limit{Rate: 10, Unit: rules.PerMinute}, rules.Log{Prefix: "nftpol: blocked "}}},
+		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.TCP}, rules.CtDirectionReply{}, rules.Limit{Rate: 4, Unit: rules.PerSecond}, rules.Log{Prefix: "nftpol", Group: 9781}}},
 		{Stmts: []rules.Stmt{rules.L4Proto{Proto: rules.UDP}, rules.CtDirectionReply{}, rules.UpdateSet{Proto: rules.UDP, Set: "udp_violations"}, rules.Counter{}, rules.Verdict{Kind: rules.Drop}}},
 		{Stmts: []rules.Stmt{rules.Limit{Rate: 3, Unit: rules.PerSecond}, rules.Verdict{Kind: rules.Accept}}},
 		{Stmts: []rules.Stmt{rules.DportRange{Proto: rules.UDP, Lo: 1, Hi: 65535}, rules.DportNotInSet{Proto: rules.UDP, Set: "udp_open"}, rules.Verdict{Kind: rules.RejectPortUnreachable}}},

@@ -43,6 +43,14 @@ func decodeLimit(e *expr.Limit) (rules.Stmt, int) {
 }
 
 func encodeLog(w *ruleEncoder, s rules.Log) {
+	if s.Group != 0 {
+		w.add(&expr.Log{
+			Key:   1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP,
+			Data:  []byte(rules.SanitizeComment(s.Prefix)),
+			Group: s.Group,
+		})
+		return
+	}
 	w.add(&expr.Log{
 		Key:   1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
 		Data:  []byte(rules.SanitizeComment(s.Prefix)),
@@ -51,6 +59,9 @@ func encodeLog(w *ruleEncoder, s rules.Log) {
 }
 
 func decodeLog(e *expr.Log) (rules.Stmt, int) {
+	if e.Group != 0 && e.Flags == 0 && e.Key&^(1<<unix.NFTA_LOG_PREFIX|1<<unix.NFTA_LOG_GROUP) == 0 {
+		return rules.Log{Prefix: string(e.Data), Group: e.Group}, 1
+	}
 	// The kernel reports the default level (warn) it filled in.
 	if e.Flags == expr.LogFlagsUID && e.Group == 0 && (e.Level == 0 || e.Level == expr.LogLevelWarning) &&
 		e.Key&^(1<<unix.NFTA_LOG_PREFIX|1<<unix.NFTA_LOG_FLAGS|1<<unix.NFTA_LOG_LEVEL) == 0 {
