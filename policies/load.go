@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nftpol/nftpol/policies/internal/document"
 )
@@ -48,9 +49,10 @@ var (
 // would accept "Table" for "table", but a policy should read the same to
 // every tool that parses it.
 var (
-	mainKeys      = []string{"table", "zone", "min_uid", "exempt", "loopback", "action", "protocols", "include", "accounts", "bind_guard"}
+	mainKeys      = []string{"table", "zone", "min_uid", "exempt", "loopback", "action", "protocols", "include", "accounts", "bind_guard", "terminate"}
 	accountKeys   = []string{"name", "uid", "user", "ports", "protocols"}
 	bindGuardKeys = []string{"enabled", "cgroup", "reserved"}
+	terminateKeys = []string{"after", "grace", "dry_run"}
 )
 
 // Load reads the policy in file (YAML, TOML or JSON, by extension) and the
@@ -315,6 +317,8 @@ func (l *loader) setting(file, key string, v any) {
 		}
 	case "bind_guard":
 		l.bindGuard(file, v)
+	case "terminate":
+		l.terminate(file, v)
 	case "accounts", "include":
 		// Read once the other settings are known.
 	default:
@@ -853,6 +857,62 @@ func (l *loader) bindGuard(file string, v any) {
 			l.add(file, "", field, "unknown key; valid keys are "+strings.Join(bindGuardKeys, ", "))
 		}
 	}
+}
+
+// terminate parses the terminate mapping. Problems name the field as
+// terminate.KEY.
+func (l *loader) terminate(file string, v any) {
+	m, ok := asMap(v)
+	if !ok {
+		l.add(file, "", "terminate", fmt.Sprintf("must be a mapping with after, grace and dry_run, like {after: 30s, grace: 10s}, not %s", describe(v)))
+		return
+	}
+	t := &Terminate{Enabled: true, Grace: DefaultGrace}
+	for _, key := range slices.Sorted(maps.Keys(m)) {
+		v := m[key]
+		field := "terminate." + key
+		switch key {
+		case "after", "grace":
+			s, msg := str(v)
+			var d time.Duration
+			var err error
+			if msg == "" {
+				d, err = time.ParseDuration(s)
+			}
+			switch {
+			case msg != "":
+				l.add(file, "", field, fmt.Sprintf("must be a duration like 30s or 2m, not %s", describe(v)))
+				continue
+			case err != nil || d < 0:
+				l.add(file, "", field, fmt.Sprintf("invalid duration %q; give one like 30s or 2m", s))
+				continue
+			case key == "after" && d < time.Second:
+				l.add(file, "", field, fmt.Sprintf("%s is too short: a socket must be blocked at least 1s before it is ended", s))
+				continue
+			}
+			if key == "after" {
+				t.After = d
+			} else {
+				t.Grace = d
+			}
+		case "dry_run":
+			b, ok := v.(bool)
+			if !ok {
+				l.add(file, "", field, fmt.Sprintf("must be true or false, not %s", describe(v)))
+				continue
+			}
+			t.DryRun = b
+		default:
+			l.add(file, "", field, "unknown key; valid keys are "+strings.Join(terminateKeys, ", "))
+		}
+	}
+	if t.After == 0 {
+		if _, given := m["after"]; !given {
+			l.add(file, "", "terminate.after", "missing: say how long a socket may stay blocked before its process is ended, like after: 30s")
+		}
+		return
+	}
+	l.p.Terminate = *t
 }
 
 // checkReserved reports reserved ports that are an account's: the guard

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -105,6 +106,24 @@ func TestLoadBindGuard(t *testing.T) {
 	}
 	if diff := cmp.Diff(BindGuard{}, got.BindGuard); diff != "" {
 		t.Errorf("default BindGuard (-want +got):\n%s", diff)
+	}
+}
+
+// TestLoadTerminate loads the terminate section; absent means never.
+func TestLoadTerminate(t *testing.T) {
+	for text, want := range map[string]Terminate{
+		"terminate: {after: 30s, grace: 5s, dry_run: true}\naccounts: []\n": {Enabled: true, After: 30 * time.Second, Grace: 5 * time.Second, DryRun: true},
+		"terminate:\n  after: 2m\naccounts: []\n":                           {Enabled: true, After: 2 * time.Minute, Grace: DefaultGrace},
+		"accounts: []\n": {},
+	} {
+		dir := writeFiles(t, map[string]string{"policy.yaml": text})
+		got, err := Load(filepath.Join(dir, "policy.yaml"), WithLookup(fakeLookup))
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		if got.Terminate != want {
+			t.Errorf("%q: Terminate %+v, want %+v", text, got.Terminate, want)
+		}
 	}
 }
 
@@ -373,6 +392,22 @@ func TestLoadProblems(t *testing.T) {
 		files map[string]string
 		want  []Problem
 	}{
+		// terminate.
+		{"terminate not a mapping", map[string]string{main: "terminate: yes\naccounts: []\n"},
+			[]Problem{p(main, "", "terminate", "must be a mapping with after, grace and dry_run")}},
+		{"terminate without after", map[string]string{main: "terminate: {grace: 5s}\naccounts: []\n"},
+			[]Problem{p(main, "", "terminate.after", "missing: say how long")}},
+		{"terminate bad durations", map[string]string{main: "terminate: {after: soon, grace: -1s}\naccounts: []\n"},
+			[]Problem{
+				p(main, "", "terminate.after", `invalid duration "soon"`),
+				p(main, "", "terminate.grace", `invalid duration "-1s"`),
+			}},
+		{"terminate after too short", map[string]string{main: "terminate: {after: 100ms}\naccounts: []\n"},
+			[]Problem{p(main, "", "terminate.after", "100ms is too short")}},
+		{"terminate unknown key", map[string]string{main: "terminate: {after: 30s, dryrun: true}\naccounts: []\n"},
+			[]Problem{p(main, "", "terminate.dryrun", "unknown key; valid keys are after, grace, dry_run")}},
+		{"terminate dry_run not a bool", map[string]string{main: "terminate: {after: 30s, dry_run: maybe}\naccounts: []\n"},
+			[]Problem{p(main, "", "terminate.dry_run", `must be true or false, not the string "maybe"`)}},
 		// bind_guard.
 		{"bind_guard not a mapping", map[string]string{main: "bind_guard: true\naccounts: []\n"},
 			[]Problem{p(main, "", "bind_guard", "must be a mapping with enabled, cgroup and reserved, not true")}},

@@ -17,7 +17,10 @@
 // a ruleset without further checks.
 package policies
 
-import "strconv"
+import (
+	"strconv"
+	"time"
+)
 
 // Protocol is a transport protocol an account can be given ports for.
 type Protocol string
@@ -102,6 +105,26 @@ type Policy struct {
 	// refuse binds to ports that are not the account's own (off unless
 	// enabled).
 	BindGuard BindGuard
+	// Terminate is the terminate section: when the agent ends the
+	// processes behind sockets that stay blocked (never unless given).
+	Terminate Terminate
+}
+
+// DefaultGrace is terminate.grace when the policy does not give it.
+const DefaultGrace = 10 * time.Second
+
+// Terminate says when `nftpol watch` ends a service that serves where its
+// account may not.
+type Terminate struct {
+	// Enabled is true when the policy has a terminate section.
+	Enabled bool
+	// After: a socket still blocked this long after its first blocked
+	// packet has its processes ended.
+	After time.Duration
+	// Grace: SIGTERM first, SIGKILL this long after.
+	Grace time.Duration
+	// DryRun: log what would be ended, end nothing.
+	DryRun bool
 }
 
 // BindGuard configures the bind guard (package bindguard).
