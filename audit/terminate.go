@@ -48,6 +48,8 @@ const (
 	Running Outcome = "running"
 	// Failed: a signal could not be sent (Detail has the error).
 	Failed Outcome = "failed"
+	// WouldEnd: Preview's word for a process Terminate would signal.
+	WouldEnd Outcome = "would-end"
 )
 
 // target is a process Terminate deals with.
@@ -77,27 +79,7 @@ const killWait = 5 * time.Second
 //
 // procRoot is where processes are looked up, normally "/proc".
 func Terminate(ctx context.Context, findings []Finding, grace time.Duration, procRoot string) []Termination {
-	byPID := map[int]*target{}
-	for _, f := range findings {
-		if f.Verdict != Blocked {
-			continue
-		}
-		for _, p := range f.Processes {
-			tg := byPID[p.PID]
-			if tg == nil {
-				tg = &target{t: &Termination{PID: p.PID, Command: p.Command}, pidfd: -1}
-				byPID[p.PID] = tg
-			}
-			tg.t.Sockets = append(tg.t.Sockets, fmt.Sprintf("%s %s", f.Socket.Proto, f.Socket.AddrPort()))
-			tg.inodes = append(tg.inodes, f.Socket.Inode)
-			tg.server = tg.server || !f.MaybeClient
-		}
-	}
-	pids := make([]int, 0, len(byPID))
-	for pid := range byPID {
-		pids = append(pids, pid)
-	}
-	slices.Sort(pids)
+	pids, byPID := targets(findings)
 
 	// SIGTERM to all first, so they stop in parallel and the grace period
 	// is waited once.
@@ -105,15 +87,7 @@ func Terminate(ctx context.Context, findings []Finding, grace time.Duration, pro
 	for _, pid := range pids {
 		tg := byPID[pid]
 		t := tg.t
-		switch {
-		case pid == 1:
-			t.Outcome, t.Detail = Skipped, "pid 1 (init) is never signalled; stop the service or socket unit that listens instead"
-			continue
-		case pid == os.Getpid():
-			t.Outcome, t.Detail = Skipped, "nftpol itself"
-			continue
-		case !tg.server:
-			t.Outcome, t.Detail = Skipped, "holds only UDP sockets on ports the kernel also gives clients (ip_local_port_range); end it by hand if it is a server, or reserve the zone in ip_local_reserved_ports"
+		if tg.skip() {
 			continue
 		}
 		fd, err := unix.PidfdOpen(pid, 0)
@@ -178,6 +152,64 @@ func Terminate(ctx context.Context, findings []Finding, grace time.Duration, pro
 		tg.t.Outcome, tg.t.Detail = Running, fmt.Sprintf("still there %v after SIGKILL", killWait)
 	}
 	return report()
+}
+
+// Preview is what Terminate would do to findings, signalling nothing: the
+// processes it would skip have Outcome Skipped and Detail, the others
+// Outcome WouldEnd.
+func Preview(findings []Finding) []Termination {
+	pids, byPID := targets(findings)
+	out := make([]Termination, 0, len(pids))
+	for _, pid := range pids {
+		tg := byPID[pid]
+		if !tg.skip() {
+			tg.t.Outcome = WouldEnd
+		}
+		out = append(out, *tg.t)
+	}
+	return out
+}
+
+// targets are the processes behind the blocked sockets of findings.
+func targets(findings []Finding) ([]int, map[int]*target) {
+	byPID := map[int]*target{}
+	for _, f := range findings {
+		if f.Verdict != Blocked {
+			continue
+		}
+		for _, p := range f.Processes {
+			tg := byPID[p.PID]
+			if tg == nil {
+				tg = &target{t: &Termination{PID: p.PID, Command: p.Command}, pidfd: -1}
+				byPID[p.PID] = tg
+			}
+			tg.t.Sockets = append(tg.t.Sockets, fmt.Sprintf("%s %s", f.Socket.Proto, f.Socket.AddrPort()))
+			tg.inodes = append(tg.inodes, f.Socket.Inode)
+			tg.server = tg.server || !f.MaybeClient
+		}
+	}
+	pids := make([]int, 0, len(byPID))
+	for pid := range byPID {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+	return pids, byPID
+}
+
+// skip marks a process that is never signalled, and says so.
+func (tg *target) skip() bool {
+	t := tg.t
+	switch {
+	case t.PID == 1:
+		t.Outcome, t.Detail = Skipped, "pid 1 (init) is never signalled; stop the service or socket unit that listens instead"
+	case t.PID == os.Getpid():
+		t.Outcome, t.Detail = Skipped, "nftpol itself"
+	case !tg.server:
+		t.Outcome, t.Detail = Skipped, "holds only UDP sockets on ports the kernel also gives clients (ip_local_port_range); end it by hand if it is a server, or reserve the zone in ip_local_reserved_ports"
+	default:
+		return false
+	}
+	return true
 }
 
 // waitExit waits until every target has exited, the deadline passes or ctx

@@ -139,3 +139,39 @@ func inodeOf(t *testing.T, ln *net.TCPListener) uint64 {
 	}
 	return st.Ino
 }
+
+// TestPreview says what Terminate would do and signals nothing: the same
+// skips (pid 1, a UDP socket that may be a client's), the rest would end.
+func TestPreview(t *testing.T) {
+	cmd := child(t, nil, "exec sleep 60")
+	pid := cmd.Process.Pid
+	blocked := func(proto sockets.Proto, port uint16, maybeClient bool, pids ...int) Finding {
+		f := Finding{Socket: sockets.Socket{Proto: proto, Port: port, Inode: uint64(port)}, Verdict: Blocked, MaybeClient: maybeClient}
+		for _, p := range pids {
+			f.Processes = append(f.Processes, sockets.Process{PID: p, Command: "sleep"})
+		}
+		return f
+	}
+	got := Preview([]Finding{
+		blocked(sockets.TCP, 40025, false, pid),
+		blocked(sockets.TCP, 40026, false, 1),
+		blocked(sockets.UDP, 40027, true, 4242),
+		{Socket: sockets.Socket{Proto: sockets.TCP, Port: 40010}, Verdict: Reachable, Processes: []sockets.Process{{PID: 4343}}},
+	})
+	outcomes := map[int]Outcome{}
+	for _, tm := range got {
+		outcomes[tm.PID] = tm.Outcome
+	}
+	want := map[int]Outcome{1: Skipped, 4242: Skipped, pid: WouldEnd}
+	if len(outcomes) != len(want) {
+		t.Errorf("Preview: %+v, want outcomes %v", got, want)
+	}
+	for p, o := range want {
+		if outcomes[p] != o {
+			t.Errorf("pid %d: %q, want %q (%+v)", p, outcomes[p], o, got)
+		}
+	}
+	if !alive(pid) {
+		t.Error("Preview ended the process")
+	}
+}
