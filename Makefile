@@ -28,13 +28,15 @@ build:
 
 # The integration tests and the demo need nft (a second opinion on what
 # nftpol wrote) and ip (namespaces, veth); the Ansible role's test needs
-# ansible-playbook. Installed only where missing.
+# ansible-playbook, the agent's metrics test promtool (Debian's prometheus).
+# Installed only where missing.
 deps:
 	@missing=""; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v ansible-playbook >/dev/null || missing="$$missing ansible"; \
 	command -v bpftool >/dev/null || missing="$$missing bpftool"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update && apt-get install -y $$missing; \

@@ -30,6 +30,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nftpol/nftpol/compiler"
@@ -129,6 +130,31 @@ type Config struct {
 	FollowFiles bool
 	// Reload delivers a value for each SIGHUP: everything is read again.
 	Reload <-chan os.Signal
+	// Offenders follows the accounts that serve where they may not (nil:
+	// nobody does); the agent gives it each policy it enforces.
+	Offenders Offenders
+	// Started is called once the agent holds the state directory, before
+	// its first apply (nil: nothing to start); an error ends Run.
+	Started func(ctx context.Context) error
+	// HealTook hears how long each heal took (nil: nobody listens).
+	HealTook func(time.Duration)
+}
+
+// Offenders is the agent's view of package offenders' Watcher.
+type Offenders interface {
+	SetPolicy(p *policies.Policy)
+	Report() ([]reconcile.Episode, []reconcile.TerminationRecord, string)
+}
+
+// Stats is the agent's state for metrics.
+type Stats struct {
+	Report *reconcile.AgentReport
+	// Enforcing: the table holds a policy (none before the first apply,
+	// or after nftpol remove).
+	Enforcing bool
+	// InSync: enforcing the policy the files say, with no foreign change
+	// waiting to be healed.
+	InSync bool
 }
 
 // Agent is a running nftpol watch.
@@ -162,6 +188,9 @@ type Agent struct {
 	healCause string
 
 	requests chan served
+	// policyErrors counts the distinct policy errors seen.
+	policyErrors uint64
+	stats        atomic.Pointer[Stats]
 }
 
 // served is a request from a client of the socket.
@@ -181,7 +210,22 @@ func New(cfg Config) *Agent {
 	if cfg.Notify == nil {
 		cfg.Notify = func(string) {}
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, eng: cfg.Engine, requests: make(chan served)}
+	if cfg.HealTook == nil {
+		cfg.HealTook = func(time.Duration) {}
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, eng: cfg.Engine, requests: make(chan served)}
+	a.stats.Store(&Stats{Report: &reconcile.AgentReport{Mode: string(cfg.Mode), Episodes: []reconcile.Episode{}, Terminations: []reconcile.TerminationRecord{}}})
+	return a
+}
+
+// Stats returns the agent's state as of the end of its last piece of work.
+// Safe from any goroutine.
+func (a *Agent) Stats() Stats { return *a.stats.Load() }
+
+// publish makes the agent's state what Stats returns.
+func (a *Agent) publish() {
+	on := a.good != nil && a.suspended == ""
+	a.stats.Store(&Stats{Report: a.report(), Enforcing: on, InSync: on && a.policyErr == nil && !a.healDue})
 }
 
 // Heals of a change that comes back less than contestWindow after the last
@@ -205,6 +249,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer lock.release()
+	if a.cfg.Started != nil {
+		if err := a.cfg.Started(ctx); err != nil {
+			return err
+		}
+	}
 
 	ln, err := a.listen()
 	if err != nil {
@@ -274,6 +323,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var healC <-chan time.Time
 
 	for {
+		a.publish()
 		if a.healDue && healC == nil {
 			wait := time.Until(a.healAt)
 			if wait <= 0 {
@@ -384,6 +434,7 @@ func (a *Agent) reread(why string) {
 func (a *Agent) policyFailed(err error) {
 	if a.policyErr == nil || a.policyErr.Error() != err.Error() {
 		a.errSince = time.Now()
+		a.policyErrors++
 		a.log.Error("policy not applied; the last good policy stays enforced", "err", err.Error())
 	}
 	a.policyErr = err
@@ -426,6 +477,9 @@ func (a *Agent) accepted(p *policies.Policy, desired *rules.Ruleset) {
 		a.log.Info("the policy is good again", "was", a.policyErr.Error())
 	}
 	a.good, a.desired, a.policyErr, a.suspended = p, desired, nil, ""
+	if a.cfg.Offenders != nil {
+		a.cfg.Offenders.SetPolicy(p)
+	}
 }
 
 // commit applies desired and records it.
@@ -520,6 +574,7 @@ func (a *Agent) heal() {
 		return
 	}
 	a.heals++
+	a.cfg.HealTook(time.Since(start))
 	a.lastHealCause = a.healCause
 	a.log.Warn("healed a change to the table by somebody else", "cause", a.healCause, "operations", res.Plan.Operations(),
 		"drift", strings.Join(res.Plan.Drift(), "; "), "took_ms", ms(time.Since(start)))
@@ -542,7 +597,17 @@ func (a *Agent) statusLine() string {
 // report is the agent's part of status.
 func (a *Agent) report() *reconcile.AgentReport {
 	r := &reconcile.AgentReport{PID: os.Getpid(), Since: a.since.UTC().Truncate(time.Second), Mode: string(a.cfg.Mode),
-		Suspended: a.suspended, Applies: a.applies, Failures: a.failures, Heals: a.heals, LastHealCause: a.lastHealCause}
+		Suspended: a.suspended, Applies: a.applies, Failures: a.failures, Heals: a.heals, LastHealCause: a.lastHealCause,
+		PolicyErrors: a.policyErrors, Episodes: []reconcile.Episode{}, Terminations: []reconcile.TerminationRecord{}}
+	if a.cfg.Offenders != nil {
+		r.Episodes, r.Terminations, r.OffendersError = a.cfg.Offenders.Report()
+		if r.Episodes == nil {
+			r.Episodes = []reconcile.Episode{}
+		}
+		if r.Terminations == nil {
+			r.Terminations = []reconcile.TerminationRecord{}
+		}
+	}
 	if a.policyErr != nil {
 		r.PolicyError = a.policyErr.Error()
 		t := a.errSince.UTC().Truncate(time.Second)

@@ -154,6 +154,9 @@ func (h *Host) Applied(p *policies.Policy, desired *rules.Ruleset, allowRemovals
 // nothing until an apply or a restore.
 func (h *Host) Removed() {
 	h.a.suspended = "the table was removed with nftpol remove; nftpol apply or restore enforces again"
+	if h.a.cfg.Offenders != nil {
+		h.a.cfg.Offenders.SetPolicy(nil)
+	}
 	h.a.log.Warn("the table was removed (nftpol remove); enforcing nothing until nftpol apply or restore")
 }
 
@@ -161,6 +164,9 @@ func (h *Host) Removed() {
 func (h *Host) Restored() {
 	if h.a.suspended != "" {
 		h.a.suspended = ""
+		if h.a.cfg.Offenders != nil && h.a.good != nil {
+			h.a.cfg.Offenders.SetPolicy(h.a.good)
+		}
 		h.a.log.Info("restored: enforcing again")
 	}
 }

@@ -47,14 +47,63 @@ type AgentReport struct {
 	PolicyError      string     `json:"policy_error,omitempty"`
 	PolicyErrorSince *time.Time `json:"policy_error_since,omitempty"`
 	// Suspended says why the agent enforces nothing now (nftpol remove).
-	Suspended string     `json:"suspended,omitempty"`
-	Applies   uint64     `json:"applies"`
-	Failures  uint64     `json:"failures"`
-	Heals     uint64     `json:"heals"`
-	LastApply *time.Time `json:"last_apply,omitempty"`
-	LastHeal  *time.Time `json:"last_heal,omitempty"`
+	Suspended string `json:"suspended,omitempty"`
+	Applies   uint64 `json:"applies"`
+	Failures  uint64 `json:"failures"`
+	// PolicyErrors counts the times the policy files turned out broken.
+	PolicyErrors uint64     `json:"policy_errors"`
+	Heals        uint64     `json:"heals"`
+	LastApply    *time.Time `json:"last_apply,omitempty"`
+	LastHeal     *time.Time `json:"last_heal,omitempty"`
 	// LastHealCause names who changed the table before the last heal.
 	LastHealCause string `json:"last_heal_cause,omitempty"`
+	// Episodes are the accounts serving where they may not now: one per
+	// UID, protocol and port whose packets are being blocked.
+	Episodes []Episode `json:"episodes"`
+	// Terminations are the last processes the agent ended (or, in a dry
+	// run, would have), newest last.
+	Terminations []TerminationRecord `json:"terminations"`
+	// Offenders is why the agent cannot see offenders now ("" when it
+	// can).
+	OffendersError string `json:"offenders_error,omitempty"`
+}
+
+// Episode is an account serving where it may not: its packets on one
+// protocol and port are blocked, from Started until nothing more is blocked
+// for a while or the socket is closed.
+type Episode struct {
+	UID      uint32    `json:"uid"`
+	Account  string    `json:"account"`
+	Proto    string    `json:"proto"`
+	Port     uint16    `json:"port"`
+	Started  time.Time `json:"started"`
+	LastSeen time.Time `json:"last_seen"`
+	// Packets blocked in this episode.
+	Packets uint64 `json:"packets"`
+	// Processes hold the socket, as "command[pid]", when found.
+	Processes []string `json:"processes"`
+	// Reason is why the socket is blocked, for people.
+	Reason string `json:"reason,omitempty"`
+	// TerminateAt is when its processes are ended (the policy's
+	// terminate.after), absent when they are not.
+	TerminateAt *time.Time `json:"terminate_at,omitempty"`
+}
+
+// TerminationRecord is one process the agent ended, or would have ended.
+type TerminationRecord struct {
+	At      time.Time `json:"at"`
+	UID     uint32    `json:"uid"`
+	Account string    `json:"account"`
+	Proto   string    `json:"proto"`
+	Port    uint16    `json:"port"`
+	PID     int       `json:"pid"`
+	Command string    `json:"command"`
+	Signals []string  `json:"signals"`
+	// Outcome is audit's: exited, skipped, gone, running, failed, or
+	// would-end in a dry run.
+	Outcome string `json:"outcome"`
+	Detail  string `json:"detail,omitempty"`
+	DryRun  bool   `json:"dry_run,omitempty"`
 }
 
 // GuardReport is what status knows of the bind guard.

@@ -64,6 +64,35 @@ func (r *Report) WriteText(w io.Writer) error {
 				fmt.Fprintf(tw, "\t  %s\n", l)
 			}
 		}
+		if a.OffendersError != "" {
+			fmt.Fprintf(tw, "Offenders:\tNOT watched: %s\n", a.OffendersError)
+		}
+		if len(a.Episodes) == 0 {
+			fmt.Fprintf(tw, "Serving:\tno account serves where it may not now\n")
+		} else {
+			fmt.Fprintf(tw, "Serving:\t%d %s where the policy does not allow it now:\n", len(a.Episodes), plural(len(a.Episodes), "socket", "sockets"))
+			fmt.Fprintf(tw, "\t  UID\tACCOUNT\tPROTO\tPORT\tSINCE\tPACKETS\tPROCESSES\tENDS AT\n")
+			for _, e := range a.Episodes {
+				end := "-"
+				if e.TerminateAt != nil {
+					end = e.TerminateAt.Format("15:04:05 MST")
+				}
+				fmt.Fprintf(tw, "\t  %d\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", e.UID, orDash(e.Account), e.Proto, e.Port,
+					e.Started.Format("15:04:05 MST"), e.Packets, orDash(strings.Join(e.Processes, " ")), end)
+			}
+		}
+		if len(a.Terminations) > 0 {
+			fmt.Fprintf(tw, "Terminated:\tthe last %d:\n", len(a.Terminations))
+			fmt.Fprintf(tw, "\t  AT\tUID\tACCOUNT\tPROTO\tPORT\tPROCESS\tSIGNALS\tOUTCOME\n")
+			for _, tm := range a.Terminations {
+				outcome := tm.Outcome
+				if tm.DryRun {
+					outcome += " (dry run)"
+				}
+				fmt.Fprintf(tw, "\t  %s\t%d\t%s\t%s\t%d\t%s[%d]\t%s\t%s\n", tm.At.Format("15:04:05 MST"), tm.UID, orDash(tm.Account),
+					tm.Proto, tm.Port, tm.Command, tm.PID, orDash(strings.Join(tm.Signals, ",")), outcome)
+			}
+		}
 	}
 	if r.LastApply != nil {
 		fmt.Fprintf(tw, "Last apply:\t%s by nftpol %s, state sha256 %.12s, policy sha256 %.12s\n",
@@ -174,4 +203,11 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

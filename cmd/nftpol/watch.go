@@ -63,17 +63,35 @@ It applies changes of the policy files as they happen (a broken file changes
 nothing and shows in status), and serves plan, apply, restore, remove and status
 over a root-only socket in the state directory while it runs. SIGHUP reads
 everything again. It logs JSON lines to stderr and speaks systemd's notify
-protocol (Type=notify, WatchdogSec).`,
+protocol (Type=notify, WatchdogSec).
+
+It also watches for accounts that serve where the policy does not allow it:
+the table's violation rules ring it (a rate-limited NFLOG group, so a flood
+of blocked packets costs it a few reads a second) and it logs one event when
+an account starts serving on a blocked port (UID, account, protocol, port,
+process) and one when it stops. With a terminate section in the policy,
+
+    terminate:
+      after: 30s     # a socket still blocked this long is ended
+      grace: 10s     # SIGTERM, then SIGKILL after this
+      dry_run: false # log what would be ended, end nothing
+
+the processes holding a socket still blocked after "after" are ended as audit
+--terminate ends them: through pidfds, after checking they still hold the
+socket; never PID 1, never a UID the policy does not enforce, never a UDP
+socket that may be a client's. status shows the open episodes and the last
+terminations; --metrics-listen serves Prometheus metrics.`,
 		Args: cobra.NoArgs,
 	}
 	own := cmd.Flags().String("own-table", "auto", "own the table (yes), follow and heal it (no), or own it where the kernel can (auto)")
 	follow := cmd.Flags().Bool("follow-policy", true, "apply changes of the policy files as they happen; false: only nftpol apply (and SIGHUP) applies them")
+	metrics := cmd.Flags().String("metrics-listen", "", "serve Prometheus metrics at /metrics on this address: HOST:PORT (like 127.0.0.1:9781) or unix:PATH; \"\": none")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		mode, err := ownMode(*own)
 		if err != nil {
 			return err
 		}
-		return a.watch(cmd.Context(), mode, *follow)
+		return a.watch(cmd.Context(), mode, *follow, *metrics)
 	}
 	return cmd
 }
@@ -87,7 +105,7 @@ func ownMode(s string) (string, error) {
 }
 
 // watch runs the agent until ctx ends.
-func (a *app) watch(ctx context.Context, own string, follow bool) error {
+func (a *app) watch(ctx context.Context, own string, follow bool, metricsAddr string) error {
 	log := slog.New(slog.NewJSONHandler(a.stderr, nil))
 	k, mode, err := a.openAgentKernel(own, log)
 	if err != nil {
@@ -132,7 +150,30 @@ func (a *app) watch(ctx context.Context, own string, follow bool) error {
 	} else {
 		cfg.Watch = k.watch
 	}
-	return agent.New(cfg).Run(ctx)
+	m := newAgentMetrics()
+	off, startOff, stopOff, err := a.newOffenders(log, m.event)
+	if err != nil {
+		return err
+	}
+	defer stopOff()
+	stopMetrics := func() {}
+	defer func() { stopMetrics() }()
+	cfg.Offenders = off
+	cfg.Started = func(ctx context.Context) error {
+		if metricsAddr != "" {
+			stop, err := serveMetrics(metricsAddr, m, log)
+			if err != nil {
+				return err
+			}
+			stopMetrics = stop
+		}
+		startOff(ctx)
+		return nil
+	}
+	cfg.HealTook = func(d time.Duration) { m.heal.Observe(d.Seconds()) }
+	ag := agent.New(cfg)
+	m.agent, m.off = ag, off
+	return ag.Run(ctx)
 }
 
 // kept is the agent's kernel connection as the engine sees it: closing it

@@ -192,9 +192,17 @@ func listen(args []string) error {
 	e.register(fs)
 	timeout := fs.Duration("timeout", 60*time.Second, "exit after this long")
 	sockets := fs.String("sockets", "", "listen on each `PROTO:PORT,...` (tcp or udp) at -addr instead of -proto/-port")
+	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM (a daemon that must be killed)")
+	quiet := fs.Bool("quiet", false, "udp: do not report echoes that fail (a flood's)")
+	blast := fs.Duration("blast", 0, "udp: answer the first datagram with as many as it can send for this long (a flood of answers), then echo")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+		ignoringTerm = true
+	}
+	quietEcho, blastFor = *quiet || *blast > 0, *blast
 	if *sockets != "" {
 		return listenMany(&e, *sockets, *timeout)
 	}
@@ -304,7 +312,15 @@ func echoPackets(pc net.PacketConn) {
 			// error on this socket; it must not stop the echo.
 			continue
 		}
-		if _, err := pc.WriteTo(buf[:n], from); err != nil {
+		if blastFor > 0 {
+			for end := time.Now().Add(blastFor); time.Now().Before(end); {
+				for range 256 {
+					_, _ = pc.WriteTo(buf[:n], from)
+				}
+			}
+			blastFor = 0
+		}
+		if _, err := pc.WriteTo(buf[:n], from); err != nil && !quietEcho {
 			// Said on stderr, where a transcript shows it: a reply
 			// dropped on the way out fails here with EPERM.
 			fmt.Fprintf(os.Stderr, "probe: echo to %s: %v\n", from, err)
@@ -314,6 +330,12 @@ func echoPackets(pc net.PacketConn) {
 
 // waitForEnd returns when standard input reaches EOF, on SIGTERM or SIGINT,
 // or after d.
+// ignoringTerm and quietEcho are listen's -ignore-term and -quiet.
+var ignoringTerm, quietEcho bool
+
+// blastFor is listen's -blast.
+var blastFor time.Duration
+
 func waitForEnd(d time.Duration) {
 	done := make(chan struct{}, 1)
 	go func() {
@@ -321,7 +343,11 @@ func waitForEnd(d time.Duration) {
 		done <- struct{}{}
 	}()
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	if ignoringTerm {
+		signal.Notify(sig, syscall.SIGINT)
+	} else {
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	}
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
