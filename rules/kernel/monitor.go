@@ -170,7 +170,12 @@ const DefaultWatchBuffer = 64 << 20
 // WatchOption configures Watch.
 type WatchOption func(*watchConfig)
 
-type watchConfig struct{ buffer int }
+type watchConfig struct {
+	buffer int
+	// stall, when set, holds the first read until it is closed: the
+	// tests' way to make the socket overflow whatever the machine's speed.
+	stall <-chan struct{}
+}
 
 // WatchBuffer sets the socket receive buffer, in bytes. As root it may
 // exceed net.core.rmem_max (SO_RCVBUFFORCE).
@@ -242,7 +247,12 @@ func (k *Kernel) Watch(table string, opts ...WatchOption) (*Watcher, error) {
 		conn.Close()
 		return nil, err
 	}
+	stall := cfg.stall
 	recv := func(b []byte) (int, error) {
+		if stall != nil {
+			<-stall
+			stall = nil
+		}
 		var n int
 		var rerr error
 		err := raw.Read(func(fd uintptr) bool {

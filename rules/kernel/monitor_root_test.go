@@ -222,8 +222,12 @@ func TestWatchOverflow(t *testing.T) {
 	ns := throwawayNetns(t)
 	nftIn(t, ns, monitorTable)
 	k := openNS(t, ns)
-	w := watch(t, k, WatchBuffer(4096))
+	// The reader waits until the burst is in: the buffer overflows
+	// however fast this machine reads.
+	stall := make(chan struct{})
+	w := watch(t, k, WatchBuffer(4096), func(c *watchConfig) { c.stall = stall })
 	nftIn(t, ns, elementScript(5000))
+	close(stall)
 	c, _ := nextChange(t, w, 2*time.Second)
 	if !c.Lost || !c.Foreign() {
 		t.Fatalf("change %v, want lost events", c)
