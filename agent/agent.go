@@ -38,6 +38,7 @@ import (
 	"github.com/nftpol/nftpol/reconcile"
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/state"
+	"github.com/nftpol/nftpol/views"
 )
 
 // Policies reads the policy files.
@@ -130,6 +131,11 @@ type Config struct {
 	FollowFiles bool
 	// Reload delivers a value for each SIGHUP: everything is read again.
 	Reload <-chan os.Signal
+	// RunDir is the run directory: the agent answers `nftpol ports` from
+	// memory on its socket there (views.Serve), and keeps the view files
+	// for when it does not run up to date in the background, off the
+	// path of applies. "" for none. The engine's own RunDir must be "".
+	RunDir string
 	// Offenders follows the accounts that serve where they may not (nil:
 	// nobody does); the agent gives it each policy it enforces.
 	Offenders Offenders
@@ -191,6 +197,10 @@ type Agent struct {
 	// policyErrors counts the distinct policy errors seen.
 	policyErrors uint64
 	stats        atomic.Pointer[Stats]
+	// index is what the views socket answers from; pubs feeds the
+	// background publisher of the view files (nil: withdraw them).
+	index atomic.Pointer[views.Index]
+	pubs  chan *views.Publication
 }
 
 // served is a request from a client of the socket.
@@ -249,6 +259,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer lock.release()
+	if a.cfg.RunDir != "" {
+		vl, err := views.Listen(a.cfg.RunDir)
+		if err != nil {
+			return fmt.Errorf("the views socket in %s: %w", a.cfg.RunDir, err)
+		}
+		defer func() {
+			vl.Close()
+			_ = os.Remove(filepath.Join(a.cfg.RunDir, views.SocketName))
+		}()
+		go views.Serve(vl, a.index.Load, a.log)
+		a.pubs = make(chan *views.Publication, 1)
+		done := make(chan struct{})
+		go a.publisher(done)
+		defer func() { close(a.pubs); <-done }()
+	}
 	if a.cfg.Started != nil {
 		if err := a.cfg.Started(ctx); err != nil {
 			return err
@@ -480,6 +505,73 @@ func (a *Agent) accepted(p *policies.Policy, desired *rules.Ruleset) {
 	if a.cfg.Offenders != nil {
 		a.cfg.Offenders.SetPolicy(p)
 	}
+	a.viewsChanged()
+}
+
+// viewsChanged makes what the state records now what `nftpol ports` is
+// told, and has the view files follow in the background.
+func (a *Agent) viewsChanged() {
+	if a.pubs == nil {
+		return
+	}
+	st, err := a.eng.Recorded()
+	if err != nil {
+		return
+	}
+	pub := reconcile.PublicationOf(st)
+	a.index.Store(views.NewIndex(pub.Ruleset, time.Now().UTC(), pub.Source))
+	a.handOver(&pub)
+}
+
+// viewsWithdrawn: nothing is enforced, so no account is told of ports.
+func (a *Agent) viewsWithdrawn() {
+	if a.pubs == nil {
+		return
+	}
+	a.index.Store(nil)
+	a.handOver(nil)
+}
+
+// publish_ hands pub to the publisher, replacing one it has not taken.
+func (a *Agent) handOver(pub *views.Publication) {
+	for {
+		select {
+		case a.pubs <- pub:
+			return
+		default:
+		}
+		select {
+		case <-a.pubs:
+		default:
+		}
+	}
+}
+
+// publisher writes the view files, one publication at a time, the newest
+// one: only what changed since the one before, after the first.
+func (a *Agent) publisher(done chan struct{}) {
+	defer close(done)
+	var prev *views.Publication
+	for pub := range a.pubs {
+		start := time.Now()
+		if pub == nil {
+			if err := views.Withdraw(a.cfg.RunDir); err != nil {
+				a.log.Error("withdrawing the account views", "dir", a.cfg.RunDir, "err", err.Error())
+			}
+			prev = nil
+			continue
+		}
+		st, err := views.Publish(a.cfg.RunDir, *pub, prev, time.Now().UTC())
+		if err != nil {
+			a.log.Error("publishing the account view files (nftpol ports asks the agent while it runs)", "dir", a.cfg.RunDir, "err", err.Error())
+			prev = nil
+			continue
+		}
+		prev = pub
+		if st.Full {
+			a.log.Info("published the account view files", "dir", a.cfg.RunDir, "written", st.Written, "took_ms", ms(time.Since(start)))
+		}
+	}
 }
 
 // commit applies desired and records it.
@@ -512,6 +604,7 @@ func (a *Agent) restore(why string, rebuild bool) {
 		a.log.Error("restore failed", "why", why, "err", err.Error())
 		return
 	}
+	a.viewsChanged()
 	if !res.Plan.Empty() {
 		a.applies++
 		a.lastApply = time.Now()
@@ -575,6 +668,7 @@ func (a *Agent) heal() {
 	}
 	a.heals++
 	a.cfg.HealTook(time.Since(start))
+	a.viewsChanged()
 	a.lastHealCause = a.healCause
 	a.log.Warn("healed a change to the table by somebody else", "cause", a.healCause, "operations", res.Plan.Operations(),
 		"drift", strings.Join(res.Plan.Drift(), "; "), "took_ms", ms(time.Since(start)))

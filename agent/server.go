@@ -157,11 +157,13 @@ func (h *Host) Removed() {
 	if h.a.cfg.Offenders != nil {
 		h.a.cfg.Offenders.SetPolicy(nil)
 	}
+	h.a.viewsWithdrawn()
 	h.a.log.Warn("the table was removed (nftpol remove); enforcing nothing until nftpol apply or restore")
 }
 
 // Restored tells the agent that the command restored the recorded ruleset.
 func (h *Host) Restored() {
+	h.a.viewsChanged()
 	if h.a.suspended != "" {
 		h.a.suspended = ""
 		if h.a.cfg.Offenders != nil && h.a.good != nil {

@@ -51,17 +51,28 @@ type portsEntry struct {
 	advice  string
 }
 
-// Ports reads uid's view in the run directory dir (views.Publish) and
+// Ports reads uid's view in the run directory dir (asking the agent that
+// serves it, else the files views.Publish wrote) and
 // judges uid's own sockets of the namespace opts name with the same
 // evaluation audit uses, from that view alone: what nftpol ports tells one
 // UID. procRoot is where processes are looked up (/proc).
 func Ports(dir string, uid uint32, procRoot string, opts ...sockets.Option) (*PortsReport, error) {
 	r := &PortsReport{uid: uid}
-	host, hostErr := readHostFile(dir)
+	// A running agent answers from memory (views.Serve); without one the
+	// files of the last apply or restore do.
+	host, v, err := views.Ask(dir, uid)
+	var hostErr error
+	if errors.Is(err, views.ErrNoServer) {
+		host, hostErr = readHostFile(dir)
+		v, err = readViewFile(dir, uid)
+	} else if err != nil {
+		return nil, err
+	} else if v == nil {
+		err = fs.ErrNotExist
+	}
 	if hostErr == nil {
 		r.host, r.applied = *host, host.AppliedAt
 	}
-	v, err := readViewFile(dir, uid)
 	switch {
 	case err == nil:
 		r.view = v

@@ -359,6 +359,7 @@ func TestThroughTheAgent(t *testing.T) {
 		{"StatusReportsViolation", TestStatusReportsViolation},
 		{"ApplyState", TestApplyState},
 		{"Contract", TestContract},
+		{"PortsAsAccounts", TestPortsAsAccounts},
 	} {
 		t.Run(tc.name, tc.test)
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // portsPolicy: two accounts side by side; the test runs nftpol ports as the
@@ -208,4 +209,56 @@ func TestPortsAsAccounts(t *testing.T) {
 		t.Errorf("ports after the next apply still shows the old range:\n%s", out)
 	}
 	requireAbsent(t, out, "site13", "40030-40039")
+}
+
+// TestAgentServesPorts: with an agent running, nftpol ports is answered
+// from the agent's memory over its socket in the run directory (no view
+// file is written on the path of an apply), follows each change at once,
+// and the files the agent keeps up to date in the background answer once
+// it has stopped.
+func TestAgentServesPorts(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	runDir := portsRunDir(t)
+	config, include := agentPolicyDir(t, "zone: 40010-49999\nmin_uid: 1000\naccounts:\n  - {name: site12, uid: 1012, ports: [\"40010-40019\"]}\n")
+	n := nftpolRun{bin: bin, config: config, netns: tp.Server, stateDir: t.TempDir(), runDir: runDir}
+	ag := startAgent(t, n)
+	sock := filepath.Join(runDir, "ports.sock")
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o666 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("the agent's views socket %s: %v %v", sock, fi, err)
+	}
+	out := portsAs(t, bin, tp.Server, runDir, 1012, 0)
+	if !strings.Contains(out, "UID 1012 is account site12") || !strings.Contains(out, "tcp  40010-40019") {
+		t.Errorf("ports as site12 through the agent:\n%s", out)
+	}
+	// A new account: its holder sees it as soon as the agent applied it;
+	// site12 sees nothing of it.
+	writeAtomically(t, filepath.Join(include, "site13.yaml"), "accounts:\n  - {name: site13, uid: 1013, ports: [\"40020-40029\"]}\n")
+	eventually(t, 3*time.Second, "site13 sees its account through the agent", func() bool {
+		stdout, _, code := asUser(t, tp.Server, 1013, bin, "--run-dir", runDir, "ports")
+		return code == 0 && strings.Contains(stdout, "UID 1013 is account site13")
+	})
+	requireAbsent(t, portsAs(t, bin, tp.Server, runDir, 1012, 0), "site13", "40020-40029")
+	// Another UID's view is refused by the agent too, whatever the CLI
+	// says: ask the socket directly.
+	stdout, stderr, _ := runCommand(probePath(t), "ask", "-uid", "1012", "-path", sock, "-line", `{"uid": 1013}`)
+	if !strings.Contains(stdout, "UID 1012 may see its own view only") || strings.Contains(stdout, "site13") {
+		t.Errorf("asking the agent for another UID's view: %s%s", stdout, stderr)
+	}
+	// The files follow in the background; once the agent stopped they
+	// answer, with the last change.
+	ag.waitLog(t, 5*time.Second, msgIs("published the account view files"))
+	eventually(t, 5*time.Second, "the view file of site13", func() bool {
+		_, err := os.Stat(filepath.Join(runDir, "uid", "1013"))
+		return err == nil
+	})
+	ag.stop(t)
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("the views socket is still there after the agent stopped: %v", err)
+	}
+	out = portsAs(t, bin, tp.Server, runDir, 1013, 0)
+	if !strings.Contains(out, "UID 1013 is account site13") {
+		t.Errorf("ports as site13 from the files after the agent stopped:\n%s", out)
+	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
+	"github.com/nftpol/nftpol/state"
 	"github.com/nftpol/nftpol/views"
 )
 
@@ -22,13 +23,20 @@ func (e *Engine) publish(rs *rules.Ruleset, id *kernel.Identity) error {
 	defer e.cfg.Phase("views published")
 	var prev *views.Publication
 	if st, err := e.Recorded(); err == nil {
-		prev = &views.Publication{Ruleset: st.Ruleset(), Source: source(st.Kernel)}
+		pub := PublicationOf(st)
+		prev = &pub
 	}
 	if _, err := views.Publish(e.cfg.RunDir, views.Publication{Ruleset: rs, Source: source(id)}, prev, time.Now().UTC()); err != nil {
 		return fmt.Errorf("the kernel and the state are updated, but publishing the account views in %s failed: %w; "+
 			"nftpol ports shows the previous ones until an apply or restore succeeds", e.cfg.RunDir, err)
 	}
 	return nil
+}
+
+// PublicationOf is what the views of st are published from: its ruleset,
+// named by the kernel's identity it records (as apply publishes them).
+func PublicationOf(st *state.State) views.Publication {
+	return views.Publication{Ruleset: st.Ruleset(), Source: source(st.Kernel)}
 }
 
 // source names the ruleset the kernel held at id for views.Publication:

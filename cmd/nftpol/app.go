@@ -140,7 +140,7 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 	pf.String("config", defaultConfig, "policy file (env NFTPOL_CONFIG)")
 	pf.String("netns", "", "work on the network namespace /run/netns/NAME (env NFTPOL_NETNS)")
 	pf.String("state-dir", defaultStateDir, "where apply records what it applied (env NFTPOL_STATE_DIR)")
-	pf.String("run-dir", "", "where apply and restore publish what each account may read, for nftpol ports, on tmpfs; unset: nothing is published, and ports reads "+defaultRunDir+" (env NFTPOL_RUN_DIR)")
+	pf.String("run-dir", "", "where apply and restore publish what each account may read, for nftpol ports, on tmpfs, and where the agent answers ports (ports.sock); unset: nothing is published, and ports reads "+defaultRunDir+" (env NFTPOL_RUN_DIR)")
 	pf.Bool("full-read", false, "read nftpol's whole table from the kernel even when the state proves it unchanged (env NFTPOL_FULL_READ)")
 	pf.Duration("lock-timeout", 30*time.Second, "how long plan, apply, restore and remove wait for another nftpol to finish (env NFTPOL_LOCK_TIMEOUT)")
 	pf.Bool("insecure-permissions", false, "read policy files even if users other than root could change them (env NFTPOL_INSECURE_PERMISSIONS)")

@@ -28,8 +28,10 @@ with the verdict nftpol audit would give it:
     local-only    bound to loopback: only programs on this machine reach it
     not-enforced  your UID is below min_uid or exempt
 
-It reads only what apply and restore publish for this UID under --run-dir
-(one file, readable by this UID alone): nothing about other accounts. Who has
+It asks the agent (nftpol watch) over --run-dir's ports.sock when one runs
+there, which answers for the caller's UID only (the kernel tells it who asks),
+and otherwise reads what apply and restore publish for this UID under
+--run-dir (one file, readable by this UID alone): nothing about other accounts. Who has
 another port is not said, only that it is not yours. Recent violations are
 kept by the kernel for root only: nftpol status shows them to root.
 

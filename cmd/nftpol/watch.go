@@ -113,8 +113,9 @@ func (a *app) watch(ctx context.Context, own string, follow bool, metricsAddr st
 	}
 	defer k.Close()
 	eng := reconcile.New(reconcile.Config{
-		StateDir:    a.stateDir(),
-		RunDir:      a.runDir(),
+		StateDir: a.stateDir(),
+		// The agent publishes the views itself, off the path of
+		// applies (agent.Config.RunDir).
 		Version:     version,
 		LockTimeout: a.v.GetDuration("lock-timeout"),
 		Open:        func() (reconcile.Kernel, error) { return kept{k}, nil },
@@ -131,6 +132,7 @@ func (a *app) watch(ctx context.Context, own string, follow bool, metricsAddr st
 	}
 	cfg := agent.Config{
 		StateDir:   a.stateDir(),
+		RunDir:     a.runDir(),
 		ConfigFile: a.configFile(),
 		Policies:   a.policySource(),
 		Engine:     eng,

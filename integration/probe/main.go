@@ -75,6 +75,8 @@ func main() {
 		err = stream(os.Args[2:])
 	case "hammer":
 		err = hammer(os.Args[2:])
+	case "ask":
+		err = ask(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown subcommand %q (want listen, connect, stream or hammer)", os.Args[1])
 	}
