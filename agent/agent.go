@@ -671,7 +671,7 @@ func (a *Agent) heal() {
 	a.viewsChanged()
 	a.lastHealCause = a.healCause
 	a.log.Warn("healed a change to the table by somebody else", "cause", a.healCause, "operations", res.Plan.Operations(),
-		"drift", strings.Join(res.Plan.Drift(), "; "), "took_ms", ms(time.Since(start)))
+		"drift", summary(res.Plan.Drift(), 4), "took_ms", ms(time.Since(start)))
 	a.cfg.Notify("STATUS=" + a.statusLine())
 }
 
@@ -716,6 +716,15 @@ func (a *Agent) report() *reconcile.AgentReport {
 		r.LastHeal = &t
 	}
 	return r
+}
+
+// summary joins the first n items of a list and counts the rest: a deleted
+// table drifts in every set, which one log line need not list.
+func summary(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more", strings.Join(items[:n], "; "), len(items)-n)
 }
 
 func firstLine(s string) string {

@@ -621,4 +621,5 @@ func TestAgentHealsTable(t *testing.T) {
 	}
 	t.Logf("status:\n%s", status)
 	n.planExit(t, 0)
+	t.Logf("the agent's log:\n%s", ag.log())
 }
