@@ -21,7 +21,11 @@
 //  7. the bind guard at the per-packet N (guard.go): per packet with and
 //     without it, bind+close of an enforced UID, and its map fill against
 //     the table's own full apply, in child cgroups of the cgroup v2
-//     hierarchy and a bpffs the bench creates and removes.
+//     hierarchy and a bpffs the bench creates and removes;
+//  8. the agent, `nftpol watch` (agent.go): an include file renamed in
+//     until the kernel's commit, `nftpol apply` through the agent, the
+//     heal of `nft flush ruleset` in monitor mode, the idle agent's RSS
+//     and wake-ups.
 //
 // Everything happens in network namespaces the bench creates (`ip netns
 // add`) and deletes at the end, also after a failure or SIGINT/SIGTERM;
@@ -88,6 +92,7 @@ type bench struct {
 	nftpol, nft, ip, self string
 	work                  string
 	bpfDir                string // every nftpol's --bpf-dir unless it names one: an empty directory of the bench's
+	runBase               string // the agents' run directories: on tmpfs, as /run is (agent.go)
 	namespaces            []string
 	cgroups, mounts       []string      // the guard section's cgroups and bpffs
 	quietWaited           time.Duration // spent waiting for a quiet machine
@@ -102,7 +107,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) section(s string) bool { return b.opts.sections == nil || b.opts.sections[s] }
 
-var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard"}
+var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard", "agent"}
 
 func main() {
 	if len(os.Args) > 1 {
@@ -255,6 +260,25 @@ func benchMain(args []string) int {
 			failed = true
 		}
 	}
+	if b.section("agent") && ctx.Err() == nil {
+		for _, n := range o.sizes {
+			a, err := b.measureAgent(n)
+			if a != nil {
+				rep.agents = append(rep.agents, a)
+			}
+			if err != nil {
+				b.logf("agent, N=%d: %v", n, err)
+				rep.errors = append(rep.errors, fmt.Sprintf("agent, N=%d: %s", n, firstLine(err.Error())))
+				if a != nil {
+					a.errs = append(a.errs, firstLine(err.Error()))
+				}
+				failed = true
+			}
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
 	rep.elapsed = time.Since(b.started)
 	rep.quietWaited, rep.notQuiet = b.quietWaited, b.notQuiet
 
@@ -329,6 +353,11 @@ func (b *bench) cleanup() {
 		b.deleteNetns(b.namespaces[len(b.namespaces)-1])
 	}
 	b.removeGuardEnv()
+	if b.runBase != "" {
+		if err := os.RemoveAll(b.runBase); err != nil {
+			b.logf("removing %s: %v", b.runBase, err)
+		}
+	}
 	if b.opts.keepWork {
 		b.logf("kept %s", b.work)
 		return
@@ -375,6 +404,7 @@ type report struct {
 	sizes   []*sizeResult
 	packet  *packetResult
 	guard   *guardResult
+	agents  []*agentResult
 	errors  []string
 	elapsed time.Duration
 
@@ -427,6 +457,9 @@ func (r *report) write(w io.Writer) {
 	if r.guard != nil {
 		writeGuard(w, r.guard)
 	}
+	if len(r.agents) > 0 {
+		writeAgent(w, r.agents)
+	}
 	r.writeTargets(w)
 	if r.gobench != "" {
 		writeGoBench(w, r.gobench)
@@ -449,7 +482,7 @@ func writeGoBench(w io.Writer, out string) {
 
 // writeTargets sums up the issue's targets at the largest N measured.
 func (r *report) writeTargets(w io.Writer) {
-	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil {
+	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil && len(r.agents) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n")
@@ -578,5 +611,6 @@ func (r *report) writeTargets(w io.Writer) {
 			line(t.what, t.status)
 		}
 	}
+	agentTargets(r.agents, line)
 	fmt.Fprintln(w)
 }
