@@ -82,6 +82,7 @@ type options struct {
 	keepWork     bool
 	guardBinds   int
 	guardRounds  int
+	agentCombos  map[string]bool // protocols:position, nil for all
 }
 
 type bench struct {
@@ -156,6 +157,7 @@ func benchMain(args []string) int {
 	keep := fs.Bool("keep", false, "keep the work directory (policies, nft files)")
 	guardBinds := fs.Int("guard-binds", 50000, "guard: bind+close per run of the bind loop")
 	guardRounds := fs.Int("guard-rounds", 10, "guard: runs of the bind loop with the guard and without it each, alternating")
+	agentCombos := fs.String("agent-combos", "", "agent: only these protocols:position, comma-separated (tcp+udp:last,tcp:first,...; default all)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -191,6 +193,18 @@ func benchMain(args []string) int {
 	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 || o.guardBinds < bindBlock || o.guardRounds < 1 {
 		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds, -guard-binds, -guard-rounds)")
 		return 2
+	}
+	if *agentCombos != "" {
+		o.agentCombos = map[string]bool{}
+		for _, c := range strings.Split(*agentCombos, ",") {
+			proto, pos, _ := strings.Cut(c, ":")
+			if !slices.Contains(agentProtocols, proto) || !slices.Contains(agentPositions, pos) {
+				fmt.Fprintf(os.Stderr, "nftpol-bench: -agent-combos: %q is not protocols:position (%s : %s)\n", c,
+					strings.Join(agentProtocols, "|"), strings.Join(agentPositions, "|"))
+				return 2
+			}
+			o.agentCombos[c] = true
+		}
 	}
 	if o.packetN == 0 {
 		o.packetN = slices.Max(o.sizes)
