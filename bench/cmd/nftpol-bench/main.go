@@ -21,7 +21,11 @@
 //  7. the bind guard at the per-packet N (guard.go): per packet with and
 //     without it, bind+close of an enforced UID, and its map fill against
 //     the table's own full apply, in child cgroups of the cgroup v2
-//     hierarchy and a bpffs the bench creates and removes.
+//     hierarchy and a bpffs the bench creates and removes;
+//  8. the agent, `nftpol watch` (agent.go): an include file renamed in
+//     until the kernel's commit, `nftpol apply` through the agent, the
+//     heal of `nft flush ruleset` in monitor mode, the idle agent's RSS
+//     and wake-ups.
 //
 // Everything happens in network namespaces the bench creates (`ip netns
 // add`) and deletes at the end, also after a failure or SIGINT/SIGTERM;
@@ -78,6 +82,7 @@ type options struct {
 	keepWork     bool
 	guardBinds   int
 	guardRounds  int
+	agentCombos  map[string]bool // protocols:position, nil for all
 }
 
 type bench struct {
@@ -88,6 +93,7 @@ type bench struct {
 	nftpol, nft, ip, self string
 	work                  string
 	bpfDir                string // every nftpol's --bpf-dir unless it names one: an empty directory of the bench's
+	runBase               string // the agents' run directories: on tmpfs, as /run is (agent.go)
 	namespaces            []string
 	cgroups, mounts       []string      // the guard section's cgroups and bpffs
 	quietWaited           time.Duration // spent waiting for a quiet machine
@@ -102,7 +108,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) section(s string) bool { return b.opts.sections == nil || b.opts.sections[s] }
 
-var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard"}
+var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard", "agent"}
 
 func main() {
 	if len(os.Args) > 1 {
@@ -151,6 +157,7 @@ func benchMain(args []string) int {
 	keep := fs.Bool("keep", false, "keep the work directory (policies, nft files)")
 	guardBinds := fs.Int("guard-binds", 50000, "guard: bind+close per run of the bind loop")
 	guardRounds := fs.Int("guard-rounds", 10, "guard: runs of the bind loop with the guard and without it each, alternating")
+	agentCombos := fs.String("agent-combos", "", "agent: only these protocols:position, comma-separated (tcp+udp:last,tcp:first,...; default all)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -186,6 +193,18 @@ func benchMain(args []string) int {
 	if len(o.sizes) == 0 || o.runs < 1 || o.packetIters < 100 || o.packetRounds < 1 || o.guardBinds < bindBlock || o.guardRounds < 1 {
 		fmt.Fprintln(os.Stderr, "nftpol-bench: nothing to measure (check -sizes, -runs, -packet-iters, -packet-rounds, -guard-binds, -guard-rounds)")
 		return 2
+	}
+	if *agentCombos != "" {
+		o.agentCombos = map[string]bool{}
+		for _, c := range strings.Split(*agentCombos, ",") {
+			proto, pos, _ := strings.Cut(c, ":")
+			if !slices.Contains(agentProtocols, proto) || !slices.Contains(agentPositions, pos) {
+				fmt.Fprintf(os.Stderr, "nftpol-bench: -agent-combos: %q is not protocols:position (%s : %s)\n", c,
+					strings.Join(agentProtocols, "|"), strings.Join(agentPositions, "|"))
+				return 2
+			}
+			o.agentCombos[c] = true
+		}
 	}
 	if o.packetN == 0 {
 		o.packetN = slices.Max(o.sizes)
@@ -253,6 +272,25 @@ func benchMain(args []string) int {
 			b.logf("bind guard: %v", err)
 			rep.errors = append(rep.errors, "bind guard: "+firstLine(err.Error()))
 			failed = true
+		}
+	}
+	if b.section("agent") && ctx.Err() == nil {
+		for _, n := range o.sizes {
+			a, err := b.measureAgent(n)
+			if a != nil {
+				rep.agents = append(rep.agents, a)
+			}
+			if err != nil {
+				b.logf("agent, N=%d: %v", n, err)
+				rep.errors = append(rep.errors, fmt.Sprintf("agent, N=%d: %s", n, firstLine(err.Error())))
+				if a != nil {
+					a.errs = append(a.errs, firstLine(err.Error()))
+				}
+				failed = true
+			}
+			if ctx.Err() != nil {
+				break
+			}
 		}
 	}
 	rep.elapsed = time.Since(b.started)
@@ -329,6 +367,11 @@ func (b *bench) cleanup() {
 		b.deleteNetns(b.namespaces[len(b.namespaces)-1])
 	}
 	b.removeGuardEnv()
+	if b.runBase != "" {
+		if err := os.RemoveAll(b.runBase); err != nil {
+			b.logf("removing %s: %v", b.runBase, err)
+		}
+	}
 	if b.opts.keepWork {
 		b.logf("kept %s", b.work)
 		return
@@ -375,6 +418,7 @@ type report struct {
 	sizes   []*sizeResult
 	packet  *packetResult
 	guard   *guardResult
+	agents  []*agentResult
 	errors  []string
 	elapsed time.Duration
 
@@ -427,6 +471,9 @@ func (r *report) write(w io.Writer) {
 	if r.guard != nil {
 		writeGuard(w, r.guard)
 	}
+	if len(r.agents) > 0 {
+		writeAgent(w, r.agents)
+	}
 	r.writeTargets(w)
 	if r.gobench != "" {
 		writeGoBench(w, r.gobench)
@@ -449,7 +496,7 @@ func writeGoBench(w io.Writer, out string) {
 
 // writeTargets sums up the issue's targets at the largest N measured.
 func (r *report) writeTargets(w io.Writer) {
-	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil {
+	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil && len(r.agents) == 0 {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n")
@@ -578,5 +625,6 @@ func (r *report) writeTargets(w io.Writer) {
 			line(t.what, t.status)
 		}
 	}
+	agentTargets(r.agents, line)
 	fmt.Fprintln(w)
 }
