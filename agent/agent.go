@@ -142,6 +142,10 @@ type Config struct {
 	// Started is called once the agent holds the state directory, before
 	// its first apply (nil: nothing to start); an error ends Run.
 	Started func(ctx context.Context) error
+	// Settle runs once the agent has had nothing to do for settleAfter
+	// after some work (nil: nothing): the agent gives the memory of the
+	// work back then, so that an idle agent holds what it keeps only.
+	Settle func()
 	// HealTook hears how long each heal took (nil: nobody listens).
 	HealTook func(time.Duration)
 }
@@ -346,6 +350,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer recheck.Stop()
 	var healTimer *time.Timer
 	var healC <-chan time.Time
+	settle := time.NewTimer(settleAfter)
+	defer settle.Stop()
 
 	for {
 		a.publish()
@@ -398,9 +404,22 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-watchdog:
 			a.cfg.Notify("WATCHDOG=1")
+			continue
+		case <-settle.C:
+			if a.cfg.Settle != nil {
+				a.cfg.Settle()
+			}
+			continue
 		}
+		// Some work was done: settle once the agent is idle again.
+		settle.Reset(settleAfter)
 	}
 }
+
+// settleAfter is how long the agent waits after its last piece of work
+// before it gives memory back: long enough for a burst of changes to end,
+// short enough that an idle agent is small soon.
+const settleAfter = 2 * time.Second
 
 // policyChanged applies what changed in the policy files.
 func (a *Agent) policyChanged() {

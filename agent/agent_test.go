@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -229,5 +230,39 @@ func TestSummary(t *testing.T) {
 	}
 	if got := summary(items[:4], 4); got != "a; b; c; d" {
 		t.Errorf("summary of 4: %q", got)
+	}
+}
+
+// TestFilesSync: once sync returns, every change made before it is among
+// the changed paths (no sleep, no race), the marker is not, and peek
+// leaves them for take.
+func TestFilesSync(t *testing.T) {
+	dir := t.TempDir()
+	main := filepath.Join(dir, "nftpol.yaml")
+	if err := os.WriteFile(main, []byte("accounts: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := newFiles(main, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	for i := range 20 {
+		if err := os.WriteFile(main, fmt.Appendf(nil, "accounts: [] # %d\n", i), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.sync(time.Second); err != nil {
+			t.Fatal(err)
+		}
+		changed, _ := f.peek()
+		if !slices.Contains(changed, main) || slices.ContainsFunc(changed, func(p string) bool { return strings.Contains(p, syncMarker) }) {
+			t.Fatalf("round %d: changed after sync %q, want %s only", i, changed, main)
+		}
+		if again, _ := f.take(); !slices.Equal(again, changed) {
+			t.Fatalf("round %d: peek took the changes: take gave %q", i, again)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, syncMarker)); !os.IsNotExist(err) {
+		t.Errorf("the marker is left behind: %v", err)
 	}
 }

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -24,7 +27,13 @@ type files struct {
 	changed map[string]bool
 	doubt   bool          // events may have been lost: read everything
 	wake    chan struct{} // has a value while changed or doubt is pending
+	// barrier is closed when the marker file sync made is seen.
+	barrier chan struct{}
 }
+
+// syncMarker is the file sync creates and removes beside the main file
+// (no policy extension: never read as policy).
+const syncMarker = ".nftpol-watch-sync"
 
 func newFiles(main string, log *slog.Logger) (*files, error) {
 	main, err := filepath.Abs(main)
@@ -98,11 +107,20 @@ func (f *files) run() {
 }
 
 func (f *files) event(ev fsnotify.Event) {
+	name := ev.Name
+	dir := filepath.Dir(name)
+	if dir == f.dir && filepath.Base(name) == syncMarker {
+		f.mu.Lock()
+		if f.barrier != nil && ev.Has(fsnotify.Remove) {
+			close(f.barrier)
+			f.barrier = nil
+		}
+		f.mu.Unlock()
+		return
+	}
 	if ev.Op == fsnotify.Chmod {
 		return // permissions are checked when a file is read
 	}
-	name := ev.Name
-	dir := filepath.Dir(name)
 	switch {
 	case name == f.main:
 	case f.inc != "" && (dir == f.inc || name == f.inc):
@@ -123,6 +141,54 @@ func (f *files) signal() {
 	case f.wake <- struct{}{}:
 	default:
 	}
+}
+
+// sync returns once every inotify event of a change made before it was
+// called has been taken in: it creates and removes a marker file beside
+// the main file and waits for the news of the removal, which the kernel
+// queues after every event before it (one inotify queue for all the
+// watched directories). A command served by the agent thus sees the files
+// as they were when it was run without reading every one of them again.
+func (f *files) sync(within time.Duration) error {
+	f.mu.Lock()
+	if f.barrier != nil {
+		f.mu.Unlock()
+		return errors.New("a sync is already waiting")
+	}
+	done := make(chan struct{})
+	f.barrier = done
+	f.mu.Unlock()
+	path := filepath.Join(f.dir, syncMarker)
+	fd, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err == nil {
+		fd.Close()
+		err = os.Remove(path)
+	}
+	if err == nil {
+		select {
+		case <-done:
+			return nil
+		case <-time.After(within):
+			err = fmt.Errorf("inotify did not report %s within %s", path, within)
+		}
+	}
+	f.mu.Lock()
+	if f.barrier == done {
+		f.barrier = nil
+	}
+	f.mu.Unlock()
+	return err
+}
+
+// peek is take without taking: the paths stay for the agent's own next
+// apply (a served plan reads them too, and must not swallow them).
+func (f *files) peek() (changed []string, all bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.changed {
+		changed = append(changed, p)
+	}
+	return changed, f.doubt
 }
 
 // take returns the paths that changed since the last take, and whether

@@ -123,12 +123,22 @@ func (h *Host) Engine(w io.Writer, fullRead bool) *reconcile.Engine {
 	return h.a.eng
 }
 
-// Load reads the policy files whole: a command must see what the files
-// say now, including a change whose inotify event the agent has not taken
-// yet.
+// Load reads the policy as the files say now: once inotify has reported
+// every change made before the command (files.sync), the files that
+// changed are read again and the rest comes from the cache; when in doubt
+// (events lost, the sync failed) every file is. The changes stay for the
+// agent's own next apply.
 func (h *Host) Load() (*policies.Policy, error) {
-	h.a.files.take()
-	p, err := h.a.cfg.Policies.Load()
+	var p *policies.Policy
+	var err error
+	if serr := h.a.files.sync(time.Second); serr != nil {
+		h.a.log.Warn("reading every policy file for the command", "why", serr.Error())
+		p, err = h.a.cfg.Policies.Load()
+	} else if changed, all := h.a.files.peek(); all {
+		p, err = h.a.cfg.Policies.Load()
+	} else {
+		p, err = h.a.cfg.Policies.Reload(changed)
+	}
 	if err == nil {
 		h.a.files.follow(p.Include)
 	}

@@ -108,6 +108,10 @@ func (a *app) engine() *reconcile.Engine {
 	return a.eng
 }
 
+// longLived is set in the agent: it collects garbage as Go does by
+// default, not as the short-lived commands do (see watch).
+var longLived bool
+
 // baseMemoryLimit is the soft memory limit (see main) for policies of up to
 // memoryLimitAccounts accounts.
 const (
@@ -120,7 +124,7 @@ const (
 // policy, and a limit below it would only make the collector run without
 // end. It leaves a limit set through GOMEMLIMIT alone.
 func fitMemoryLimit(accounts int) {
-	if os.Getenv("GOMEMLIMIT") != "" || accounts <= memoryLimitAccounts {
+	if os.Getenv("GOMEMLIMIT") != "" || accounts <= memoryLimitAccounts || longLived {
 		return
 	}
 	debug.SetMemoryLimit(int64(baseMemoryLimit) * int64(accounts) / memoryLimitAccounts)
