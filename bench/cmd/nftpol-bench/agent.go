@@ -723,7 +723,9 @@ func (b *bench) agentFollow(ap *agentPolicy, n int, combos []*agentCombo, res *a
 // nothing happens.
 func (b *bench) agentIdle(ag *agentRun, protocols string) *idleResult {
 	r := &idleResult{protocols: protocols}
-	time.Sleep(2 * time.Second) // past the last change's aftermath
+	// Past the last change's aftermath: the agent gives the memory of a
+	// burst of work back 2 s after it (agent's settleAfter).
+	time.Sleep(4 * time.Second)
 	_, _, sw0, _, err := procStatus(ag.pid)
 	if err != nil {
 		r.err = err.Error()
