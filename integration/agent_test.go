@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -67,6 +68,14 @@ func startAgent(t *testing.T, n nftpolRun, extra ...string) *agentProc {
 			case a.seen <- struct{}{}:
 			default:
 			}
+		}
+		if err := sc.Err(); err != nil {
+			// A line too long to scan: say so, and keep draining the
+			// pipe, or the agent blocks writing to it for good.
+			a.mu.Lock()
+			a.raw.WriteString("<<reading the agent's log stopped: " + err.Error() + ">>\n")
+			a.mu.Unlock()
+			_, _ = io.Copy(io.Discard, stderr)
 		}
 		a.err = cmd.Wait()
 		close(a.done)

@@ -259,6 +259,14 @@ func (b *bench) startAgent(config, netns, stateDir, runDir string, extra ...stri
 			}
 			a.mu.Unlock()
 		}
+		if err := sc.Err(); err != nil {
+			// A line too long to scan: say so, and keep draining the
+			// pipe, or the agent blocks writing to it for good.
+			a.mu.Lock()
+			a.raw.WriteString("<<reading the agent's log stopped: " + err.Error() + ">>\n")
+			a.mu.Unlock()
+			_, _ = io.Copy(io.Discard, stderr)
+		}
 		a.err = cmd.Wait()
 		close(a.done)
 	}()
