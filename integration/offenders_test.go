@@ -120,8 +120,16 @@ func TestAgentTerminatesOffenders(t *testing.T) {
 			t.Errorf("port %d: %q, want ok", port, got)
 		}
 	}
-	ev := ag.waitLog(t, time.Second-time.Since(begin), eventIs("episode_start", 40025))
-	t.Logf("episode event %s after the first connection attempt: %v", time.Since(begin).Round(time.Millisecond), ev)
+	ev := ag.waitLog(t, 5*time.Second, eventIs("episode_start", 40025))
+	// Within a second of the first blocked packet: first_seen is when the
+	// kernel's violation set recorded it, time when the agent said so.
+	seen, err1 := time.Parse(time.RFC3339Nano, fmt.Sprint(ev["first_seen"]))
+	said, err2 := time.Parse(time.RFC3339Nano, fmt.Sprint(ev["time"]))
+	if err1 != nil || err2 != nil || said.Sub(seen) > time.Second || seen.Before(begin.Add(-time.Second)) {
+		t.Errorf("episode event at %v for a first blocked packet at %v (%v %v), want within 1s", ev["time"], ev["first_seen"], err1, err2)
+	}
+	t.Logf("episode event %s after the first blocked packet, %s after the first connection attempt: %v",
+		said.Sub(seen).Round(time.Millisecond), time.Since(begin).Round(time.Millisecond), ev)
 	if ev["uid"] != float64(uidAlpha) || ev["account"] != "alpha" || ev["proto"] != "tcp" ||
 		ev["pid"] != float64(offender.cmd.Process.Pid) || ev["command"] != "probe" {
 		t.Errorf("episode event %v, want uid %d, alpha, tcp, pid %d (probe)", ev, uidAlpha, offender.cmd.Process.Pid)
