@@ -266,3 +266,51 @@ func TestFilesSync(t *testing.T) {
 		t.Errorf("the marker is left behind: %v", err)
 	}
 }
+
+// TestRemovalsJudgeUIDs: the guard counts UIDs given ports, whatever order
+// a policy holds its accounts in; accounts without ports are not enforced,
+// so losing them is no removal; a burst that ended forgets its accounts.
+func TestRemovalsJudgeUIDs(t *testing.T) {
+	var r removals
+	now := time.Unix(1e9, 0)
+	installed := policyOf(uids(1, 21)...)
+	slices.Reverse(installed.Accounts) // not in UID order
+	next := policyOf(uids(1, 10)...)   // 11 of 20 gone
+	next.Accounts = append(next.Accounts, policies.Account{Name: "a15", UID: 15})
+	if err := r.check(now, installed, next); err == nil || !strings.Contains(err.Error(), "refusing to remove 11 of the 20") ||
+		!strings.Contains(err.Error(), "a15 (uid 15)") || !strings.Contains(err.Error(), "and 1 more") {
+		t.Errorf("11 of 20 gone, one of them left without ports: %v", err)
+	}
+	// Ten gone is half: allowed, and it begins a burst.
+	ten := policyOf(uids(1, 11)...)
+	if err := r.check(now, installed, ten); err != nil {
+		t.Fatalf("10 of 20: %v", err)
+	}
+	r.applied(now, installed, ten)
+	if len(r.base) != 20 || r.last != now {
+		t.Fatalf("after a removal: base of %d, last %v; want 20 and %v", len(r.base), r.last, now)
+	}
+	// A change that removes nothing, after the window, ends it.
+	later := now.Add(burstWindow + time.Second)
+	r.applied(later, ten, ten)
+	if r.base != nil {
+		t.Errorf("the burst ended, its %d accounts are still held", len(r.base))
+	}
+}
+
+// BenchmarkRemovals50k: what the guard costs on each change at 50,000
+// accounts (one moved).
+func BenchmarkRemovals50k(b *testing.B) {
+	installed := policyOf(uids(1000, 51000)...)
+	next := policyOf(uids(1000, 51000)...)
+	next.Accounts[25000].Ports = []policies.PortRange{{Lo: 60000, Hi: 60010}}
+	var r removals
+	now := time.Unix(1e9, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := r.check(now, installed, next); err != nil {
+			b.Fatal(err)
+		}
+		r.applied(now, installed, next)
+	}
+}

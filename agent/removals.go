@@ -1,8 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,11 +16,17 @@ import (
 // deletes account files one at a time (or a broken run that empties the
 // directory file by file) would pass that test at every step. So the agent
 // judges removals against the accounts installed when the burst began: a
-// burst lasts while changes that remove accounts come less than
-// burstWindow apart. Once more than half of those accounts would be gone
-// (when more than guardMinAccounts were installed), nothing more is applied
-// until the files bring them back or an operator confirms with
-// `nftpol apply --allow-removals`.
+// burst begins with a change that removes accounts and lasts while such
+// changes come less than burstWindow apart. Once more than half of those
+// accounts would be gone (when more than guardMinAccounts were installed),
+// nothing more is applied until the files bring them back or an operator
+// confirms with `nftpol apply --allow-removals`.
+//
+// Both judgements run on every change the agent applies, so at 50,000
+// accounts they must cost little beside a one-account change: they walk the
+// policies' accounts in their UID order side by side, with no map (maps of
+// 50,000 UIDs built on every change once took more than half of the agent's
+// work for it).
 const (
 	burstWindow      = time.Minute
 	guardMinAccounts = 10
@@ -27,19 +34,79 @@ const (
 
 // removals remembers the accounts of the burst's start.
 type removals struct {
-	base map[uint32]string // uid -> account, installed when the burst began
-	last time.Time         // when an applied change last removed accounts
+	base []enforcedUID // installed when the burst began, by UID; nil outside a burst
+	last time.Time     // when an applied change last removed accounts
 }
 
-// enforced returns the UIDs p gives ports to, with their account names.
-func enforced(p *policies.Policy) map[uint32]string {
-	m := make(map[uint32]string, len(p.Accounts))
-	for _, a := range p.Accounts {
-		if len(a.Ports) > 0 {
-			m[a.UID] = a.Name
+// enforcedUID is a UID a policy gives ports to, and its account.
+type enforcedUID struct {
+	uid  uint32
+	name string
+}
+
+// byUID returns p's accounts in UID order: as Policy keeps them, or sorted
+// when p was put together some other way.
+func byUID(p *policies.Policy) []policies.Account {
+	acc := p.Accounts
+	for i := 1; i < len(acc); i++ {
+		if acc[i].UID < acc[i-1].UID {
+			return slices.SortedStableFunc(slices.Values(acc), func(a, b policies.Account) int { return cmp.Compare(a.UID, b.UID) })
 		}
 	}
-	return m
+	return acc
+}
+
+// eachEnforced calls yield for each UID accounts (in UID order) give ports
+// to, once, in UID order.
+func eachEnforced(accounts []policies.Account, yield func(enforcedUID)) {
+	seen, last := false, uint32(0)
+	for i := range accounts {
+		a := &accounts[i]
+		if len(a.Ports) > 0 && (!seen || a.UID != last) {
+			seen, last = true, a.UID
+			yield(enforcedUID{a.UID, a.Name})
+		}
+	}
+}
+
+// enforcedOf lists the UIDs p gives ports to.
+func enforcedOf(p *policies.Policy) []enforcedUID {
+	var out []enforcedUID
+	eachEnforced(byUID(p), func(e enforcedUID) { out = append(out, e) })
+	return out
+}
+
+// gone calls lost for each UID of base (in UID order) that next (in UID
+// order) gives no ports to, and returns how many UIDs base holds.
+func gone(base func(yield func(enforcedUID)), next []policies.Account, lost func(enforcedUID)) int {
+	n, j := 0, 0
+	base(func(e enforcedUID) {
+		n++
+		for j < len(next) && next[j].UID < e.uid {
+			j++
+		}
+		for k := j; k < len(next) && next[k].UID == e.uid; k++ {
+			if len(next[k].Ports) > 0 {
+				return
+			}
+		}
+		lost(e)
+	})
+	return n
+}
+
+// baseFor is what a change at now is judged against: the burst's base, or
+// what is installed when no burst is under way.
+func (r *removals) baseFor(now time.Time, installed *policies.Policy) func(yield func(enforcedUID)) {
+	if r.base != nil && now.Sub(r.last) <= burstWindow {
+		return func(yield func(enforcedUID)) {
+			for _, e := range r.base {
+				yield(e)
+			}
+		}
+	}
+	acc := byUID(installed)
+	return func(yield func(enforcedUID)) { eachEnforced(acc, yield) }
 }
 
 // check says whether going from installed (the policy enforced now) to next
@@ -48,50 +115,44 @@ func (r *removals) check(now time.Time, installed, next *policies.Policy) error 
 	if installed == nil {
 		return nil
 	}
-	base := r.base
-	if base == nil || now.Sub(r.last) > burstWindow {
-		base = enforced(installed)
-	}
-	if len(base) <= guardMinAccounts {
+	var lost []enforcedUID
+	n := gone(r.baseFor(now, installed), byUID(next), func(e enforcedUID) { lost = append(lost, e) })
+	if n <= guardMinAccounts || 2*len(lost) <= n {
 		return nil
 	}
-	want := enforced(next)
-	var gone []string
-	for uid, name := range base {
-		if _, ok := want[uid]; !ok {
-			gone = append(gone, fmt.Sprintf("%s (uid %d)", name, uid))
-		}
+	names := make([]string, len(lost))
+	for i, e := range lost {
+		names[i] = fmt.Sprintf("%s (uid %d)", e.name, e.uid)
 	}
-	if 2*len(gone) <= len(base) {
-		return nil
-	}
-	sort.Strings(gone)
-	removed := len(gone)
+	slices.Sort(names)
 	const show = 10
 	more := ""
-	if len(gone) > show {
-		gone, more = gone[:show], fmt.Sprintf(" and %d more", len(gone)-show)
+	if len(names) > show {
+		names, more = names[:show], fmt.Sprintf(" and %d more", len(names)-show)
 	}
 	return fmt.Errorf("refusing to remove %d of the %d accounts installed when this burst of changes began (more than half, within %s of each other): %s%s; "+
 		"the last good policy stays enforced. If the policy really lost them, run nftpol apply --allow-removals",
-		removed, len(base), burstWindow, strings.Join(gone, ", "), more)
+		len(lost), n, burstWindow, strings.Join(names, ", "), more)
 }
 
 // applied records that the change from installed to next was applied at
-// now.
+// now: a change that removed accounts begins a burst, or goes on with the
+// one under way.
 func (r *removals) applied(now time.Time, installed, next *policies.Policy) {
 	if installed == nil {
 		return
 	}
-	if r.base == nil || now.Sub(r.last) > burstWindow {
-		r.base = enforced(installed)
-	}
-	want := enforced(next)
-	for uid := range enforced(installed) {
-		if _, ok := want[uid]; !ok {
-			r.last = now
-			return
-		}
+	inBurst := r.base != nil && now.Sub(r.last) <= burstWindow
+	removed := false
+	acc := byUID(installed)
+	gone(func(yield func(enforcedUID)) { eachEnforced(acc, yield) }, byUID(next), func(enforcedUID) { removed = true })
+	switch {
+	case removed && !inBurst:
+		r.base, r.last = enforcedOf(installed), now
+	case removed:
+		r.last = now
+	case !inBurst:
+		r.base = nil // the burst is over: forget its accounts
 	}
 }
 
