@@ -66,8 +66,14 @@ type Cache struct {
 	// shared is the number of inodes with more than one name.
 	ids    map[devIno]int
 	shared int
-	// fullReads counts the Loads, for tests.
-	fullReads int
+	// last is the policy the Cache last returned, while it had no
+	// problem; idx indexes it, built on the first Reload that needs it
+	// (see reloadFast).
+	last *Policy
+	idx  *accountIndex
+	// fullReads counts the Loads, fastReloads the Reloads that checked
+	// only the changed files' accounts, for tests.
+	fullReads, fastReloads int
 }
 
 // cachedFile is what one include file added to the policy.
@@ -119,7 +125,10 @@ func (c *Cache) Load() (*Policy, error) {
 	rec := &recorder{}
 	l.rec = rec
 	p, err := l.run(c.file)
-	*c = Cache{file: c.file, opts: c.opts, fullReads: c.fullReads + 1}
+	*c = Cache{file: c.file, opts: c.opts, fullReads: c.fullReads + 1, fastReloads: c.fastReloads}
+	if err == nil {
+		c.last = p
+	}
 	if !rec.reached {
 		// The main file could not be read or decoded: nothing to build
 		// on, the next Reload reads everything.
@@ -254,15 +263,33 @@ func (c *Cache) Reload(changed []string) (*Policy, error) {
 	// Every permission problem of one file names it: none is one already
 	// reported.
 	c.l.permMsgs = map[string]bool{}
-	for _, name := range names {
+	olds, news := make([]*cachedFile, len(names)), make([]*cachedFile, len(names))
+	for i, name := range names {
+		olds[i] = c.cached(name)
 		if !c.update(name) {
 			return c.Load()
 		}
+		news[i] = c.cached(name)
 	}
 	if c.shared > 0 {
 		return c.Load()
 	}
+	if p, ok := c.reloadFast(olds, news); ok {
+		return p, nil
+	}
 	return c.assemble()
+}
+
+// cached returns what the include file name added, nil when it is not
+// there.
+func (c *Cache) cached(name string) *cachedFile {
+	i, found := slices.BinarySearchFunc(c.files, name, func(f *cachedFile, name string) int {
+		return strings.Compare(f.name, name)
+	})
+	if !found {
+		return nil
+	}
+	return c.files[i]
 }
 
 // within reports whether path lies below the directory dir.
@@ -352,6 +379,7 @@ func (c *Cache) assemble() (*Policy, error) {
 	l.checkReserved(c.file)
 	problems = l.problems
 	l.problems, l.accounts, l.meta = nil, nil, nil
+	c.last, c.idx = nil, nil
 	if len(problems) > 0 {
 		return nil, &ValidationError{Problems: problems}
 	}
@@ -361,6 +389,7 @@ func (c *Cache) assemble() (*Policy, error) {
 		p.Accounts = nil
 	}
 	sortAccounts(p.Accounts)
+	c.last = &p
 	return &p, nil
 }
 

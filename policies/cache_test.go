@@ -342,9 +342,9 @@ func testCacheRandom(t *testing.T, seed uint64, perms bool) {
 			small++
 		}
 	}
-	t.Logf("%d of 300 reloads read only what changed, %d returned an error", small, errs)
-	if small < 150 || errs < 30 || errs > 290 {
-		t.Errorf("%d small reloads, %d errors: the test no longer tests what it should", small, errs)
+	t.Logf("%d of 300 reloads read only what changed, %d of them checked only the changed files' accounts; %d returned an error", small, f.c.fastReloads, errs)
+	if small < 150 || errs < 30 || errs > 290 || f.c.fastReloads < 10 {
+		t.Errorf("%d small reloads (%d fast), %d errors: the test no longer tests what it should", small, f.c.fastReloads, errs)
 	}
 }
 
@@ -383,4 +383,131 @@ func TestCacheFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.reload("symlink target", filepath.Join(f.dir, "other.d", "y.yaml"))
+}
+
+// TestCacheFastRandom checks Reload against Load where most changes are
+// good, so that most Reloads take the fast path (only the changed files'
+// accounts checked): names, UIDs and ports taken from other accounts, on
+// shared and on separate protocols, reserved ports, files removed and
+// renamed over others, with and without an account in the main file.
+func TestCacheFastRandom(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			testCacheFastRandom(t, seed)
+		})
+	}
+}
+
+func testCacheFastRandom(t *testing.T, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 7))
+	const n = 60
+	main := "include: policies.d\nbind_guard: {enabled: true, reserved: [40100]}\n"
+	if seed%2 == 1 {
+		main += "accounts:\n  - {name: main1, uid: 3001, ports: [40015]}\n"
+	}
+	name := func(k int) string { return fmt.Sprintf("acct-%02d.yaml", k) }
+	account := func(k int) string {
+		nm, uid, lo, width := fmt.Sprintf("acct%d", k), 2000+k, 40200+10*k, r.IntN(10)
+		ports := fmt.Sprintf("[\"%d-%d\"]", lo, lo+width)
+		protocols := ""
+		switch r.IntN(4) {
+		case 0:
+			protocols = ", protocols: [tcp]"
+		case 1:
+			protocols = ", protocols: [udp]"
+		}
+		if r.IntN(3) == 0 { // something another account has, maybe
+			switch r.IntN(10) {
+			case 9: // from below into another's first port
+				o := 40200 + 10*r.IntN(n)
+				ports = fmt.Sprintf("[\"%d-%d\"]", o-2, o)
+			case 0:
+				nm = fmt.Sprintf("acct%d", r.IntN(n))
+			case 1:
+				nm = "main1"
+			case 2:
+				uid = 2000 + r.IntN(n)
+			case 3:
+				uid = 3001
+			case 4, 5:
+				ports = fmt.Sprintf("[%d]", 40200+10*r.IntN(n)+r.IntN(3))
+			case 6:
+				ports = "[40100]" // reserved
+			case 7:
+				ports = "[40015]" // main1's
+			case 8:
+				o := 40200 + 10*r.IntN(n)
+				ports = fmt.Sprintf("[%d, \"%d-%d\"]", lo, o, o+5)
+			}
+		}
+		return fmt.Sprintf("  - {name: %s, uid: %d, ports: %s%s}\n", nm, uid, ports, protocols)
+	}
+	good := func(k int) string {
+		return fmt.Sprintf("accounts:\n  - {name: acct%d, uid: %d, ports: [%d]}\n", k, 2000+k, 40200+10*k)
+	}
+	files := map[string]string{}
+	for k := range n {
+		files[name(k)] = good(k)
+	}
+	f := newCacheFixture(t, main, files)
+	errs, steps := 0, 400
+	var dirty []int // files written with account: where problems may be
+	for step := range steps {
+		k := r.IntN(n)
+		what := fmt.Sprintf("step %d", step)
+		var changed []string
+		op := r.IntN(40)
+		if len(dirty) > 0 && r.IntN(2) == 0 {
+			op = 24 // write one back
+		}
+		switch {
+		case op < 24:
+			text := "accounts:\n" + account(k)
+			if r.IntN(5) == 0 {
+				text += fmt.Sprintf("  - {name: acct%db, uid: %d, ports: [%d]}\n", k, 2100+k, 41000+k)
+			}
+			what += " write " + name(k) + ":\n" + text
+			f.write(name(k), text)
+			dirty = append(dirty, k)
+			changed = []string{name(k)}
+		case op < 32:
+			if len(dirty) > 0 {
+				i := r.IntN(len(dirty))
+				k = dirty[i]
+				dirty = slices.Delete(dirty, i, i+1)
+			}
+			what += " write back " + name(k)
+			f.write(name(k), good(k))
+			changed = []string{name(k)}
+		case op < 36:
+			what += " remove " + name(k)
+			os.Remove(filepath.Join(f.inc, name(k)))
+			changed = []string{name(k)}
+		case op < 39:
+			what += " rename in " + name(k)
+			tmp := filepath.Join(f.dir, "staged")
+			if err := os.WriteFile(tmp, []byte(good(k)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, filepath.Join(f.inc, name(k))); err != nil {
+				t.Fatal(err)
+			}
+			changed = []string{name(k)}
+		default:
+			o := r.IntN(n)
+			what += " rename " + name(k) + " over " + name(o)
+			if os.Rename(filepath.Join(f.inc, name(k)), filepath.Join(f.inc, name(o))) != nil {
+				continue
+			}
+			dirty = append(dirty, o) // holds k's account now
+			changed = []string{name(k), name(o)}
+		}
+		if _, err := f.reload(what, changed...); err != nil {
+			errs++
+		}
+	}
+	t.Logf("%d reloads: %d fast, %d full loads, %d errors", steps, f.c.fastReloads, f.c.fullReads, errs)
+	if f.c.fastReloads < steps/4 || errs < steps/10 {
+		t.Errorf("%d fast reloads, %d errors: the test no longer tests what it should", f.c.fastReloads, errs)
+	}
 }
