@@ -330,7 +330,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// nothing it has not seen.
 	a.eng.SetFullRead(true)
 	if perr == nil {
-		a.apply(p, "start", reconcile.ApplyOptions{Rebuild: rebuild, Policy: p}, false)
+		a.apply(p, "start", reconcile.ApplyOptions{Rebuild: rebuild, Policy: p}, nil)
 	} else {
 		a.policyFailed(perr)
 		a.restore("start, with a broken policy", rebuild)
@@ -443,11 +443,12 @@ func (a *Agent) policyChanged() {
 		a.log.Info("the policy changed; not applied while suspended", "why", a.suspended)
 		return
 	}
-	if err := a.burst.check(time.Now(), a.good, p); err != nil {
+	removes, err := a.burst.check(time.Now(), a.good, p)
+	if err != nil {
 		a.policyFailed(err)
 		return
 	}
-	a.apply(p, "policy changed", reconcile.ApplyOptions{Policy: p}, true)
+	a.apply(p, "policy changed", reconcile.ApplyOptions{Policy: p}, &removes)
 }
 
 // reread reads the whole policy and the whole table, and converges.
@@ -458,7 +459,7 @@ func (a *Agent) reread(why string) {
 	if err != nil {
 		a.policyFailed(err)
 		if a.good != nil && a.suspended == "" {
-			a.apply(a.good, why+", the last good policy", reconcile.ApplyOptions{Policy: a.good, AllowRemovals: true}, false)
+			a.apply(a.good, why+", the last good policy", reconcile.ApplyOptions{Policy: a.good, AllowRemovals: true}, nil)
 		}
 		return
 	}
@@ -466,11 +467,12 @@ func (a *Agent) reread(why string) {
 	if a.suspended != "" {
 		return
 	}
-	if err := a.burst.check(time.Now(), a.good, p); err != nil {
+	removes, err := a.burst.check(time.Now(), a.good, p)
+	if err != nil {
 		a.policyFailed(err)
 		return
 	}
-	a.apply(p, why, reconcile.ApplyOptions{Policy: p}, true)
+	a.apply(p, why, reconcile.ApplyOptions{Policy: p}, &removes)
 }
 
 // policyFailed keeps the last good policy and shows why the files are not
@@ -485,9 +487,10 @@ func (a *Agent) policyFailed(err error) {
 	a.cfg.Notify("STATUS=" + a.statusLine())
 }
 
-// apply compiles p and brings the kernel to it; judged says the burst
-// removal guard passed (it then records the change).
-func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions, judged bool) bool {
+// apply compiles p and brings the kernel to it; removes, when not nil, is
+// the burst removal guard's judgement of the change (it passed), recorded
+// once applied.
+func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions, removes *bool) bool {
 	start := time.Now()
 	desired, err := compiler.Compile(p)
 	if err != nil {
@@ -501,8 +504,8 @@ func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions
 		a.cfg.Notify("STATUS=" + a.statusLine())
 		return false
 	}
-	if judged {
-		a.burst.applied(time.Now(), a.good, p)
+	if removes != nil {
+		a.burst.applied(time.Now(), a.good, *removes)
 	}
 	a.accepted(p, desired)
 	if !res.Plan.Empty() {

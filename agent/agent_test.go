@@ -46,7 +46,7 @@ func TestBurstOfRemovals(t *testing.T) {
 	step := 0
 	for n := 20; n > 0; n-- {
 		next := policyOf(uids(1, uint32(n))...) // one fewer
-		err := r.check(now, installed, next)
+		removes, err := r.check(now, installed, next)
 		removed := 21 - n
 		if want := 2*removed > 20; (err != nil) != want {
 			t.Fatalf("removing %d of 20 one at a time: refused %v, want %v (%v)", removed, err != nil, want, err)
@@ -57,7 +57,10 @@ func TestBurstOfRemovals(t *testing.T) {
 			}
 			break
 		}
-		r.applied(now, installed, next)
+		if !removes {
+			t.Fatalf("step %d removes an account, check says it does not", step)
+		}
+		r.applied(now, installed, removes)
 		installed = next
 		now = now.Add(time.Second)
 		step++
@@ -69,16 +72,16 @@ func TestBurstOfRemovals(t *testing.T) {
 	// the accounts installed then are the new base.
 	now = now.Add(burstWindow + time.Second)
 	next := policyOf(uids(1, 9)...)
-	if err := r.check(now, installed, next); err != nil {
+	if _, err := r.check(now, installed, next); err != nil {
 		t.Errorf("after the window: %v", err)
 	}
 	// An operator's confirmation ends the burst.
 	r.reset()
-	if err := r.check(now, policyOf(uids(1, 30)...), policyOf(1)); err == nil {
+	if _, err := r.check(now, policyOf(uids(1, 30)...), policyOf(1)); err == nil {
 		t.Error("removing 28 of 29 at once passed")
 	}
 	// Few accounts: never refused.
-	if err := r.check(now, policyOf(uids(1, 10)...), policyOf()); err != nil {
+	if _, err := r.check(now, policyOf(uids(1, 10)...), policyOf()); err != nil {
 		t.Errorf("9 accounts removed: %v", err)
 	}
 }
@@ -277,22 +280,28 @@ func TestRemovalsJudgeUIDs(t *testing.T) {
 	slices.Reverse(installed.Accounts) // not in UID order
 	next := policyOf(uids(1, 10)...)   // 11 of 20 gone
 	next.Accounts = append(next.Accounts, policies.Account{Name: "a15", UID: 15})
-	if err := r.check(now, installed, next); err == nil || !strings.Contains(err.Error(), "refusing to remove 11 of the 20") ||
+	if _, err := r.check(now, installed, next); err == nil || !strings.Contains(err.Error(), "refusing to remove 11 of the 20") ||
 		!strings.Contains(err.Error(), "a15 (uid 15)") || !strings.Contains(err.Error(), "and 1 more") {
 		t.Errorf("11 of 20 gone, one of them left without ports: %v", err)
 	}
 	// Ten gone is half: allowed, and it begins a burst.
 	ten := policyOf(uids(1, 11)...)
-	if err := r.check(now, installed, ten); err != nil {
-		t.Fatalf("10 of 20: %v", err)
+	removes, err := r.check(now, installed, ten)
+	if err != nil || !removes {
+		t.Fatalf("10 of 20: removes %v, %v", removes, err)
 	}
-	r.applied(now, installed, ten)
+	r.applied(now, installed, removes)
 	if len(r.base) != 20 || r.last != now {
 		t.Fatalf("after a removal: base of %d, last %v; want 20 and %v", len(r.base), r.last, now)
 	}
 	// A change that removes nothing, after the window, ends it.
+	// Within the burst, a change that removes nothing more says so,
+	// though the burst's base lost accounts.
+	if removes, err := r.check(now, ten, ten); err != nil || removes {
+		t.Errorf("nothing more removed in the burst: removes %v, %v", removes, err)
+	}
 	later := now.Add(burstWindow + time.Second)
-	r.applied(later, ten, ten)
+	r.applied(later, ten, r.removes(ten, ten))
 	if r.base != nil {
 		t.Errorf("the burst ended, its %d accounts are still held", len(r.base))
 	}
@@ -308,9 +317,10 @@ func BenchmarkRemovals50k(b *testing.B) {
 	now := time.Unix(1e9, 0)
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := r.check(now, installed, next); err != nil {
+		removes, err := r.check(now, installed, next)
+		if err != nil {
 			b.Fatal(err)
 		}
-		r.applied(now, installed, next)
+		r.applied(now, installed, removes)
 	}
 }

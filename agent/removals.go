@@ -98,7 +98,7 @@ func gone(base func(yield func(enforcedUID)), next []policies.Account, lost func
 // baseFor is what a change at now is judged against: the burst's base, or
 // what is installed when no burst is under way.
 func (r *removals) baseFor(now time.Time, installed *policies.Policy) func(yield func(enforcedUID)) {
-	if r.base != nil && now.Sub(r.last) <= burstWindow {
+	if r.inBurst(now) {
 		return func(yield func(enforcedUID)) {
 			for _, e := range r.base {
 				yield(e)
@@ -110,15 +110,22 @@ func (r *removals) baseFor(now time.Time, installed *policies.Policy) func(yield
 }
 
 // check says whether going from installed (the policy enforced now) to next
-// is allowed at now; it does not record anything (see applied).
-func (r *removals) check(now time.Time, installed, next *policies.Policy) error {
+// is allowed at now, and whether it removes accounts installed now (to be
+// told to applied); it does not record anything.
+func (r *removals) check(now time.Time, installed, next *policies.Policy) (removes bool, err error) {
 	if installed == nil {
-		return nil
+		return false, nil
 	}
 	var lost []enforcedUID
+	inBurst := r.inBurst(now)
 	n := gone(r.baseFor(now, installed), byUID(next), func(e enforcedUID) { lost = append(lost, e) })
+	removes = len(lost) > 0
+	if inBurst && removes {
+		// Lost since the burst began is not lost now.
+		removes = r.removes(installed, next)
+	}
 	if n <= guardMinAccounts || 2*len(lost) <= n {
-		return nil
+		return removes, nil
 	}
 	names := make([]string, len(lost))
 	for i, e := range lost {
@@ -130,22 +137,35 @@ func (r *removals) check(now time.Time, installed, next *policies.Policy) error 
 	if len(names) > show {
 		names, more = names[:show], fmt.Sprintf(" and %d more", len(names)-show)
 	}
-	return fmt.Errorf("refusing to remove %d of the %d accounts installed when this burst of changes began (more than half, within %s of each other): %s%s; "+
+	return removes, fmt.Errorf("refusing to remove %d of the %d accounts installed when this burst of changes began (more than half, within %s of each other): %s%s; "+
 		"the last good policy stays enforced. If the policy really lost them, run nftpol apply --allow-removals",
 		len(lost), n, burstWindow, strings.Join(names, ", "), more)
 }
 
-// applied records that the change from installed to next was applied at
-// now: a change that removed accounts begins a burst, or goes on with the
-// one under way.
-func (r *removals) applied(now time.Time, installed, next *policies.Policy) {
+// removes reports whether next gives no ports to a UID installed gives
+// ports to.
+func (r *removals) removes(installed, next *policies.Policy) bool {
 	if installed == nil {
-		return
+		return false
 	}
-	inBurst := r.base != nil && now.Sub(r.last) <= burstWindow
 	removed := false
 	acc := byUID(installed)
 	gone(func(yield func(enforcedUID)) { eachEnforced(acc, yield) }, byUID(next), func(enforcedUID) { removed = true })
+	return removed
+}
+
+func (r *removals) inBurst(now time.Time) bool {
+	return r.base != nil && now.Sub(r.last) <= burstWindow
+}
+
+// applied records that a change from installed was applied at now, and
+// whether it removed accounts (check or removes said): a change that
+// removed accounts begins a burst, or goes on with the one under way.
+func (r *removals) applied(now time.Time, installed *policies.Policy, removed bool) {
+	if installed == nil {
+		return
+	}
+	inBurst := r.inBurst(now)
 	switch {
 	case removed && !inBurst:
 		r.base, r.last = enforcedOf(installed), now

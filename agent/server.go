@@ -152,7 +152,7 @@ func (h *Host) Applied(p *policies.Policy, desired *rules.Ruleset, allowRemovals
 	if allowRemovals {
 		h.a.burst.reset()
 	} else {
-		h.a.burst.applied(time.Now(), h.a.good, p)
+		h.a.burst.applied(time.Now(), h.a.good, h.a.burst.removes(h.a.good, p))
 	}
 	h.a.applies++
 	h.a.lastApply = time.Now()
