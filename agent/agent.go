@@ -492,7 +492,7 @@ func (a *Agent) policyFailed(err error) {
 // once applied.
 func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions, removes *bool) bool {
 	start := time.Now()
-	desired, err := compiler.Compile(p)
+	desired, err := a.compile(p)
 	if err != nil {
 		a.policyFailed(err)
 		return false
@@ -516,6 +516,12 @@ func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions
 	}
 	a.cfg.Notify("STATUS=" + a.statusLine())
 	return true
+}
+
+// compile compiles p, from the last good policy's ruleset where p differs
+// from it in a few accounts only (compiler.Recompile).
+func (a *Agent) compile(p *policies.Policy) (*rules.Ruleset, error) {
+	return compiler.Recompile(a.desired, a.good, p)
 }
 
 // accepted makes p the last good policy.

@@ -145,6 +145,10 @@ func (h *Host) Load() (*policies.Policy, error) {
 	return p, err
 }
 
+// Compile compiles p as the agent does: from the last good policy's
+// ruleset when p differs from it in a few accounts only.
+func (h *Host) Compile(p *policies.Policy) (*rules.Ruleset, error) { return h.a.compile(p) }
+
 // Applied tells the agent that the command applied p (compiled to
 // desired): it is the last good policy now, and removals it confirmed end
 // the burst.

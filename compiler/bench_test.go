@@ -10,7 +10,22 @@ import (
 // BenchmarkCompile50k compiles a policy of 50,000 accounts, each with one
 // port for TCP and UDP, as policies.Load returns it.
 func BenchmarkCompile50k(b *testing.B) {
-	const n = 50000
+	p := benchPolicy(50000)
+	b.ReportAllocs()
+	for b.Loop() {
+		rs, err := Compile(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got := len(rs.Sets); got == 0 {
+			b.Fatal("no sets")
+		}
+	}
+}
+
+// benchPolicy is n accounts with one port each for TCP and UDP, as
+// policies.Load returns them.
+func benchPolicy(n int) *policies.Policy {
 	p := &policies.Policy{
 		File: "nftpol.yaml", Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000},
 		MinUID: 1000, Loopback: policies.LoopbackAllow, Action: policies.Reject,
@@ -23,14 +38,5 @@ func BenchmarkCompile50k(b *testing.B) {
 			Protocols: p.Protocols, File: "nftpol.yaml",
 		})
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		rs, err := Compile(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if got := len(rs.Sets); got == 0 {
-			b.Fatal("no sets")
-		}
-	}
+	return p
 }

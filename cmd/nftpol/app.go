@@ -192,7 +192,12 @@ func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.
 		loaded(p)
 	}
 	fitMemoryLimit(len(p.Accounts))
-	rs, err := compiler.Compile(p)
+	var rs *rules.Ruleset
+	if a.host != nil {
+		rs, err = a.host.Compile(p) // from what it holds compiled
+	} else {
+		rs, err = compiler.Compile(p)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
