@@ -105,7 +105,10 @@ func accountChanges(before, after []policies.Account) (removed, added []*policie
 			c = -1
 		default:
 			a, b := &before[i], &after[j]
-			c = cmp.Or(cmp.Compare(a.UID, b.UID), cmp.Compare(a.Name, b.Name))
+			c = cmp.Compare(a.UID, b.UID)
+			if c == 0 {
+				c = cmp.Compare(a.Name, b.Name)
+			}
 		}
 		switch {
 		case c < 0:
@@ -115,7 +118,7 @@ func accountChanges(before, after []policies.Account) (removed, added []*policie
 			added = append(added, &after[j])
 			j++
 		default:
-			if a, b := &before[i], &after[j]; !slices.Equal(a.Ports, b.Ports) || !slices.Equal(a.Protocols, b.Protocols) {
+			if a, b := &before[i], &after[j]; !same(a.Ports, b.Ports) || !same(a.Protocols, b.Protocols) {
 				removed, added = append(removed, a), append(added, b)
 			}
 			i++
@@ -123,6 +126,16 @@ func accountChanges(before, after []policies.Account) (removed, added []*policie
 		}
 	}
 	return removed, added, len(removed)+len(added) <= maxRecompiled
+}
+
+// same reports whether two slices hold the same values; the policies of a
+// policies.Cache share the slices of the accounts no file change touched,
+// so most are the same slice.
+func same[E comparable](a, b []E) bool {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return true
+	}
+	return slices.Equal(a, b)
 }
 
 // patchElements returns es (sorted) without gone and with come, sorted, in

@@ -175,34 +175,41 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 		}
 	}
 
-	// The accounts: last without gone, with added merged in, each added
-	// one checked against its neighbours for a UID already taken.
-	n := len(last) - len(gone) + len(added)
-	accounts := make([]Account, 0, n)
-	g, k := 0, 0
-	put := func(a *Account) bool {
-		if m := len(accounts); m > 0 && accounts[m-1].UID == a.UID {
-			return false
-		}
-		accounts = append(accounts, *a)
-		return true
+	// The accounts: last without gone, with added merged in, copied in
+	// runs between the changes; then each added one is checked against
+	// its neighbours for a UID already taken.
+	at := make([]int, len(added)) // where added[k] goes in last
+	for k, a := range added {
+		at[k], _ = slices.BinarySearchFunc(last, a, func(e Account, a *Account) int { return compareAccounts(&e, a) })
 	}
-	for i := 0; i <= len(last); i++ {
-		for k < len(added) && (i == len(last) || compareAccounts(added[k], &last[i]) < 0) {
-			if !put(added[k]) {
-				c.idx = nil
-				return nil, false
-			}
+	accounts := make([]Account, 0, len(last)-len(gone)+len(added))
+	put := make([]int, 0, len(added)) // where added ones went in accounts
+	i, g, k := 0, 0, 0
+	for {
+		next := len(last)
+		if g < len(gone) {
+			next = min(next, gone[g])
+		}
+		if k < len(added) {
+			next = min(next, at[k])
+		}
+		accounts = append(accounts, last[i:next]...)
+		i = next
+		switch {
+		case k < len(added) && at[k] == i: // before last[i], gone or not
+			put = append(put, len(accounts))
+			accounts = append(accounts, *added[k])
 			k++
-		}
-		if i == len(last) {
-			break
-		}
-		if g < len(gone) && gone[g] == i {
+			continue
+		case g < len(gone) && gone[g] == i:
 			g++
+			i++
 			continue
 		}
-		if !put(&last[i]) {
+		break
+	}
+	for _, j := range put {
+		if j > 0 && accounts[j-1].UID == accounts[j].UID || j+1 < len(accounts) && accounts[j+1].UID == accounts[j].UID {
 			c.idx = nil
 			return nil, false
 		}
@@ -219,5 +226,8 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 
 // compareAccounts orders accounts as Policy.Accounts are.
 func compareAccounts(a, b *Account) int {
-	return cmp.Or(cmp.Compare(a.UID, b.UID), strings.Compare(a.Name, b.Name))
+	if a.UID != b.UID {
+		return cmp.Compare(a.UID, b.UID)
+	}
+	return strings.Compare(a.Name, b.Name)
 }
