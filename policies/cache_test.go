@@ -194,14 +194,19 @@ func randomAccount(r *rand.Rand, k int) string {
 	case 2:
 		ports = fmt.Sprintf("[%d, %d]", lo, 40010+10*r.IntN(30))
 	}
-	protos := ""
-	switch r.IntN(6) {
+	return fmt.Sprintf("  - {name: %s, %s, ports: %s%s}\n", name, uid, ports, randomProtocols(r, 6))
+}
+
+// randomProtocols is an account's protocols setting: TCP only one time in
+// odds, UDP only one in odds, else none (the main file's).
+func randomProtocols(r *rand.Rand, odds int) string {
+	switch r.IntN(odds) {
 	case 0:
-		protos = ", protocols: [tcp]"
+		return ", protocols: [tcp]"
 	case 1:
-		protos = ", protocols: [udp]"
+		return ", protocols: [udp]"
 	}
-	return fmt.Sprintf("  - {name: %s, %s, ports: %s%s}\n", name, uid, ports, protos)
+	return ""
 }
 
 func randomFile(r *rand.Rand, base int) string {
@@ -409,13 +414,7 @@ func testCacheFastRandom(t *testing.T, seed uint64) {
 	account := func(k int) string {
 		nm, uid, lo, width := fmt.Sprintf("acct%d", k), 2000+k, 40200+10*k, r.IntN(10)
 		ports := fmt.Sprintf("[\"%d-%d\"]", lo, lo+width)
-		protocols := ""
-		switch r.IntN(4) {
-		case 0:
-			protocols = ", protocols: [tcp]"
-		case 1:
-			protocols = ", protocols: [udp]"
-		}
+		protocols := randomProtocols(r, 4)
 		if r.IntN(3) == 0 { // something another account has, maybe
 			switch r.IntN(10) {
 			case 9: // from below into another's first port
