@@ -529,6 +529,12 @@ func (a *Agent) accepted(p *policies.Policy, desired *rules.Ruleset) {
 	if a.policyErr != nil {
 		a.log.Info("the policy is good again", "was", a.policyErr.Error())
 	}
+	if st, err := a.eng.Recorded(); err == nil && st != nil {
+		// The compiled sets that hold what the kernel holds, in the
+		// kernel's recorded memory: one copy, and the next change's
+		// overlay finds them unchanged without walking them.
+		desired = rules.ShareElements(desired, st.Ruleset())
+	}
 	a.good, a.desired, a.policyErr, a.suspended = p, desired, nil, ""
 	if a.cfg.Offenders != nil {
 		a.cfg.Offenders.SetPolicy(p)

@@ -485,3 +485,32 @@ func accountChanges(current, desired *Ruleset) []AccountChange {
 	}
 	return out
 }
+
+// ShareElements returns rs with the elements of each of its sets that holds
+// the same elements as other's set of that name taken from other: rs where
+// nothing is to share, else a copy (rs is not changed). Sets compared by
+// identity (sameElements) are then found the same at once: an agent shares
+// its compiled ruleset with the one the kernel holds as recorded, so that
+// the overlay of its next change walks only the sets that change touched,
+// and it keeps one copy of each set, not two.
+func ShareElements(rs, other *Ruleset) *Ruleset {
+	if rs == nil || other == nil {
+		return rs
+	}
+	out := rs
+	for i, s := range rs.Sets {
+		o := other.Set(s.Name)
+		if o == nil || sameElements(s.Elements, o.Elements) || !slices.Equal(s.Elements, o.Elements) {
+			continue
+		}
+		if out == rs {
+			c := *rs
+			c.Sets = slices.Clone(rs.Sets)
+			out = &c
+		}
+		c := *s
+		c.Elements = o.Elements
+		out.Sets[i] = &c
+	}
+	return out
+}

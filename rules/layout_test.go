@@ -413,3 +413,37 @@ func TestOverlaySharedProtocols(t *testing.T) {
 		t.Errorf("plan accounts %+v, want 2, 3 and 4", p.Accounts)
 	}
 }
+
+// TestShareElements: a compiled ruleset shared with the one the kernel
+// holds takes the kernel's memory where the elements are the same, keeps
+// its own where they differ, and is not changed itself.
+func TestShareElements(t *testing.T) {
+	accounts := map[uint32][2]uint16{}
+	for uid := uint32(1); uid <= 40; uid++ {
+		accounts[uid] = [2]uint16{uint16(1000 + uid), uint16(1000 + uid)}
+	}
+	current := overlayTable(accounts, nil, nil) // as recorded
+	accounts[3] = [2]uint16{1003, 1009}
+	desired := overlayTable(accounts, nil, nil) // as compiled: uid 3 widened
+	shared := ShareElements(desired, current)
+	changed := PortsSet(TCP, Shard(3))
+	for k := range uint32(Shards) {
+		name := PortsSet(TCP, k)
+		got, own, kernel := shared.Set(name).Elements, desired.Set(name).Elements, current.Set(name).Elements
+		switch {
+		case name == changed && !sameElements(got, own):
+			t.Errorf("%s differs from the kernel's, yet does not keep its own elements", name)
+		case name != changed && len(got) > 0 && !sameElements(got, kernel):
+			t.Errorf("%s holds the kernel's elements in its own memory", name)
+		}
+		if !slices.Equal(got, own) {
+			t.Errorf("%s: elements changed", name)
+		}
+	}
+	if sameElements(desired.Set(PortsSet(TCP, 0)).Elements, current.Set(PortsSet(TCP, 0)).Elements) {
+		t.Error("ShareElements changed the ruleset it was given")
+	}
+	if again := ShareElements(shared, current); again != shared {
+		t.Error("nothing left to share, yet a copy")
+	}
+}

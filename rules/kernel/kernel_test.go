@@ -363,3 +363,30 @@ func TestModelElementSize(t *testing.T) {
 		}
 	}
 }
+
+// TestShareEqualElements: sets read with the same elements share one
+// slice (clipped, so an append to one never writes into the other); sets
+// with other elements keep theirs.
+func TestShareEqualElements(t *testing.T) {
+	els := func(uids ...uint32) []rules.Element {
+		out := make([]rules.Element, 0, len(uids)+4)
+		for _, u := range uids {
+			out = append(out, rules.Element{UID: u, Lo: 40000, Hi: 40000, Comment: "a"})
+		}
+		return out
+	}
+	tcp := &rules.Set{Name: "tcp_ports_0", Elements: els(8, 16, 24)}
+	udp := &rules.Set{Name: "udp_ports_0", Elements: els(8, 16, 24)}
+	other := &rules.Set{Name: "tcp_ports_1", Elements: els(9, 17, 25)}
+	empty := &rules.Set{Name: "exempt"}
+	shareEqualElements([]*rules.Set{tcp, other, empty, udp})
+	if &tcp.Elements[0] != &udp.Elements[0] {
+		t.Error("equal sets keep two slices")
+	}
+	if cap(udp.Elements) != len(udp.Elements) {
+		t.Error("the shared slice is not clipped")
+	}
+	if &other.Elements[0] == &tcp.Elements[0] || other.Elements[0].UID != 9 || empty.Elements != nil {
+		t.Error("sets with other elements changed")
+	}
+}
