@@ -705,7 +705,7 @@ func (a *Agent) heal() {
 	a.viewsChanged()
 	a.lastHealCause = a.healCause
 	a.log.Warn("healed a change to the table by somebody else", "cause", a.healCause, "operations", res.Plan.Operations(),
-		"drift", summary(res.Plan.Drift(), 4), "took_ms", ms(time.Since(start)))
+		"drift", summary(res.Plan.DriftHead(4)), "took_ms", ms(time.Since(start)))
 	a.cfg.Notify("STATUS=" + a.statusLine())
 }
 
@@ -754,11 +754,11 @@ func (a *Agent) report() *reconcile.AgentReport {
 
 // summary joins the first n items of a list and counts the rest: a deleted
 // table drifts in every set, which one log line need not list.
-func summary(items []string, n int) string {
-	if len(items) <= n {
+func summary(items []string, total int) string {
+	if len(items) >= total {
 		return strings.Join(items, "; ")
 	}
-	return fmt.Sprintf("%s; and %d more", strings.Join(items[:n], "; "), len(items)-n)
+	return fmt.Sprintf("%s; and %d more", strings.Join(items, "; "), total-len(items))
 }
 
 func firstLine(s string) string {

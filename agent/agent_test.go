@@ -227,11 +227,11 @@ func TestFilesCoalesce(t *testing.T) {
 }
 
 func TestSummary(t *testing.T) {
-	items := []string{"a", "b", "c", "d", "e", "f"}
-	if got := summary(items, 4); got != "a; b; c; d; and 2 more" {
+	items := []string{"a", "b", "c", "d"}
+	if got := summary(items, 6); got != "a; b; c; d; and 2 more" {
 		t.Errorf("summary of 6: %q", got)
 	}
-	if got := summary(items[:4], 4); got != "a; b; c; d" {
+	if got := summary(items, 4); got != "a; b; c; d" {
 		t.Errorf("summary of 4: %q", got)
 	}
 }

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -262,5 +263,26 @@ func TestDiffReplacesSetWhenDeletesAreMany(t *testing.T) {
 	_ = many.WriteText(&b)
 	if !strings.Contains(b.String(), "rebuilt with 31 elements (9 to delete") {
 		t.Errorf("plan text:\n%s", b.String())
+	}
+}
+
+// TestDriftHead: the head of Drift is its first lines and the count is all
+// of them, whatever n.
+func TestDriftHead(t *testing.T) {
+	p := &Plan{Wake: true, TableAction: TableReplace}
+	for uid := uint32(1); uid <= 7; uid++ {
+		p.Accounts = append(p.Accounts, AccountChange{UID: uid, Name: fmt.Sprint("a", uid), Action: ActionChange,
+			Ports: []ProtoPorts{{Proto: TCP, Old: []string{"10"}, New: []string{"20"}}}})
+	}
+	p.Chains = append(p.Chains, ChainChange{Name: "output"})
+	all := p.Drift()
+	if len(all) != 10 || !strings.Contains(all[2], "account a1 (uid 1): tcp kernel 10, recorded 20") {
+		t.Fatalf("Drift: %q", all)
+	}
+	for _, n := range []int{0, 1, 4, 10, 12} {
+		head, total := p.DriftHead(n)
+		if total != len(all) || !slices.Equal(head, all[:min(n, len(all))]) {
+			t.Errorf("DriftHead(%d) = %q, %d; want the first %d of %q, %d", n, head, total, n, all, len(all))
+		}
 	}
 }

@@ -106,33 +106,54 @@ func (a AccountChange) DisplayName() string {
 // Drift says in a few lines how a kernel differs from the ruleset the plan
 // leads to, when that is what an apply recorded: what status shows.
 func (p *Plan) Drift() []string {
+	out, _ := p.drift(-1)
+	return out
+}
+
+// DriftHead returns the first n lines of Drift and how many it has, and
+// formats only those n: a heal after a flush at 50,000 accounts has a line
+// for every account, which cost a quarter of the heal to format for a log
+// line that shows four.
+func (p *Plan) DriftHead(n int) ([]string, int) { return p.drift(n) }
+
+// drift is Drift's first n lines (all when n < 0) and how many it has.
+func (p *Plan) drift(n int) ([]string, int) {
 	out := []string{}
+	total := 0
+	add := func(line func() string) {
+		if n < 0 || len(out) < n {
+			out = append(out, line())
+		}
+		total++
+	}
 	if p.Empty() {
-		return out
+		return out, 0
 	}
 	if p.Wake {
-		out = append(out, "the table is dormant: it enforces nothing")
+		add(func() string { return "the table is dormant: it enforces nothing" })
 	}
 	if p.TableAction == TableReplace {
-		out = append(out, "the table's layout differs or it holds objects nftpol did not write")
+		add(func() string { return "the table's layout differs or it holds objects nftpol did not write" })
 	}
 	for _, ac := range p.Accounts {
-		var parts []string
-		for _, pp := range ac.Ports {
-			parts = append(parts, fmt.Sprintf("%s kernel %s, recorded %s", pp.Proto, joinOrNone(pp.Old), joinOrNone(pp.New)))
-		}
-		out = append(out, fmt.Sprintf("account %s (uid %d): %s", ac.DisplayName(), ac.UID, strings.Join(parts, "; ")))
+		add(func() string {
+			var parts []string
+			for _, pp := range ac.Ports {
+				parts = append(parts, fmt.Sprintf("%s kernel %s, recorded %s", pp.Proto, joinOrNone(pp.Old), joinOrNone(pp.New)))
+			}
+			return fmt.Sprintf("account %s (uid %d): %s", ac.DisplayName(), ac.UID, strings.Join(parts, "; "))
+		})
 	}
 	for _, c := range p.Chains {
-		out = append(out, fmt.Sprintf("chain %s: rules differ from those recorded", c.Name))
+		add(func() string { return fmt.Sprintf("chain %s: rules differ from those recorded", c.Name) })
 	}
 	for _, s := range p.Sets {
 		rebuilt := slices.ContainsFunc(p.Sets, func(o SetChange) bool { return o.Action == ActionDelete && o.Name == altName(s.Name) })
 		if s.Action == ActionCreate && p.TableAction != TableReplace && !rebuilt {
-			out = append(out, fmt.Sprintf("set %s is missing", s.Name))
+			add(func() string { return fmt.Sprintf("set %s is missing", s.Name) })
 		}
 	}
-	return out
+	return out, total
 }
 
 func portsChange(act Action, pp ProtoPorts) string {
