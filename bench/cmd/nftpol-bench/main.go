@@ -108,7 +108,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) section(s string) bool { return b.opts.sections == nil || b.opts.sections[s] }
 
-var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard", "agent"}
+var allSections = []string{"full", "change", "plan", "sets", "load", "packet", "guard", "agent", "views"}
 
 func main() {
 	if len(os.Args) > 1 {
@@ -293,6 +293,15 @@ func benchMain(args []string) int {
 			}
 		}
 	}
+	if b.section("views") && ctx.Err() == nil {
+		v, err := b.measureViews(slices.Max(o.sizes))
+		rep.views = v
+		if err != nil {
+			b.logf("views: %v", err)
+			rep.errors = append(rep.errors, "views: "+firstLine(err.Error()))
+			failed = true
+		}
+	}
 	rep.elapsed = time.Since(b.started)
 	rep.quietWaited, rep.notQuiet = b.quietWaited, b.notQuiet
 
@@ -419,6 +428,7 @@ type report struct {
 	packet  *packetResult
 	guard   *guardResult
 	agents  []*agentResult
+	views   *viewsResult
 	errors  []string
 	elapsed time.Duration
 
@@ -474,6 +484,9 @@ func (r *report) write(w io.Writer) {
 	if len(r.agents) > 0 {
 		writeAgent(w, r.agents)
 	}
+	if r.views != nil {
+		writeViews(w, r.views)
+	}
 	r.writeTargets(w)
 	if r.gobench != "" {
 		writeGoBench(w, r.gobench)
@@ -496,7 +509,7 @@ func writeGoBench(w io.Writer, out string) {
 
 // writeTargets sums up the targets at the largest N measured.
 func (r *report) writeTargets(w io.Writer) {
-	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil && len(r.agents) == 0 {
+	if len(r.sizes) == 0 && r.packet == nil && r.guard == nil && len(r.agents) == 0 && r.views == nil {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n")
@@ -626,5 +639,10 @@ func (r *report) writeTargets(w io.Writer) {
 		}
 	}
 	agentTargets(r.agents, line)
+	if r.views != nil {
+		for _, t := range r.views.targets() {
+			line(t.what, t.status)
+		}
+	}
 	fmt.Fprintln(w)
 }
