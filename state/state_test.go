@@ -446,6 +446,12 @@ func TestRecordedIsWhatLoadReadsBack(t *testing.T) {
 	if !rules.SyncExact(mem.Ruleset(), disk.Ruleset()).Plan.Empty() {
 		t.Error("the ruleset in memory differs from the one read back")
 	}
+	// The recorded state keeps no pointer into what the caller passed:
+	// an apply's identity lives in its result, which would live on (with
+	// its plan) as long as the state.
+	if mem.Kernel == id {
+		t.Error("the state in memory holds the caller's identity, not a copy")
+	}
 	// The next state written from the one in memory reuses its section
 	// files, as one written from the state read back does.
 	shard := rs.Set(rules.PortsSet(rules.TCP, 0))

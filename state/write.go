@@ -197,6 +197,14 @@ func (ps *Pending) Commit(id *kernel.Identity) error {
 	if ps.err != nil {
 		return ps.err
 	}
+	if id != nil {
+		// A copy: the caller's identity lives in its own result (an
+		// apply's), which a State that lives on must not keep alive, and
+		// with it every state before (the agent's memory grew with each
+		// apply, the first one's whole plan included).
+		c := *id
+		id = &c
+	}
 	st := &State{
 		Format: stateFormat, Version: ps.version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
 		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id, BindGuard: ps.guard,
