@@ -324,3 +324,33 @@ func BenchmarkRemovals50k(b *testing.B) {
 		r.applied(now, installed, removes)
 	}
 }
+
+// TestSamePolicy: the same accounts in the same memory and the same
+// settings are the same policy; equal accounts elsewhere, or another
+// setting, are not.
+func TestSamePolicy(t *testing.T) {
+	a := policyOf(uids(1, 5)...)
+	b := *a
+	if !samePolicy(a, &b) {
+		t.Error("a copy sharing the accounts is not the same policy")
+	}
+	if samePolicy(a, policyOf(uids(1, 5)...)) {
+		t.Error("equal accounts in other memory taken for the same policy")
+	}
+	b.MinUID = 7
+	if samePolicy(a, &b) {
+		t.Error("another min_uid taken for the same policy")
+	}
+	if samePolicy(nil, a) || !samePolicy(&policies.Policy{}, &policies.Policy{}) {
+		t.Error("nil or empty policies")
+	}
+	var ag Agent
+	d1 := ag.digest(a)
+	c := *a
+	if d2 := ag.digest(&c); fmt.Sprintf("%p", d1) != fmt.Sprintf("%p", d2) || d2() != a.Digest() {
+		t.Error("the same policy's digest computed again")
+	}
+	if d3 := ag.digest(policyOf(1)); d3() == a.Digest() {
+		t.Error("another policy's digest is the old one")
+	}
+}

@@ -145,6 +145,10 @@ func (h *Host) Load() (*policies.Policy, error) {
 	return p, err
 }
 
+// Digest returns p's digest as the agent's applies do: computed in the
+// background, or the one before when p is the same policy.
+func (h *Host) Digest(p *policies.Policy) func() string { return h.a.digest(p) }
+
 // Compile compiles p as the agent does: from the last good policy's
 // ruleset when p differs from it in a few accounts only.
 func (h *Host) Compile(p *policies.Policy) (*rules.Ruleset, error) { return h.a.compile(p) }
@@ -156,7 +160,8 @@ func (h *Host) Applied(p *policies.Policy, desired *rules.Ruleset, allowRemovals
 	if allowRemovals {
 		h.a.burst.reset()
 	} else {
-		h.a.burst.applied(time.Now(), h.a.good, h.a.burst.removes(h.a.good, p))
+		removes := !samePolicy(h.a.good, p) && h.a.burst.removes(h.a.good, p)
+		h.a.burst.applied(time.Now(), h.a.good, removes)
 	}
 	h.a.applies++
 	h.a.lastApply = time.Now()

@@ -510,3 +510,29 @@ func testCacheFastRandom(t *testing.T, seed uint64) {
 		t.Errorf("%d fast reloads, %d errors: the test no longer tests what it should", f.c.fastReloads, errs)
 	}
 }
+
+// TestCacheReloadNothingKeepsAccounts: a Reload with nothing changed that
+// adds accounts returns the accounts it returned before, in the same
+// memory, which callers use to skip work (the agent's digest).
+func TestCacheReloadNothingKeepsAccounts(t *testing.T) {
+	f := newCacheFixture(t, "include: policies.d\n", map[string]string{
+		"a.yaml": "accounts:\n  - {name: a, uid: 2001, ports: [40010]}\n",
+		"b.yaml": "accounts:\n  - {name: b, uid: 2002, ports: [40020]}\n",
+	})
+	f.write("a.yaml", "accounts:\n  - {name: a, uid: 2001, ports: [40011]}\n")
+	p1, err := f.reload("change a", "a.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := f.reload("nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3, err := f.reload("an unrelated file", filepath.Join(f.dir, "other.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &p2.Accounts[0] != &p1.Accounts[0] || &p3.Accounts[0] != &p1.Accounts[0] {
+		t.Error("a Reload that changed nothing copied the accounts")
+	}
+}

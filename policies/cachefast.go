@@ -132,6 +132,12 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 	if len(removed)+len(added) > maxFastAccounts {
 		return nil, false
 	}
+	if len(removed)+len(added) == 0 {
+		// Nothing that adds accounts changed: the same accounts, in the
+		// same memory (a caller may tell the policies apart by it).
+		np := *c.last
+		return &np, true
+	}
 	for _, a := range added {
 		for _, r := range a.Ports {
 			for _, q := range c.base.BindGuard.Reserved {

@@ -25,7 +25,13 @@ func (a *app) applyCommand() *cobra.Command {
 		eng := a.engine()
 		eng.Prefetch()
 		var digest func() string
-		p, desired, err := a.loadWith(func(p *policies.Policy) { digest = reconcile.DigestInBackground(p) })
+		p, desired, err := a.loadWith(func(p *policies.Policy) {
+			if a.host != nil {
+				digest = a.host.Digest(p) // the agent's, known when nothing changed
+			} else {
+				digest = reconcile.DigestInBackground(p)
+			}
+		})
 		if err != nil {
 			return err
 		}
