@@ -66,13 +66,39 @@ type genMonitor struct {
 	done chan struct{}
 }
 
-func openGenMonitor(netns string) (*genMonitor, error) {
+// netfilterSocket opens a netlink socket of the netfilter family in the
+// namespace netns.
+func netfilterSocket(netns string) (int, error) {
 	fd := -1
 	err := inNetns(netns, func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 		return err
 	})
+	return fd, err
+}
+
+// genAttr returns the big-endian u32 attribute typ of a NEWGEN message's
+// payload (after its nfgenmsg header).
+func genAttr(data []byte, typ uint16) (uint32, bool) {
+	if len(data) < 4 {
+		return 0, false
+	}
+	for a := data[4:]; len(a) >= 4; {
+		l := int(binary.NativeEndian.Uint16(a[0:2]))
+		if l < 4 || l > len(a) {
+			break
+		}
+		if binary.NativeEndian.Uint16(a[2:4])&0x3fff == typ && l >= 8 {
+			return binary.BigEndian.Uint32(a[4:8]), true
+		}
+		a = a[min(len(a), (l+3)&^3):]
+	}
+	return 0, false
+}
+
+func openGenMonitor(netns string) (*genMonitor, error) {
+	fd, err := netfilterSocket(netns)
 	if err != nil {
 		return nil, fmt.Errorf("nf_tables monitor socket: %w", err)
 	}
@@ -142,16 +168,8 @@ func (m *genMonitor) run() {
 				continue
 			}
 			ev := genEvent{at: at}
-			for a := msg.Data[4:]; len(a) >= 4; {
-				l := int(binary.NativeEndian.Uint16(a[0:2]))
-				typ := binary.NativeEndian.Uint16(a[2:4]) & 0x3fff
-				if l < 4 || l > len(a) {
-					break
-				}
-				if typ == nftaGenProcPID && l >= 8 {
-					ev.pid = int(binary.BigEndian.Uint32(a[4:8]))
-				}
-				a = a[min(len(a), (l+3)&^3):]
+			if pid, ok := genAttr(msg.Data, nftaGenProcPID); ok {
+				ev.pid = int(pid)
 			}
 			m.mu.Lock()
 			m.gens = append(m.gens, ev)

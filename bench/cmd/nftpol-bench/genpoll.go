@@ -38,12 +38,7 @@ const (
 )
 
 func openGenPoller(netns string) (*genPoller, error) {
-	fd := -1
-	err := inNetns(netns, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	})
+	fd, err := netfilterSocket(netns)
 	if err != nil {
 		return nil, fmt.Errorf("nf_tables generation socket: %w", err)
 	}
@@ -90,19 +85,11 @@ func (p *genPoller) gen() (uint32, error) {
 			if m.Header.Type == unix.NLMSG_ERROR {
 				return 0, fmt.Errorf("NFT_MSG_GETGEN: error reply")
 			}
-			if m.Header.Type != nfnlSubsysNftabl<<8|nftMsgNewgen || len(m.Data) < 4 {
+			if m.Header.Type != nfnlSubsysNftabl<<8|nftMsgNewgen {
 				continue
 			}
-			for a := m.Data[4:]; len(a) >= 4; {
-				l := int(binary.NativeEndian.Uint16(a[0:2]))
-				typ := binary.NativeEndian.Uint16(a[2:4]) & 0x3fff
-				if l < 4 || l > len(a) {
-					break
-				}
-				if typ == nftaGenID && l >= 8 {
-					return binary.BigEndian.Uint32(a[4:8]), nil
-				}
-				a = a[min(len(a), (l+3)&^3):]
+			if g, ok := genAttr(m.Data, nftaGenID); ok {
+				return g, nil
 			}
 			return 0, fmt.Errorf("NFT_MSG_GETGEN: no generation in the reply")
 		}
