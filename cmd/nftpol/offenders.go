@@ -12,30 +12,26 @@ import (
 	"github.com/nftpol/nftpol/netns"
 	"github.com/nftpol/nftpol/offenders"
 	"github.com/nftpol/nftpol/policies"
-	"github.com/nftpol/nftpol/rules"
 	"github.com/nftpol/nftpol/rules/kernel"
 	"github.com/nftpol/nftpol/sockets"
 )
 
 // violationSets reads the table's violation sets, on a kernel connection
-// of the offender watcher's own.
+// of the offender watcher's own, under whichever of their two names they
+// have now (kernel.ViolationHits).
 type violationSets struct{ k *kernel.Kernel }
 
 func (v violationSets) Hits(table string) ([]offenders.Hit, error) {
 	now := time.Now()
+	sets, err := v.k.ViolationHits(table)
+	if err != nil {
+		return nil, err
+	}
 	var out []offenders.Hit
-	for _, set := range []struct{ name, proto string }{
-		{rules.ViolationsSet(rules.TCP), string(rules.TCP)},
-		{rules.ViolationsSet(rules.UDP), string(rules.UDP)},
-		{rules.TransportViolationsSet, ""},
-	} {
-		hits, err := v.k.Hits(table, set.name)
-		if err != nil {
-			return nil, err
-		}
-		for _, h := range hits {
+	for _, set := range sets {
+		for _, h := range set.Hits {
 			out = append(out, offenders.Hit{
-				Key:     offenders.Key{UID: h.UID, Proto: cmp.Or(h.Proto, set.proto), Port: h.Port},
+				Key:     offenders.Key{UID: h.UID, Proto: cmp.Or(h.Proto, string(set.Role.Proto)), Port: h.Port},
 				Packets: h.Packets,
 				Last:    now.Add(-(compiler.ViolationTimeout - h.Expires)),
 			})

@@ -6,11 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpol/nftpol/rules"
 )
 
 // Hit is one element of a dynamic violation set: a UID seen serving from a
@@ -39,7 +42,9 @@ func (k *Kernel) Hits(table, set string) ([]Hit, error) {
 	s := &nftables.Set{Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}, Name: set}
 	es, err := c.GetSetElements(s)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
+		// google/nftables v0.3.0 formats the kernel's error with %v, so
+		// ENOENT is not errors.Is-able here: ask the kernel again.
+		if gone, gerr := k.setGone(table, set); gerr == nil && gone {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("reading set %s: %w", set, err)
@@ -64,6 +69,64 @@ func (k *Kernel) Hits(table, set string) ([]Hit, error) {
 			h.Packets, h.Bytes = e.Counter.Packets, e.Counter.Bytes
 		}
 		out = append(out, h)
+	}
+	return out, nil
+}
+
+// setGone reports whether table inet <table> has no set <set> (or no such
+// table), from a dump of its sets.
+func (k *Kernel) setGone(table, set string) (bool, error) {
+	conn, err := k.dial()
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	sets, err := getSets(conn, table)
+	if errors.Is(err, unix.ENOENT) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return !slices.ContainsFunc(sets, func(s kset) bool { return s.name == set }), nil
+}
+
+// SetHits are the hits of one violation set.
+type SetHits struct {
+	Role rules.Role // SetViolations (with its Proto) or SetTransportViolations
+	Hits []Hit
+}
+
+// ViolationHits reads every violation set of table inet <table> under the
+// name it has now. A set that was rebuilt while rules read it alternates
+// between two names (tcp_violations, tcp_violations_b): the agent's taking
+// ownership of a table that restore installed is such a rebuild, so a reader
+// of the fixed names found nothing on every host that boots as designed. A
+// missing table reads as no hits.
+func (k *Kernel) ViolationHits(table string) ([]SetHits, error) {
+	conn, err := k.dial()
+	if err != nil {
+		return nil, err
+	}
+	sets, err := getSets(conn, table)
+	conn.Close()
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []SetHits
+	for _, s := range sets {
+		role := rules.RoleOf(decodeSet(s))
+		if role.Kind != rules.SetViolations && role.Kind != rules.SetTransportViolations {
+			continue
+		}
+		hits, err := k.Hits(table, s.name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, SetHits{Role: role, Hits: hits})
 	}
 	return out, nil
 }
