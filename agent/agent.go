@@ -57,8 +57,15 @@ type Ownership interface {
 	// Own makes the table the agent's, adopting it when it is there. It
 	// returns ErrRebuild when the table is there but cannot be adopted
 	// (its flags are fixed when it is created): the first apply then
-	// replaces it whole, in one transaction, and the new one is owned.
+	// creates it anew, owned, through a handover table
+	// (rules.Change.Handover), which Own has made sure is not there.
 	Own(table string) error
+	// DropHandover deletes the handover table of table that a handover
+	// interrupted after it had replaced the table left (it enforces the
+	// policy of then beside the table), and says whether there was one.
+	// The agent calls it once the table is whole again: after its first
+	// apply that succeeds.
+	DropHandover(table string) (bool, error)
 }
 
 // ErrRebuild is returned by Ownership.Own for a table that must be replaced
@@ -175,6 +182,11 @@ type Agent struct {
 	eng   *reconcile.Engine
 	files *files
 	since time.Time
+
+	// handover: a handover table may be left beside the table
+	// (Ownership.DropHandover); checked after the first apply that
+	// succeeds.
+	handover bool
 
 	// good is the last policy applied (or confirmed in the kernel), and
 	// desired its ruleset; nil before the first.
@@ -313,6 +325,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	rebuild := false
 	if a.cfg.Mode == ModeOwner {
+		a.handover = true
 		switch err := a.cfg.Ownership.Own(table); {
 		case errors.Is(err, ErrRebuild):
 			rebuild = true
@@ -518,6 +531,7 @@ func (a *Agent) apply(p *policies.Policy, why string, opt reconcile.ApplyOptions
 		a.log.Info("applied", "why", why, "accounts", len(p.Accounts), "operations", res.Plan.Operations(),
 			"transactions", res.Transactions, "kernel_read", string(res.Source), "took_ms", ms(time.Since(start)))
 	}
+	a.dropHandover(desired.Table)
 	a.cfg.Notify("STATUS=" + a.statusLine())
 	return true
 }
@@ -659,7 +673,7 @@ func (a *Agent) restore(why string, rebuild bool) {
 		a.log.Warn("nothing applied before and the policy is broken: enforcing nothing until it is fixed")
 		return
 	}
-	res, _, err := a.eng.Restore(context.Background(), rebuild)
+	res, _, err := a.eng.Restore(context.Background(), reconcile.RestoreOptions{Rebuild: rebuild})
 	if err != nil {
 		a.failures++
 		a.log.Error("restore failed", "why", why, "err", err.Error())
@@ -670,6 +684,24 @@ func (a *Agent) restore(why string, rebuild bool) {
 		a.applies++
 		a.lastApply = time.Now()
 		a.log.Info("restored the recorded ruleset", "why", why, "operations", res.Plan.Operations())
+	}
+	a.dropHandover(res.Plan.Table)
+}
+
+// dropHandover deletes the handover table an interrupted handover left,
+// once, after the first apply that succeeded: the table is whole then.
+func (a *Agent) dropHandover(table string) {
+	if !a.handover {
+		return
+	}
+	dropped, err := a.cfg.Ownership.DropHandover(table)
+	if err != nil {
+		a.log.Error("deleting the handover table an interrupted rebuild left", "table", rules.HandoverTable(table), "err", err.Error())
+		return
+	}
+	a.handover = false
+	if dropped {
+		a.log.Warn("deleted the handover table an interrupted rebuild left", "table", rules.HandoverTable(table))
 	}
 }
 

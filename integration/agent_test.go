@@ -583,6 +583,97 @@ func TestAgentOwnsTable(t *testing.T) {
 	n.planExit(t, 0)
 }
 
+// TestAgentOwnsTableRestoreInstalled: at boot nftpol-restore.service
+// installs the table before nftpol-watch.service starts, and a table the
+// one-shot CLI created has no owner flags, which the kernel never adds to
+// an existing table. So the agent creates it anew, through a handover table
+// (rules.Change.Handover): while a client uses an account's own port and
+// tries another's, no allowed connection fails and no blocked one
+// succeeds. Then the table is owned (flush passes it by, delete fails), no
+// handover table is left, and the offender watcher reads the new table's
+// violation sets, whose names alternated with the rebuild.
+func TestAgentOwnsTableRestoreInstalled(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinary(t, "cmd/nftpol")
+	tp := newTopology(t)
+	n := nftpolRun{bin: bin, config: writePolicy(t, offendersPolicy("{after: 1h}")), netns: tp.Server, stateDir: t.TempDir()}
+	n.apply(t)
+	head := func() string {
+		return run(t, "ip", "netns", "exec", tp.Server, "nft", "-t", "list", "table", "inet", "nftpol")
+	}
+	if h := head(); strings.Contains(h, "flags owner") {
+		t.Fatalf("the CLI's table is owned:\n%.200s", h)
+	}
+	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40010)      // alpha's own port
+	offender := listenProc(t, tp, uidAlpha, "tcp", 40025) // beta's port
+	lifetime := time.Minute
+	p := startProcess(t, lifetime, "ready", "ip", "netns", "exec", tp.Client, probePath(t), "hammer",
+		"-targets", "tcp:40010:ok,tcp:40025:blocked", "-addrs", ServerIPv4,
+		"-workers", "4", "-blocked-workers", "4", "-pace", "1ms", "-timeout", "200ms", "-max", lifetime.String())
+	h := &hammerProc{p: p, result: make(chan string, 1)}
+	go func() {
+		for line := range p.lines {
+			if r, ok := strings.CutPrefix(line, "result "); ok {
+				h.result <- r
+			}
+		}
+		close(h.result)
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	ag := startAgent(t, n, "--own-table=yes")
+	if m := ag.waitLog(t, 5*time.Second, msgIs("applied")); m["transactions"] != 5.0 {
+		t.Errorf("the agent's first apply: %v, want the five transactions of a handover", m)
+	}
+	ag.waitLog(t, 5*time.Second, msgIs("ready"))
+	time.Sleep(300 * time.Millisecond)
+	res := h.finish(t)
+	for _, tg := range res.Targets {
+		total := 0
+		for _, c := range tg.Words {
+			total += c
+		}
+		least := 200
+		if tg.Expect == "blocked" {
+			least = 10 // each waits for the client's timeout
+		}
+		switch {
+		case total < least:
+			t.Errorf("%s: %d attempts, want at least %d", tg.Target, total, least)
+		case tg.Expect == "ok" && tg.Words["ok"] != total:
+			t.Errorf("%s, allowed: %v during the handover, want all ok", tg.Target, tg.Words)
+		case tg.Expect == "blocked" && tg.Words["ok"] != 0:
+			t.Errorf("%s, blocked: %v during the handover, want none ok", tg.Target, tg.Words)
+		}
+		t.Logf("%s (%s) during the agent's start: %v", tg.Target, tg.Expect, tg.Words)
+	}
+
+	if h := head(); !strings.Contains(h, "flags owner") {
+		t.Errorf("not owned after the agent started:\n%.200s", h)
+	}
+	if out, err := nftTry(tp.Server, "delete", "table", "inet", "nftpol"); err == nil {
+		t.Errorf("nft delete table succeeded on the table the agent owns\n%s", out)
+	}
+	if out, err := nftTry(tp.Server, "flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v\n%s", err, out)
+	}
+	if got := run(t, "ip", "netns", "exec", tp.Server, "nft", "list", "tables"); strings.TrimSpace(got) != "table inet nftpol" {
+		t.Errorf("tables after the handover and a flush:\n%s\nwant the table alone", got)
+	}
+	if got := tp.Connect(t, "tcp", ServerIPv4, 40025); !blocked(got) {
+		t.Errorf("40025 after the flush: %q, want blocked", got)
+	}
+
+	ev := ag.waitLog(t, 5*time.Second, eventIs("episode_start", 40025))
+	if ev["pid"] != float64(offender.cmd.Process.Pid) {
+		t.Errorf("episode event %v, want pid %d", ev, offender.cmd.Process.Pid)
+	}
+	if c := ag.count(msgIs("reading the violation sets")); c != 0 {
+		t.Errorf("the agent failed to read the violation sets %d times\n%s", c, ag.log())
+	}
+	n.planExit(t, 0)
+}
+
 // TestAgentHealsTable: an agent that follows the kernel without owning the
 // table (older kernels, or --own-table=no) puts back every disturbance of
 // another tool, names the tool that did it, and status counts the heals.

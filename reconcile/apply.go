@@ -28,9 +28,10 @@ type ApplyOptions struct {
 	// Policy is the policy desired was compiled from: its bind guard is
 	// applied with the table. nil: the guard is left as it is.
 	Policy *policies.Policy
-	// Rebuild replaces the table whole, inside one transaction, even
-	// when it could be changed in place: an agent that cannot adopt a
-	// table (its flags are fixed when it is created) makes its own.
+	// Rebuild creates the table anew even when it could be changed in
+	// place: an agent that cannot adopt a table (its flags are fixed when
+	// it is created) makes its own. It goes through a handover table
+	// (rules.Change.Handover), which the caller makes sure is not there.
 	Rebuild bool
 }
 
@@ -103,8 +104,8 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
 		}
 		planned, err := e.planTo(s.k, ch, opt.Adopt)
-		if err == nil && opt.Rebuild && planned.Current != nil && planned.Plan.TableAction != rules.TableReplace {
-			planned = planned.Replace()
+		if err == nil && opt.Rebuild && planned.Current != nil {
+			planned = planned.Handover()
 		}
 		if err == nil && !opt.AllowRemovals {
 			err = removalGuard(planned.Plan, current)
@@ -166,11 +167,19 @@ func (a *Applied) Close() {
 	a.s.end()
 }
 
+// RestoreOptions are Restore's choices.
+type RestoreOptions struct {
+	// Adopt replaces a same-named table nftpol did not create.
+	Adopt bool
+	// Rebuild creates the table anew, as ApplyOptions.Rebuild.
+	Rebuild bool
+}
+
 // Restore installs the ruleset the last apply recorded: the difference from
 // what the kernel holds, always read in full (at boot the state cannot
 // vouch for a kernel it has never seen). It returns what it did and the
 // state it installed.
-func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State, error) {
+func (e *Engine) Restore(ctx context.Context, opt RestoreOptions) (*Result, *state.State, error) {
 	s, err := e.open(ctx, "restore")
 	if err != nil {
 		return nil, nil, err
@@ -188,7 +197,11 @@ func (e *Engine) Restore(ctx context.Context, adopt bool) (*Result, *state.State
 	}
 	desired := st.Ruleset()
 	res, after, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Change, error) {
-		return owned(rules.SyncExact(current, desired), adopt, "restore --adopt replaces it")
+		ch, err := owned(rules.SyncExact(current, desired), opt.Adopt || opt.Rebuild, "restore --adopt replaces it")
+		if err == nil && opt.Rebuild && ch.Current != nil {
+			ch = ch.Handover()
+		}
+		return ch, err
 	})
 	if err != nil {
 		return nil, nil, err

@@ -372,8 +372,8 @@ func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, int, 
 		if err != nil && i > 0 && !errors.Is(err, kernel.ErrGenerationChanged) {
 			// Refused: take the transactions before back too, so the
 			// kernel is as it was (the elements were inert anyway).
-			for j := i - 1; j >= 0; j-- {
-				if _, uerr := k.Apply(ch.Undo(j), after.Generation); uerr != nil {
+			for _, u := range ch.TakeBack(i) {
+				if _, uerr := k.Apply(u, after.Generation); uerr != nil {
 					err = fmt.Errorf("%w; and taking back the moved ports sent before it failed too (they change no verdict; the next apply removes them): %v", err, uerr)
 					break
 				}

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -384,7 +386,7 @@ func TestRestoreAndStatus(t *testing.T) {
 		t.Errorf("status of a drifted table: %+v", rep)
 	}
 	delete(r.k.tables, "nftpol")
-	res, st, err := r.engine().Restore(context.Background(), false)
+	res, st, err := r.engine().Restore(context.Background(), RestoreOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +468,7 @@ func TestRebuildIsStaged(t *testing.T) {
 	}
 	// Restore into a fresh kernel installs what the state says.
 	r.k.tables = map[string]*rules.Ruleset{}
-	if _, _, err := r.engine().Restore(context.Background(), false); err != nil {
+	if _, _, err := r.engine().Restore(context.Background(), RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	r.planEmpty(accounts(n))
@@ -531,4 +533,70 @@ func TestKeptEnginePlansFromWhatItRecorded(t *testing.T) {
 	if got := r.planEmpty(accounts(3, 1)); got != FromState {
 		t.Errorf("after the rebuild a plan reads from %s, want state", got)
 	}
+}
+
+// TestRebuildHandsOver: a rebuild (the agent owning a table the CLI made)
+// creates the table anew through a handover table that enforces the new
+// ruleset whole meanwhile: five transactions, the handover table's sets and
+// chains, the table replaced with its sets, its chains, the handover table
+// deleted. Refused before the table was replaced, the handover table goes
+// and the table is as it was; refused after, the handover table stays (it
+// enforces the new policy whole) and the next apply completes the table.
+func TestRebuildHandsOver(t *testing.T) {
+	h := rules.HandoverTable("nftpol")
+	r := newRig(t)
+	r.mustApply(accounts(3))
+	before := len(r.k.commits)
+	res, err := r.apply(accounts(3, 1), ApplyOptions{Rebuild: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range r.k.commits[before:] {
+		got = append(got, fmt.Sprintf("%s %v sets=%d chains=%d", p.Table, p.TableAction, len(p.Sets), len(p.Chains)))
+	}
+	sets, chains := len(res.Plan.Sets), len(res.Plan.Chains)
+	want := []string{
+		fmt.Sprintf("%s %v sets=%d chains=0", h, rules.TableCreate, sets),
+		fmt.Sprintf("%s %v sets=0 chains=%d", h, rules.TableUpdate, chains),
+		fmt.Sprintf("nftpol %v sets=%d chains=0", rules.TableReplace, sets),
+		fmt.Sprintf("nftpol %v sets=0 chains=%d", rules.TableUpdate, chains),
+		fmt.Sprintf("%s %v sets=0 chains=0", h, rules.TableDelete),
+	}
+	if !slices.Equal(got, want) || res.Transactions != 5 {
+		t.Errorf("rebuild committed (%d transactions)\n%s\nwant\n%s", res.Transactions, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, ok := r.k.tables[h]; ok || len(r.k.tables) != 1 {
+		t.Errorf("tables after the handover: %v, want nftpol alone", slices.Collect(maps.Keys(r.k.tables)))
+	}
+	r.planEmpty(accounts(3, 1))
+
+	for _, refused := range []int{2, 3} {
+		kernelBefore := r.table()
+		r.k.calls, r.k.refuse = 0, func(call int) bool { return call == refused }
+		if _, err := r.apply(accounts(4), ApplyOptions{Rebuild: true}); err == nil {
+			t.Fatalf("transaction %d refused: the rebuild succeeded", refused)
+		}
+		r.k.refuse = nil
+		if got := r.table(); got != kernelBefore {
+			t.Errorf("transaction %d refused: the table changed:\n%s", refused, got)
+		}
+		if _, ok := r.k.tables[h]; ok {
+			t.Errorf("transaction %d refused: the handover table is left", refused)
+		}
+	}
+
+	r.k.calls, r.k.refuse = 0, func(call int) bool { return call == 4 }
+	if _, err := r.apply(accounts(4), ApplyOptions{Rebuild: true}); err == nil {
+		t.Fatal("transaction 4 refused: the rebuild succeeded")
+	}
+	r.k.refuse = nil
+	if hr := r.k.tables[h]; hr == nil || len(hr.Chains) == 0 {
+		t.Fatalf("transaction 4 refused: the handover table is %v, want it enforcing", hr)
+	}
+	if tr := r.k.tables["nftpol"]; tr == nil || len(tr.Chains) != 0 {
+		t.Fatalf("transaction 4 refused: the table is %v, want its sets alone", tr)
+	}
+	r.mustApply(accounts(4))
+	r.planEmpty(accounts(4))
 }

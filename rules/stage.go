@@ -277,3 +277,63 @@ func (c *Change) replaceTransactions() []*Plan {
 
 // referenced reports whether a rule of rs reads or updates the set name.
 func (rs *Ruleset) referenced(name string) bool { return referencedSets(rs)[name] }
+
+// HandoverTable is the name of the table that enforces the policy while
+// table is created anew (Handover).
+func HandoverTable(table string) string { return table + "_handover" }
+
+// Handover returns the change that deletes the table and creates Target as
+// a new table, without a moment in which a packet sees less than a whole
+// ruleset. An agent needs it to own a table created without owner flags:
+// the kernel sets a table's OWNER and PERSIST only when it creates it, so
+// neither Replace's staging inside the old table nor any change in place can
+// give it an owner. One transaction that deletes and creates the table would
+// have its new rules read its new interval sets before the kernel publishes
+// them (see above): dropped packets. So Target is first installed whole as
+// HandoverTable(Plan.Table), next to the old table, at the same hooks:
+// both enforce the same policy, and a packet either allows passes both.
+// Then the old table is deleted and created anew with its sets, the chains
+// follow, and the handover table goes:
+//
+//  1. create the handover table with Target's sets, filled
+//  2. its chains
+//  3. delete the table, create it anew with its sets, filled
+//  4. its chains
+//  5. delete the handover table
+//
+// Each state between them has at least one whole ruleset in the kernel, and
+// no rule reads a set written in its own transaction. Its Plan is Replace's
+// (what it does to the table and accounts); c is not changed. The caller
+// deletes a handover table an interrupted handover left before (the first
+// transaction creates it exclusively), and after one that was interrupted
+// once the table was replaced (TakeBack).
+func (c *Change) Handover() *Change {
+	p := diff(nil, c.unstaged)
+	p.TableAction = TableReplace
+	p.Accounts, p.Retire = c.Plan.Accounts, c.Plan.Retire
+	return &Change{Current: c.Current, Target: c.unstaged, Plan: p, unstaged: c.unstaged, handover: true}
+}
+
+// handoverTransactions are Handover's five transactions.
+func (c *Change) handoverTransactions() []*Plan {
+	p := c.Plan
+	h := HandoverTable(p.Table)
+	none := func(table string, action TableAction) *Plan {
+		return &Plan{Table: table, TableAction: action, Desired: p.Desired, Sets: []SetChange{}, Chains: []ChainChange{}, Accounts: []AccountChange{}}
+	}
+	sets := func(table string, action TableAction) *Plan {
+		tx := none(table, action)
+		tx.Sets = p.Sets
+		return tx
+	}
+	chains := func(table string) *Plan {
+		tx := none(table, TableUpdate)
+		tx.Chains = p.Chains
+		return tx
+	}
+	replace := sets(p.Table, TableReplace)
+	replace.Retire = p.Retire
+	last := chains(p.Table)
+	last.Accounts = p.Accounts
+	return []*Plan{sets(h, TableCreate), chains(h), replace, last, none(h, TableDelete)}
+}

@@ -33,6 +33,9 @@ type Change struct {
 	// stagedReplace: Plan replaces the table, in two transactions
 	// (replaceTransactions).
 	stagedReplace bool
+	// handover: Plan creates the table anew, through a handover table
+	// (Handover).
+	handover bool
 }
 
 // newChange is the change from current to target, staged (see stage.go).
@@ -117,6 +120,8 @@ func (c *Change) Replace() *Change {
 func (c *Change) Transactions() []*Plan {
 	p := c.Plan
 	switch {
+	case c.handover:
+		return c.handoverTransactions()
 	case c.stagedReplace:
 		return c.replaceTransactions()
 	case p.TableAction == TableCreate && len(p.Chains) > 0:
@@ -178,6 +183,29 @@ func (c *Change) Undo(i int) *Plan {
 		return nil
 	}
 	return undo(txs[i])
+}
+
+// TakeBack returns the plans to commit, in this order, when the kernel
+// refused transaction failed of Transactions, so that it is as it was:
+// Undo of each transaction before it, the last one first. A handover
+// refused before its table was replaced deletes the handover table; once
+// the old table is gone there is nothing to go back to, and the handover
+// table, which enforces the new policy whole, stays until the next apply
+// completes the table and deletes it.
+func (c *Change) TakeBack(failed int) []*Plan {
+	if c.handover {
+		if failed == 1 || failed == 2 {
+			return []*Plan{undo(c.Transactions()[0])}
+		}
+		return nil
+	}
+	var out []*Plan
+	for j := failed - 1; j >= 0; j-- {
+		if u := c.Undo(j); u != nil {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // prepareMoves splits p in two: pre, what has to be in the kernel before p

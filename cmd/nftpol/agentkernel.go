@@ -17,7 +17,7 @@ import (
 // through it, and it owns or follows the table.
 type agentKernel interface {
 	reconcile.Kernel
-	Own(table string) error
+	agent.Ownership
 	watch(table string) (agent.Monitor, error)
 }
 
@@ -76,9 +76,20 @@ func (c *agentConn) Own(table string) error {
 	case errors.Is(err, kernel.ErrNoTable):
 		return nil // the first apply creates it, owned
 	case errors.Is(err, kernel.ErrCannotAdopt):
+		// The table enforces whole: a handover table beside it is
+		// the remains of a handover interrupted before it replaced
+		// the table, and in the way of the next.
+		if _, err := c.DropHandover(table); err != nil {
+			return err
+		}
 		return agent.ErrRebuild
 	}
 	return err
+}
+
+// DropHandover deletes the handover table of table, if there is one.
+func (c *agentConn) DropHandover(table string) (bool, error) {
+	return c.Kernel.DeleteIfPresent(rules.HandoverTable(table))
 }
 
 // Apply commits p; in monitor mode a large commit goes with the watcher

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/nftpol/nftpol/reconcile"
 )
 
 func (a *app) restoreCommand() *cobra.Command {
@@ -24,7 +26,7 @@ an error and leaves the kernel untouched.`,
 		if err := checkOutput(*out); err != nil {
 			return err
 		}
-		res, st, err := a.engine().Restore(cmd.Context(), *adopt)
+		res, st, err := a.engine().Restore(cmd.Context(), reconcile.RestoreOptions{Adopt: *adopt})
 		if err != nil && res == nil {
 			return err
 		}

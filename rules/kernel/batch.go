@@ -247,3 +247,18 @@ func (k *Kernel) Delete(table string) error {
 	}
 	return nil
 }
+
+// DeleteIfPresent deletes table inet <table> if it exists, and says
+// whether it did.
+func (k *Kernel) DeleteIfPresent(table string) (bool, error) {
+	conn, err := k.dial()
+	if err != nil {
+		return false, err
+	}
+	info, err := findTableInfo(conn, table)
+	conn.Close()
+	if err != nil || !info.found {
+		return false, err
+	}
+	return true, k.Delete(table)
+}
