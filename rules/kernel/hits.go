@@ -39,6 +39,11 @@ func (k *Kernel) Hits(table, set string) ([]Hit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
+	return k.hits(c, table, set)
+}
+
+// hits reads the hits of set <set> of table inet <table> on c.
+func (k *Kernel) hits(c *nftables.Conn, table, set string) ([]Hit, error) {
 	s := &nftables.Set{Table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}, Name: set}
 	es, err := c.GetSetElements(s)
 	if err != nil {
@@ -116,13 +121,20 @@ func (k *Kernel) ViolationHits(table string) ([]SetHits, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One connection for all of them: opening one costs a thread's trip
+	// into the namespace.
+	c, err := nftables.New(append(k.opts, nftables.AsLasting())...)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer c.CloseLasting()
 	var out []SetHits
 	for _, s := range sets {
 		role := rules.RoleOf(decodeSet(s))
 		if role.Kind != rules.SetViolations && role.Kind != rules.SetTransportViolations {
 			continue
 		}
-		hits, err := k.Hits(table, s.name)
+		hits, err := k.hits(c, table, s.name)
 		if err != nil {
 			return nil, err
 		}
