@@ -61,10 +61,11 @@ type Cache struct {
 	above []Problem
 	// files are the include files by name, as Load lists them.
 	files []*cachedFile
-	// ids counts the include files by device and inode, so that a hard
-	// link, whose change inotify reports under one name only, is noticed;
-	// shared is the number of inodes with more than one name.
-	ids    map[devIno]int
+	// ids are the include files' devices and inodes, sorted (once per
+	// name: a slice, a third of a map's memory at 50,000 files), so that
+	// a hard link, whose change inotify reports under one name only, is
+	// noticed; shared is the number of inodes with more than one name.
+	ids    []devIno
 	shared int
 	// last is the policy the Cache last returned, while it had no
 	// problem; idx indexes it, built on the first Reload that needs it
@@ -78,8 +79,10 @@ type Cache struct {
 
 // cachedFile is what one include file added to the policy.
 type cachedFile struct {
+	// name is the last element of path, sharing its bytes.
 	name, path string
-	id         fileID
+	// id is the file's inode as read, for telling names of one inode.
+	id devIno
 	// checked says Load checked the file's permissions; own is how many
 	// of problems are with the file itself, before those with the
 	// directories above it would go (see Cache.above).
@@ -90,25 +93,31 @@ type cachedFile struct {
 	problems []Problem
 	accounts []Account
 	meta     []meta
-	// a0 and a1 bound the accounts in the loader's, while Load runs.
-	a0, a1 int
 }
 
-// fileID is the identity of a file as read: device, inode, size, times.
-type fileID struct {
-	devIno
-	size         int64
-	mtime, ctime syscall.Timespec
-}
+// A cachedFile is kept for every include file, 50,000 of them on a large
+// host, as long as the agent runs: what it holds is the agent's idle
+// memory. The times and size a stat gives are not kept (nothing compares
+// them: inotify says what changed), nor the bounds of its accounts among
+// the loader's while Load runs (recorder.bounds).
 
 type devIno struct{ dev, ino uint64 }
 
-func identity(fi fs.FileInfo) (fileID, bool) {
+func identity(fi fs.FileInfo) (devIno, bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fileID{}, false
+		return devIno{}, false
 	}
-	return fileID{devIno{uint64(st.Dev), st.Ino}, st.Size, st.Mtim, st.Ctim}, true
+	return devIno{uint64(st.Dev), st.Ino}, true
+}
+
+// baseOf is the last element of path as a substring of it, so that a
+// cachedFile's name costs no memory of its own.
+func baseOf(path, name string) string {
+	if strings.HasSuffix(path, "/"+name) {
+		return path[len(path)-len(name):]
+	}
+	return name
 }
 
 // NewCache returns a Cache of the policy in file, read with opts as Load
@@ -168,13 +177,21 @@ func (c *Cache) keep(l *loader, rec *recorder) {
 	}
 	c.listed, c.in, c.mainInfo = true, rec.in, rec.mainInfo
 	c.files = rec.files
-	for _, f := range c.files {
-		f.accounts = slices.Clip(accounts[f.a0:f.a1])
-		f.meta = slices.Clip(l.meta[f.a0:f.a1])
+	for i, f := range c.files {
+		a0, a1 := rec.bounds[i][0], rec.bounds[i][1]
+		f.accounts = slices.Clip(accounts[a0:a1])
+		f.meta = slices.Clip(l.meta[a0:a1])
 	}
-	c.ids = map[devIno]int{}
 	for _, f := range c.files {
-		c.count(f, 1)
+		if f.checked {
+			c.ids = append(c.ids, f.id)
+		}
+	}
+	slices.SortFunc(c.ids, compareDevIno)
+	for i := 1; i < len(c.ids); i++ {
+		if c.ids[i] == c.ids[i-1] && (i == 1 || c.ids[i-2] != c.ids[i]) {
+			c.shared++
+		}
 	}
 	c.above = rec.above
 	if l.checkPerms && c.doubt == "" {
@@ -197,18 +214,29 @@ func (c *Cache) count(f *cachedFile, n int) {
 	if !f.checked {
 		return
 	}
-	k := f.id.devIno
-	before := c.ids[k]
-	c.ids[k] += n
+	i, _ := slices.BinarySearchFunc(c.ids, f.id, compareDevIno)
+	before := 0
+	for j := i; j < len(c.ids) && c.ids[j] == f.id; j++ {
+		before++
+	}
 	switch {
-	case before == 1 && n > 0:
+	case n > 0:
+		c.ids = slices.Insert(c.ids, i, f.id)
+	case before > 0:
+		c.ids = slices.Delete(c.ids, i, i+1)
+	default:
+		return
+	}
+	switch after := before + n; {
+	case before == 1 && after == 2:
 		c.shared++
-	case before == 2 && n < 0:
+	case before == 2 && after == 1:
 		c.shared--
 	}
-	if c.ids[k] == 0 {
-		delete(c.ids, k)
-	}
+}
+
+func compareDevIno(a, b devIno) int {
+	return cmp.Or(cmp.Compare(a.dev, b.dev), cmp.Compare(a.ino, b.ino))
 }
 
 // Reload returns the policy after the files at the paths in changed
@@ -328,7 +356,7 @@ func (c *Cache) update(name string) bool {
 	if len(l.checkedDirs) != dirs || m.above != m.own {
 		return false
 	}
-	f := &cachedFile{name: name, path: path, checked: m.checked, own: m.own, problems: l.problems, accounts: l.accounts, meta: l.meta}
+	f := &cachedFile{name: baseOf(path, name), path: path, checked: m.checked, own: m.own, problems: l.problems, accounts: l.accounts, meta: l.meta}
 	if m.checked {
 		var ok bool
 		if f.id, ok = identity(r.fi); !ok {
@@ -414,6 +442,8 @@ type recorder struct {
 	filesAt      int
 	mainAccounts int
 	files        []*cachedFile
+	// bounds are where each file's accounts are among the loader's.
+	bounds [][2]int
 	// above are the problems with the directories above the include
 	// files, reported on the first one checked (aboveDone).
 	above     []Problem
@@ -437,8 +467,8 @@ func (r *recorder) start(l *loader, in *includeReader, mainInfo fs.FileInfo) {
 // file notes what the include file e, read as rd, added: the problems from
 // p0 and the accounts from a0 on, with m the marks includeRead returned.
 func (r *recorder) file(l *loader, e includeEntry, rd *includeRead, p0, a0 int, m fileMarks) {
-	f := &cachedFile{name: e.name, path: rd.path, checked: m.checked}
-	f.a0, f.a1 = a0, len(l.accounts)
+	f := &cachedFile{name: baseOf(rd.path, e.name), path: rd.path, checked: m.checked}
+	r.bounds = append(r.bounds, [2]int{a0, len(l.accounts)})
 	if e.symlink && r.doubt == "" {
 		r.doubt = "include file " + rd.path + " is a symbolic link"
 	}

@@ -2,9 +2,37 @@ package policies
 
 import (
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 )
+
+// The names the loader accepts, as regular expressions: validTableName and
+// validAccountName are these written out.
+var (
+	tableName   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]{0,31}$`)
+	accountName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+)
+
+// TestValidTableName checks validTableName against the tableName regexp.
+func TestValidTableName(t *testing.T) {
+	names := []string{"", "a", "7", "_a", "a_", "nftpol", "a7_b", "a-b", "a b", "é", "a\x00",
+		strings.Repeat("x", 31), strings.Repeat("x", 32), strings.Repeat("x", 33)}
+	rng := rand.New(rand.NewPCG(5, 6))
+	const alphabet = "aZ09_-. \n\xc3\xa9"
+	for range 200000 {
+		b := make([]byte, rng.IntN(36))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		names = append(names, string(b))
+	}
+	for _, name := range names {
+		if got, want := validTableName(name), tableName.MatchString(name); got != want {
+			t.Fatalf("validTableName(%q) = %v, regexp says %v", name, got, want)
+		}
+	}
+}
 
 // TestValidAccountName checks validAccountName, which the loader uses for
 // 50,000 names, against the accountName regexp it stands for.
