@@ -54,6 +54,7 @@ unit:
 
 test: deps lint
 	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -count=1 -tags mangen -run TestManPages ./cmd/nftpol
 
 demo: deps
 	./scripts/demo.sh
@@ -117,9 +118,12 @@ install: build
 # built binary, into bin/man and bin/completion. The pages are dated with
 # the last commit (SOURCE_DATE_EPOCH), so the same source gives the same
 # pages.
+# The man command is only in a binary built with the tag mangen
+# (cmd/nftpol/docs.go says why), bin/nftpol-man.
 man: build
 	rm -rf bin/man
-	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)} bin/nftpol man bin/man
+	$(GO) build -tags mangen -ldflags "$(LDFLAGS)" -o bin/nftpol-man ./cmd/nftpol
+	SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)} bin/nftpol-man man bin/man
 
 completion: build
 	mkdir -p bin/completion

@@ -159,7 +159,8 @@ and keeps the kernel in sync with it, atomically and sending only what changed.`
 	root.PersistentPreRunE = a.forward
 	root.AddCommand(a.validateCommand(), a.exportCommand(), a.planCommand(), a.applyCommand(),
 		a.restoreCommand(), a.statusCommand(), a.removeCommand(), a.watchCommand(),
-		a.auditCommand(), a.portsCommand(), a.allocateCommand(), a.manCommand())
+		a.auditCommand(), a.portsCommand(), a.allocateCommand())
+	root.AddCommand(a.manCommands()...)
 	root.SetVersionTemplate(versionTemplate)
 	return root
 }

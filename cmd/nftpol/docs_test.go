@@ -1,3 +1,5 @@
+//go:build mangen
+
 package main
 
 import (
