@@ -604,6 +604,16 @@ func TestAgentOwnsTableRestoreInstalled(t *testing.T) {
 	if h := head(); strings.Contains(h, "flags owner") {
 		t.Fatalf("the CLI's table is owned:\n%.200s", h)
 	}
+	// What a handover interrupted before it replaced the table leaves:
+	// the ruleset whole in the handover table (the agent deletes it,
+	// since it is in the way of its own).
+	export, _, code := n.run(t, "export")
+	if code != 0 {
+		t.Fatalf("export: exit %d", code)
+	}
+	leftover := strings.Replace(export, "table inet nftpol {", "table inet nftpol_handover {", 1)
+	nftLoad(t, tp.Server, leftover)
+
 	tp.Listen(t, uidAlpha, "tcp", ServerIPv4, 40010)      // alpha's own port
 	offender := listenProc(t, tp, uidAlpha, "tcp", 40025) // beta's port
 	lifetime := time.Minute

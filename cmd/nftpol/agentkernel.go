@@ -87,9 +87,10 @@ func (c *agentConn) Own(table string) error {
 	return err
 }
 
-// DropHandover deletes the handover table of table, if there is one.
+// DropHandover deletes the handover table of table, if there is one and
+// nftpol made it.
 func (c *agentConn) DropHandover(table string) (bool, error) {
-	return c.Kernel.DeleteIfPresent(rules.HandoverTable(table))
+	return c.Kernel.DeleteIfNftpols(rules.HandoverTable(table))
 }
 
 // Apply commits p; in monitor mode a large commit goes with the watcher
