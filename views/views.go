@@ -164,7 +164,8 @@ func rangeOf(e rules.Element) policies.PortRange { return policies.PortRange{Lo:
 
 func exemptUIDs(rs *rules.Ruleset) map[uint32]bool {
 	m := map[uint32]bool{}
-	if s := rs.Set(rules.ExemptSet); s != nil {
+	// By role, not name: a rebuilt table may hold it as exempt_b.
+	if s := rs.SetOfRole(rules.Role{Kind: rules.SetExempt}); s != nil {
 		for _, e := range s.Elements {
 			m[e.UID] = true
 		}

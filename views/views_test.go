@@ -92,6 +92,20 @@ func TestViewsOfRuleset(t *testing.T) {
 		t.Errorf("views:\n%+v\nwant\n%+v", views, want)
 	}
 
+	// A table replaced in place holds its sets under their other names
+	// (exempt_b): what the kernel enforces is the same.
+	rebuilt := compile(t, testPolicy())
+	for _, s := range rebuilt.Sets {
+		if s.Name == rules.ExemptSet {
+			s.Name += "_b"
+			s.Role = rules.Role{}
+			s.DeriveRole()
+		}
+	}
+	if _, got := Views(rebuilt, at); !reflect.DeepEqual(got, want) {
+		t.Errorf("views of the sets under their other names:\n%+v\nwant\n%+v", got, want)
+	}
+
 	p := testPolicy()
 	p.Loopback, p.MinUID = policies.LoopbackAllow, 0
 	if host, _ := Views(compile(t, p), at); host.Loopback != policies.LoopbackAllow || host.MinUID != 0 {
