@@ -459,3 +459,49 @@ func TestRecordedIsWhatLoadReadsBack(t *testing.T) {
 		t.Errorf("the section of %s is not reused from the state in memory", shard.Name)
 	}
 }
+
+// TestRecordedKeepsInlineText: the state in memory keeps the lines of the
+// sets written inline (below sectionElements), as the state read back does,
+// so that the next state written from it (the agent's next apply) copies
+// them instead of formatting every shard again; and what it writes so is
+// what Load reads back.
+func TestRecordedKeepsInlineText(t *testing.T) {
+	dir, p, rs, _ := savedState(t, 100*rules.Shards)
+	ps := Prepare(dir, "test", p.Digest, rs, nil)
+	if err := ps.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	mem := ps.Recorded()
+	disk, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := rs.Set(rules.PortsSet(rules.TCP, 0))
+	got, ok := mem.elementText(shard)
+	if !ok || got.sum != "" || got.lines == "" {
+		t.Fatalf("the lines of %s are not kept in memory: %+v %v", shard.Name, got, ok)
+	}
+	if want := disk.text[shard.Name]; got.lines != want.lines {
+		t.Errorf("the lines kept in memory differ from those read back:\n%q\n%q", got.lines, want.lines)
+	}
+	before, err := os.ReadFile(filepath.Join(dir, stateName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := Prepare(dir, "test", p.Digest, rs, mem)
+	if err := next.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := Load(dir); err != nil || !rules.SyncExact(again.Ruleset(), rs).Plan.Empty() {
+		t.Fatalf("the state written from the kept lines reads back as %v (%v)", again, err)
+	}
+	after, err := os.ReadFile(filepath.Join(dir, stateName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the time and the trailer's digest may differ.
+	cut := func(b []byte) string { s, _, _ := strings.Cut(string(b), "{\"format\""); return s }
+	if cut(before) != cut(after) {
+		t.Error("the elements written from the kept lines differ from the ones formatted")
+	}
+}

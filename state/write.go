@@ -101,27 +101,27 @@ func (ps *Pending) write() error {
 				continue
 			}
 			b = fmt.Appendf(b, "elements %s %d\n", s.Name, len(s.Elements))
-			if text, ok := ps.from.elementText(s); ok && text.sum == "" {
-				if _, err := hw.Write(b); err != nil {
-					return err
-				}
-				b = b[:0]
-				if _, err := io.WriteString(hw, text.lines); err != nil {
-					return err
-				}
-				continue
+			// Fewer than sectionElements: one slice of lines, kept
+			// with the state as Load keeps what it read, so that the
+			// agent's next apply writes it again without formatting
+			// it (it formatted every shard of every apply below 16,000
+			// accounts).
+			text, ok := ps.from.elementText(s)
+			if ok && text.sum == "" {
+				b = append(b, text.lines...)
+			} else {
+				start := len(b)
+				b = appendElementLines(b, s.Elements)
+				text = section{lines: string(b[start:])}
 			}
-			// Write in slices of a few thousand elements: one buffer
-			// of the whole set would be megabytes more RSS.
-			for es := s.Elements; len(es) > 0; {
-				n := min(len(es), 4096)
-				b = appendElementLines(b, es[:n])
-				es = es[n:]
-				if _, err := hw.Write(b); err != nil {
-					return err
-				}
-				b = b[:0]
+			if _, err := hw.Write(b); err != nil {
+				return err
 			}
+			b = b[:0]
+			if ps.sectionText == nil {
+				ps.sectionText = map[string]section{}
+			}
+			ps.sectionText[s.Name] = text
 		}
 		_, err := hw.Write(b)
 		return err
