@@ -467,16 +467,7 @@ func startProber(t *testing.T, tp *Topology, port int) *prober {
 		"-targets", fmt.Sprintf("tcp:%d:blocked", port), "-addrs", ServerIPv4,
 		"-workers", "1", "-blocked-workers", "20", "-pace", "10ms",
 		"-timeout", "200ms", "-max", lifetime.String())
-	h := &hammerProc{p: p, result: make(chan string, 1)}
-	go func() {
-		for line := range p.lines {
-			if r, ok := strings.CutPrefix(line, "result "); ok {
-				h.result <- r
-			}
-		}
-		close(h.result)
-	}()
-	return &prober{h: h}
+	return &prober{h: readHammer(p)}
 }
 
 // finish stops the client and says how many connections it tried and how
@@ -620,15 +611,7 @@ func TestAgentOwnsTableRestoreInstalled(t *testing.T) {
 	p := startProcess(t, lifetime, "ready", "ip", "netns", "exec", tp.Client, probePath(t), "hammer",
 		"-targets", "tcp:40010:ok,tcp:40025:blocked", "-addrs", ServerIPv4,
 		"-workers", "4", "-blocked-workers", "4", "-pace", "1ms", "-timeout", "200ms", "-max", lifetime.String())
-	h := &hammerProc{p: p, result: make(chan string, 1)}
-	go func() {
-		for line := range p.lines {
-			if r, ok := strings.CutPrefix(line, "result "); ok {
-				h.result <- r
-			}
-		}
-		close(h.result)
-	}()
+	h := readHammer(p)
 	time.Sleep(300 * time.Millisecond)
 
 	ag := startAgent(t, n, "--own-table=yes")

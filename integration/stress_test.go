@@ -268,6 +268,12 @@ func startHammer(t *testing.T, tp *Topology, lifetime time.Duration, targets []s
 		"-targets", strings.Join(list, ","), "-addrs", ServerIPv4+","+ServerIPv6,
 		"-workers", "1", "-blocked-workers", "2", "-pace", stressClientPace.String(),
 		"-timeout", stressClientTimeout.String(), "-max", lifetime.String())
+	return readHammer(p)
+}
+
+// readHammer follows the output of a started `probe hammer`: its progress
+// and, at the end, its result.
+func readHammer(p *process) *hammerProc {
 	h := &hammerProc{p: p, result: make(chan string, 1)}
 	go func() {
 		for line := range p.lines {
