@@ -301,8 +301,16 @@ func TestRemoveTouchesOnlyItsTable(t *testing.T) {
 	if _, stderr, code := n.run(t, "restore"); code != 0 {
 		t.Fatalf("restore after remove: %d %s", code, stderr)
 	}
-	if _, stderr, code := n.run(t, "remove", "--purge"); code != 0 {
+	// What an agent that died handing the table over leaves: the ruleset
+	// in the handover table too. remove deletes it with the table.
+	export, _, _ := n.run(t, "export")
+	nftLoad(t, ns, strings.Replace(export, "table inet nftpol {", "table inet nftpol_handover {", 1))
+	out, stderr, code := n.run(t, "remove", "--purge")
+	if code != 0 {
 		t.Fatalf("remove --purge: %d %s", code, stderr)
+	}
+	if tables := run(t, "ip", "netns", "exec", ns, "nft", "list", "tables"); strings.Contains(tables, "nftpol") || !strings.Contains(out, "nftpol_handover") {
+		t.Errorf("remove with a handover table left:\n%s\ntables:\n%s", out, tables)
 	}
 	if _, err := os.Stat(filepath.Join(state, "state")); !os.IsNotExist(err) {
 		t.Errorf("--purge kept the state: %v", err)

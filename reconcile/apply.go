@@ -246,6 +246,9 @@ type Removed struct {
 	Purged bool
 	// GuardRemoved is set when a bind guard was detached and removed.
 	GuardRemoved bool
+	// Handover is set when the handover table an interrupted agent left
+	// (rules.Change.Handover) was deleted too.
+	Handover bool
 }
 
 // Remove deletes nftpol's table (TableName says which) and, with purge, the
@@ -278,6 +281,16 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 			return r, err
 		}
 		r.Deleted, r.Accounts = true, len(installedAccounts(current))
+	}
+	// An agent that died in a handover may have left its handover table,
+	// enforcing a ruleset beside the table: removing nftpol removes it.
+	if left, err := s.k.Read(rules.HandoverTable(r.Table)); err != nil {
+		return r, err
+	} else if left != nil && left.Owned() {
+		if err := s.k.Delete(rules.HandoverTable(r.Table)); err != nil {
+			return r, err
+		}
+		r.Handover = true
 	}
 	if rec, err := e.Recorded(); err == nil && rec.BindGuard != nil {
 		g := e.guard(r.Table, "")
