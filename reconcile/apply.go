@@ -197,7 +197,7 @@ func (e *Engine) Restore(ctx context.Context, opt RestoreOptions) (*Result, *sta
 	}
 	desired := st.Ruleset()
 	res, after, err := e.converge(s.k, desired.Table, false, func(current *rules.Ruleset) (*rules.Change, error) {
-		ch, err := owned(rules.SyncExact(current, desired), opt.Adopt || opt.Rebuild, "restore --adopt replaces it")
+		ch, err := owned(rules.SyncExact(current, desired), opt.Adopt || opt.Rebuild, e.cfg.Owner, "restore --adopt replaces it")
 		if err == nil && opt.Rebuild && ch.Current != nil {
 			ch = ch.Handover()
 		}

@@ -81,6 +81,12 @@ type Config struct {
 	// to plan the next change from; after a restore or a remove it reads
 	// the state again when next asked.
 	Keep bool
+	// Owner says the Kernel creates the tables it creates owned (the
+	// agent in owner mode): a same-named table it adopts was created by
+	// another without those flags, which the kernel sets only when it
+	// creates a table, so adopting creates it anew, through a handover
+	// table (rules.Change.Handover), instead of replacing its content.
+	Owner bool
 }
 
 // Engine plans and applies for one command. It reads the state once and
@@ -274,12 +280,12 @@ func (e *Engine) Plan(ctx context.Context, desired *rules.Ruleset, adopt bool) (
 
 // planTo checks and completes ch, a change to the policy's ruleset. A
 // table of the same name that nftpol did not create is refused unless adopt
-// is set; adopting replaces it whole, inside one transaction. When the
+// is set; adopting replaces it whole (owned). When the
 // policy renamed the table, the table applied before (named in the state)
 // is deleted in the same transaction, if it is still there and nftpol's: a
 // rename must not leave the old rules enforcing beside the new ones.
 func (e *Engine) planTo(k Kernel, ch *rules.Change, adopt bool) (*rules.Change, error) {
-	ch, err := owned(ch, adopt, "rename the table in the policy, or run apply --adopt to replace it")
+	ch, err := owned(ch, adopt, e.cfg.Owner, "rename the table in the policy, or run apply --adopt to replace it")
 	if err != nil {
 		return nil, err
 	}
@@ -297,14 +303,17 @@ func (e *Engine) planTo(k Kernel, ch *rules.Change, adopt bool) (*rules.Change, 
 
 // owned returns ch when the kernel's table is nftpol's (or absent). A
 // same-named table nftpol did not create is refused, saying what to do
-// (hint), unless adopt is set: then it is replaced whole, in one
-// transaction.
-func owned(ch *rules.Change, adopt bool, hint string) (*rules.Change, error) {
+// (hint), unless adopt is set: then it is replaced whole (staged, see
+// rules.Change.Replace), or created anew through a handover table when the
+// kernel connection is the table's owner (Config.Owner).
+func owned(ch *rules.Change, adopt, owner bool, hint string) (*rules.Change, error) {
 	switch {
 	case ch.Current == nil || ch.Current.Owned():
 		return ch, nil
 	case !adopt:
 		return nil, fmt.Errorf("table inet %s exists but was not created by nftpol; refusing to take it over (%s)", ch.Target.Table, hint)
+	case owner:
+		return ch.Handover(), nil
 	}
 	return ch.Replace(), nil
 }

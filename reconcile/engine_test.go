@@ -600,3 +600,43 @@ func TestRebuildHandsOver(t *testing.T) {
 	r.mustApply(accounts(4))
 	r.planEmpty(accounts(4))
 }
+
+// TestOwnerAdoptsByHandover: an engine whose kernel creates tables owned
+// (the agent in owner mode) adopts a same-named table someone else made by
+// creating it anew through the handover table: its content replaced in
+// place would keep the other's flags, and the agent would own nothing.
+func TestOwnerAdoptsByHandover(t *testing.T) {
+	r := newRig(t)
+	r.k.tables["nftpol"] = &rules.Ruleset{Table: "nftpol", Sets: []*rules.Set{{Name: "theirs", Key: rules.KeyUID}}}
+	e := New(Config{StateDir: r.dir, Version: "test", LockTimeout: time.Second, Open: r.k.open, Warn: &r.warn, Owner: true})
+	defer e.Close()
+	before := len(r.k.commits)
+	a, err := e.Apply(context.Background(), compile(t, accounts(3)), DigestInBackground(accounts(3)), ApplyOptions{Adopt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Record()
+	a.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for _, p := range r.k.commits[before:] {
+		tables = append(tables, fmt.Sprint(p.Table, " ", p.TableAction))
+	}
+	h := rules.HandoverTable("nftpol")
+	var want []string
+	for _, w := range []struct {
+		table  string
+		action rules.TableAction
+	}{{h, rules.TableCreate}, {h, rules.TableUpdate}, {"nftpol", rules.TableReplace}, {"nftpol", rules.TableUpdate}, {h, rules.TableDelete}} {
+		want = append(want, fmt.Sprint(w.table, " ", w.action))
+	}
+	if !slices.Equal(tables, want) {
+		t.Errorf("adopting as the owner committed %v, want %v", tables, want)
+	}
+	if len(r.k.tables) != 1 || r.k.tables["nftpol"].Set("theirs") != nil {
+		t.Errorf("tables after the adoption: %v", slices.Collect(maps.Keys(r.k.tables)))
+	}
+	r.planEmpty(accounts(3))
+}

@@ -140,6 +140,7 @@ func (a *app) watch(ctx context.Context, own string, follow bool, metricsAddr st
 		Open:        func() (reconcile.Kernel, error) { return kept{k}, nil },
 		BPFDir:      a.v.GetString("bpf-dir"),
 		Keep:        true,
+		Owner:       mode == agent.ModeOwner,
 	})
 	defer eng.Close()
 	hup := make(chan os.Signal, 1)
