@@ -284,13 +284,8 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 	}
 	// An agent that died in a handover may have left its handover table,
 	// enforcing a ruleset beside the table: removing nftpol removes it.
-	if left, err := s.k.Read(rules.HandoverTable(r.Table)); err != nil {
+	if r.Handover, err = DropHandover(s.k, r.Table); err != nil {
 		return r, err
-	} else if left != nil && left.Owned() {
-		if err := s.k.Delete(rules.HandoverTable(r.Table)); err != nil {
-			return r, err
-		}
-		r.Handover = true
 	}
 	if rec, err := e.Recorded(); err == nil && rec.BindGuard != nil {
 		g := e.guard(r.Table, "")
@@ -308,6 +303,19 @@ func (e *Engine) Remove(ctx context.Context, purge bool, policyTable func() (str
 		r.Purged = true
 	}
 	return r, nil
+}
+
+// DropHandover deletes the handover table of table (rules.Change.Handover)
+// if there is one and nftpol made it (its sets and rules carry nftpol's
+// comments), and says whether it did: what a handover interrupted by the
+// agent's death leaves. Another's table of that name is left as it is.
+func DropHandover(k Kernel, table string) (bool, error) {
+	h := rules.HandoverTable(table)
+	left, err := k.Read(h)
+	if err != nil || left == nil || !left.Owned() {
+		return false, err
+	}
+	return true, k.Delete(h)
 }
 
 // TableName is the table nftpol manages: the one recorded by the last apply,

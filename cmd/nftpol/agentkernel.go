@@ -88,9 +88,9 @@ func (c *agentConn) Own(table string) error {
 }
 
 // DropHandover deletes the handover table of table, if there is one and
-// nftpol made it.
+// nftpol made it (reconcile.DropHandover).
 func (c *agentConn) DropHandover(table string) (bool, error) {
-	return c.Kernel.DeleteIfNftpols(rules.HandoverTable(table))
+	return reconcile.DropHandover(c.Kernel, table)
 }
 
 // Apply commits p; in monitor mode a large commit goes with the watcher

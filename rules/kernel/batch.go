@@ -247,27 +247,3 @@ func (k *Kernel) Delete(table string) error {
 	}
 	return nil
 }
-
-// DeleteIfNftpols deletes table inet <table> if it exists and is nftpol's
-// (rules.Ruleset.Owned: its sets and rules carry nftpol's comments), and
-// says whether it did. Another's table of that name is an error, left as
-// it is.
-func (k *Kernel) DeleteIfNftpols(table string) (bool, error) {
-	conn, err := k.dial()
-	if err != nil {
-		return false, err
-	}
-	info, err := findTableInfo(conn, table)
-	conn.Close()
-	if err != nil || !info.found {
-		return false, err
-	}
-	rs, err := k.Read(table)
-	if err != nil {
-		return false, err
-	}
-	if rs != nil && !rs.Owned() {
-		return false, fmt.Errorf("table inet %s exists but was not created by nftpol; leaving it as it is", table)
-	}
-	return true, k.Delete(table)
-}
