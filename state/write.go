@@ -107,9 +107,8 @@ func (ps *Pending) write() error {
 			// it (it formatted every shard of every apply below 16,000
 			// accounts).
 			text, ok := ps.from.elementText(s)
-			if ok && text.sum == "" {
-				b = append(b, text.lines...)
-			} else {
+			reused := ok && text.sum == ""
+			if !reused {
 				start := len(b)
 				b = appendElementLines(b, s.Elements)
 				text = section{lines: string(b[start:])}
@@ -118,6 +117,11 @@ func (ps *Pending) write() error {
 				return err
 			}
 			b = b[:0]
+			if reused {
+				if _, err := io.WriteString(hw, text.lines); err != nil {
+					return err
+				}
+			}
 			if ps.sectionText == nil {
 				ps.sectionText = map[string]section{}
 			}
