@@ -135,25 +135,33 @@ func (b *bench) measureViews(n int) (*viewsResult, error) {
 	if _, err := agents[1].waitLog(0, 2*time.Minute, "published the account view files"); err != nil {
 		return res, err
 	}
+	// served times one `nftpol apply` of side i, which its agent must
+	// serve, into c.
+	served := func(i int, c *cell) error {
+		from := agents[i].count()
+		r, err := b.run(command{args: args(sides[i], ap.main), timed: true})
+		if err == nil {
+			if _, werr := agents[i].waitLog(from, 5*time.Second, "served"); werr != nil {
+				err = fmt.Errorf("the agent did not serve the apply: it ran in the CLI")
+			}
+		}
+		if err != nil {
+			c.fail(err)
+			return err
+		}
+		c.add(r.sample)
+		return nil
+	}
 	k, e := agentEdit(n, "last")
 	for run := 1; run <= b.opts.runs; run++ {
 		for _, content := range []string{"accounts:\n" + accountLine(k, e), "accounts:\n" + accountLine(k, edit{})} {
 			if _, err := ap.put(k, content); err != nil {
 				return res, err
 			}
-			for i, s := range sides {
-				from := agents[i].count()
-				r, err := b.run(command{args: args(s, ap.main), timed: true})
-				if err != nil {
-					res.agent[i].fail(err)
+			for i := range sides {
+				if err := served(i, &res.agent[i]); err != nil {
 					return res, err
 				}
-				if _, err := agents[i].waitLog(from, 5*time.Second, "served"); err != nil {
-					err = fmt.Errorf("the agent did not serve the apply: it ran in the CLI")
-					res.agent[i].fail(err)
-					return res, err
-				}
-				res.agent[i].add(r.sample)
 			}
 		}
 	}
@@ -166,18 +174,9 @@ func (b *bench) measureViews(n int) (*viewsResult, error) {
 				res.agentFull[i].fail(err)
 				return res, err
 			}
-			from := agents[i].count()
-			r, err := b.run(command{args: args(s, ap.main), timed: true})
-			if err != nil {
-				res.agentFull[i].fail(err)
+			if err := served(i, &res.agentFull[i]); err != nil {
 				return res, err
 			}
-			if _, err := agents[i].waitLog(from, 5*time.Second, "served"); err != nil {
-				err = fmt.Errorf("the agent did not serve the apply: it ran in the CLI")
-				res.agentFull[i].fail(err)
-				return res, err
-			}
-			res.agentFull[i].add(r.sample)
 		}
 	}
 	b.logf("N=%d views: full apply through the agent %s without, %s with", n, fmtDur(res.agentFull[0].median()), fmtDur(res.agentFull[1].median()))
