@@ -155,7 +155,7 @@ func (b *bench) measureViews(n int) (*viewsResult, error) {
 	k, e := agentEdit(n, "last")
 	for run := 1; run <= b.opts.runs; run++ {
 		for _, content := range []string{"accounts:\n" + accountLine(k, e), "accounts:\n" + accountLine(k, edit{})} {
-			if _, err := ap.put(k, content); err != nil {
+			if _, _, err := ap.put(k, content); err != nil {
 				return res, err
 			}
 			for i := range sides {
