@@ -239,15 +239,23 @@ func (k *Kernel) exchange(conn *netlink.Conn, batch []netlink.Message, fill []*r
 	// hold it; the receive buffer must hold the kernel's error replies,
 	// which echo the failing message. As root the netlink package uses
 	// SO_SNDBUFFORCE/SO_RCVBUFFORCE, which lift the sysctl caps.
+	// The commit socket keeps its sizes: they are set again only for a
+	// batch larger than any before on it (three system calls less for
+	// every small change the agent commits).
 	size := max(2*bytes+64*len(ops), 1<<20)
-	if err := conn.SetWriteBuffer(size); err != nil {
-		return fmt.Errorf("sizing the netlink send buffer: %w", err)
+	if conn != k.commitConn || size > k.commitBuf {
+		if err := conn.SetWriteBuffer(size); err != nil {
+			return fmt.Errorf("sizing the netlink send buffer: %w", err)
+		}
+		if err := conn.SetReadBuffer(size); err != nil {
+			return fmt.Errorf("sizing the netlink receive buffer: %w", err)
+		}
+		// Ask for the kernel's own words on errors.
+		_ = conn.SetOption(netlink.ExtendedAcknowledge, true)
+		if conn == k.commitConn {
+			k.commitBuf = size
+		}
 	}
-	if err := conn.SetReadBuffer(size); err != nil {
-		return fmt.Errorf("sizing the netlink receive buffer: %w", err)
-	}
-	// Ask for the kernel's own words on errors.
-	_ = conn.SetOption(netlink.ExtendedAcknowledge, true)
 	if err := conn.SetReadDeadline(time.Now().Add(ackTimeout)); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -83,11 +84,10 @@ func (k *Kernel) Identity() (Identity, error) {
 	if k.fake != nil {
 		return id, errors.New("no identity for a test dial")
 	}
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return id, fmt.Errorf("reading the boot id: %w", err)
+	var err error
+	if id.BootID, err = readBootID(); err != nil {
+		return id, err
 	}
-	id.BootID = strings.TrimSpace(string(b))
 	conn, err := k.conn()
 	if err != nil {
 		return id, err
@@ -110,6 +110,18 @@ func (k *Kernel) Identity() (Identity, error) {
 	}
 	return id, err
 }
+
+// readBootID reads the boot ID once per process: it cannot change while
+// the process runs, and an agent asks for its kernel's identity on every
+// apply, where each file read after an idle spell is dear (see
+// DESIGN.md's measured facts).
+var readBootID = sync.OnceValues(func() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("reading the boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+})
 
 // NextGeneration is the generation a commit made at generation g leaves
 // behind: the kernel increments it once per transaction, skipping 0.

@@ -24,6 +24,9 @@ type Kernel struct {
 	fake nltest.Func
 	// commitConn is the socket commits are sent on, open until Close.
 	commitConn *netlink.Conn
+	// commitBuf is the send and receive buffer size set on commitConn
+	// (0: none yet).
+	commitBuf int
 	// own: the tables this Kernel writes are owned by commitConn
 	// (WithOwnership).
 	own bool
@@ -79,7 +82,7 @@ func (k *Kernel) Close() error {
 	var errs []error
 	if k.commitConn != nil {
 		errs = append(errs, k.commitConn.Close())
-		k.commitConn = nil
+		k.commitConn, k.commitBuf = nil, 0
 	}
 	if k.ns != nil {
 		errs = append(errs, k.ns.Close())
@@ -162,6 +165,6 @@ func (k *Kernel) ownPort(port uint32) bool {
 func (k *Kernel) dropConn() {
 	if k.commitConn != nil {
 		k.commitConn.Close()
-		k.commitConn = nil
+		k.commitConn, k.commitBuf = nil, 0
 	}
 }
