@@ -134,6 +134,14 @@ func (c *Cache) Load() (*Policy, error) {
 	rec := &recorder{}
 	l.rec = rec
 	p, err := l.run(c.file)
+	if l.resolvePending() {
+		l = l.again(c.opts)
+		rec = &recorder{}
+		l.rec = rec
+		p, err = l.run(c.file)
+	}
+	// Later Reloads ask getent for the names they find, together.
+	l.direct = false
 	*c = Cache{file: c.file, opts: c.opts, fullReads: c.fullReads + 1, fastReloads: c.fastReloads}
 	if err == nil {
 		c.last = p
@@ -298,6 +306,19 @@ func (c *Cache) Reload(changed []string) (*Policy, error) {
 			return c.Load()
 		}
 		news[i] = c.cached(name)
+	}
+	if c.l.resolvePending() {
+		// Read the files once more, now that getent told the users
+		// they name.
+		c.l.permMsgs, c.l.direct = map[string]bool{}, true
+		for i, name := range names {
+			if !c.update(name) {
+				c.l.direct = false
+				return c.Load()
+			}
+			news[i] = c.cached(name)
+		}
+		c.l.direct = false
 	}
 	if c.shared > 0 {
 		return c.Load()

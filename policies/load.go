@@ -23,7 +23,7 @@ type Option func(*loader)
 // that tests need no real users. lookup returns ErrUnknownUser, or an error
 // wrapping it, for a name that does not exist.
 func WithLookup(lookup func(name string) (uint32, error)) Option {
-	return func(l *loader) { l.lookup = lookup }
+	return func(l *loader) { l.lookup, l.nss = lookup, nil }
 }
 
 // Defaults for keys the main file leaves out.
@@ -66,13 +66,27 @@ var (
 // problem: it is most likely a write cut short, and would take every port
 // it stood for away from its accounts.
 func Load(file string, opts ...Option) (*Policy, error) {
-	return newLoader(opts).run(file)
+	l := newLoader(opts)
+	p, err := l.run(file)
+	if !l.resolvePending() {
+		return p, err
+	}
+	return l.again(opts).run(file)
+}
+
+// again is a loader for running a Load once more, now that getent has
+// answered for the names l left pending: it knows the users l knows, and
+// asks getent itself for a name it has not seen (a file changed since).
+func (l *loader) again(opts []Option) *loader {
+	l2 := newLoader(opts)
+	l2.users, l2.nss, l2.direct = l.users, l.nss, true
+	return l2
 }
 
 // newLoader makes the loader of one Load with opts.
 func newLoader(opts []Option) *loader {
 	l := &loader{
-		lookup: lookupNSS, users: map[string]userResult{},
+		nss: newNSS(), users: map[string]userResult{},
 		checkPerms: true, checkedDirs: map[string]bool{}, permMsgs: map[string]bool{},
 		euid: os.Geteuid(),
 	}
@@ -127,10 +141,17 @@ func (l *loader) run(file string) (*Policy, error) {
 
 // loader holds the state of one Load call.
 type loader struct {
+	// nss is the system's name service (users.go); lookup, when nss is
+	// nil, is WithLookup's function.
+	nss    *nss
 	lookup func(name string) (uint32, error)
 	// users caches lookups, so a name used twice is looked up once and
-	// reported the same way both times.
+	// reported the same way both times. pending are the names of this
+	// pass that only getent can resolve, asked all together after it;
+	// direct says to ask getent for each such name at once instead.
 	users    map[string]userResult
+	pending  []string
+	direct   bool
 	problems []Problem
 	// checkPerms is WithPermissionCheck's setting; checkedDirs holds the
 	// directories whose permissions were checked already, permMsgs the

@@ -722,14 +722,3 @@ policy.yaml: cannot parse: yaml: line 3: did not find expected key`
 		t.Errorf("Error() =\n%s\nwant\n%s", got, want)
 	}
 }
-
-// TestLookupNSS checks the default lookup against the one user every Linux
-// system has, and one no system should have.
-func TestLookupNSS(t *testing.T) {
-	if uid, err := lookupNSS("root"); err != nil || uid != 0 {
-		t.Errorf(`lookupNSS("root") = %d, %v; want 0, nil`, uid, err)
-	}
-	if _, err := lookupNSS("nftpol-test-no-such-user"); !errors.Is(err, ErrUnknownUser) {
-		t.Errorf("lookupNSS(unknown) error = %v, want ErrUnknownUser", err)
-	}
-}

@@ -1,31 +1,189 @@
 package policies
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
-	"os/user"
-	"strconv"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/nftpol/nftpol/internal/passwd"
 )
 
-// lookupNSS resolves a user name the way the rest of the system does.
+// User names resolve the way the rest of the system resolves them (NSS:
+// /etc/passwd, LDAP, sssd, ...), without cgo: a cgo binary pays the
+// dynamic loader and libc's thread start-up in every process, 11 ms of
+// the 30 ms a cold `nftpol --version` took on the machines we measure on
+// (DESIGN.md), and every forwarded `nftpol apply` is such a process.
 //
-// os/user goes through NSS (so LDAP and sssd users resolve too) only in cgo
-// builds; a CGO_ENABLED=0 binary reads /etc/passwd alone and would report
-// directory users as unknown.
-func lookupNSS(name string) (uint32, error) {
-	u, err := user.Lookup(name)
-	var unknown user.UnknownUserError
-	switch {
-	case errors.As(err, &unknown):
-		return 0, fmt.Errorf("%w %q", ErrUnknownUser, name)
-	case err != nil:
-		return 0, err
+// When nsswitch.conf lists files (or compat) first for passwd, a name
+// found in /etc/passwd is what NSS would return, and /etc/passwd is read
+// once per Load. Every other name is asked of the directory WithGetent
+// gives (nftpol: getent(1)): all of one Load's names at once (see
+// loader.pending), so that a policy of 50,000 directory users costs one
+// getent run, not 50,000. Without WithGetent, /etc/passwd is all there is.
+
+// nss is the name service of one Load (and of the Loads a Cache builds on
+// it).
+type nss struct {
+	passwdPath, nsswitchPath string
+	// directory answers for the names /etc/passwd does not (WithGetent);
+	// nil: none.
+	directory func(names []string) (map[string]uint32, error)
+
+	read       bool
+	filesFirst bool
+	files      map[string]uint32
+}
+
+func newNSS() *nss {
+	return &nss{passwdPath: "/etc/passwd", nsswitchPath: "/etc/nsswitch.conf"}
+}
+
+// WithGetent makes Load ask getent for user names /etc/passwd does not
+// hold, or for every name when nsswitch.conf puts another source first:
+// getent returns the UIDs of the names it knows, by the names its entries
+// carry. nftpol passes getent.Passwd.
+func WithGetent(getent func(names []string) (map[string]uint32, error)) Option {
+	return func(l *loader) {
+		if l.nss != nil {
+			l.nss.directory = getent
+		}
 	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+}
+
+// fromFiles looks name up in /etc/passwd, when NSS would answer from
+// there first; found is false when getent must be asked.
+func (n *nss) fromFiles(name string) (uid uint32, found bool) {
+	if !n.read {
+		n.read = true
+		// Without a directory, the passwd file is all there is.
+		n.filesFirst = n.directory == nil || filesFirst(n.nsswitchPath)
+		if n.filesFirst {
+			// Unreadable: every name goes to the directory, or is
+			// unknown.
+			n.files, _ = readPasswd(n.passwdPath)
+		}
+	}
+	uid, found = n.files[name]
+	return uid, found
+}
+
+// filesFirst reports whether the passwd line of the nsswitch.conf at path
+// names files or compat first. No file, or no passwd line, is glibc's
+// default: files.
+func filesFirst(path string) bool {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return 0, fmt.Errorf("user %q has a non-numeric uid %q", name, u.Uid)
+		return true
 	}
-	return uint32(uid), nil
+	for line := range strings.Lines(string(b)) {
+		line, _, _ = strings.Cut(line, "#")
+		db, sources, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(db) != "passwd" {
+			continue
+		}
+		for _, s := range strings.Fields(sources) {
+			if strings.HasPrefix(s, "[") {
+				continue // an action, [NOTFOUND=return]
+			}
+			return s == "files" || s == "compat"
+		}
+		return true
+	}
+	return true
+}
+
+// readPasswd reads the names and UIDs of a passwd file; the first line of
+// a name counts, as for glibc. Lines of NIS compat (+, -) are skipped:
+// getent answers for those names.
+func readPasswd(path string) (map[string]uint32, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]uint32{}
+	for line := range bytes.Lines(b) {
+		name, uid, ok := passwd.Line(line)
+		if !ok || name[0] == '+' || name[0] == '-' {
+			continue
+		}
+		if _, dup := users[name]; !dup {
+			users[name] = uid
+		}
+	}
+	return users, nil
+}
+
+// getentArgs bounds the names of one directory run: getent takes them as
+// arguments, far below the kernel's limit.
+const getentArgs = 64 << 10
+
+// lookup resolves names through the directory, all of them in as few runs
+// as their length allows; a name it does not know is ErrUnknownUser.
+func (n *nss) lookup(names []string) map[string]userResult {
+	out := make(map[string]userResult, len(names))
+	if n.directory == nil {
+		for _, name := range names {
+			out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
+		}
+		return out
+	}
+	var retry []string
+	for len(names) > 0 {
+		k, size := 0, 0
+		for k < len(names) && (k == 0 || size+len(names[k])+1 <= getentArgs) {
+			size += len(names[k]) + 1
+			k++
+		}
+		batch := names[:k]
+		names = names[k:]
+		found, err := n.directory(batch)
+		if err != nil {
+			for _, name := range batch {
+				out[name] = userResult{err: err}
+			}
+			continue
+		}
+		// An entry under a name not asked for is an answer to one of
+		// the names asked, spelled as its directory spells it (LDAP is
+		// often case-blind): which one, only a run of its own tells.
+		respelled := false
+		for name := range found {
+			if !slices.Contains(batch, name) {
+				respelled = true
+				break
+			}
+		}
+		for _, name := range batch {
+			if uid, ok := found[name]; ok {
+				out[name] = userResult{uid: uid}
+			} else if respelled && len(batch) > 1 {
+				retry = append(retry, name)
+			} else if respelled {
+				for _, uid := range found {
+					out[name] = userResult{uid: uid}
+				}
+			} else {
+				out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
+			}
+		}
+	}
+	for _, name := range retry {
+		found, err := n.directory([]string{name})
+		switch {
+		case err != nil:
+			out[name] = userResult{err: err}
+		case len(found) == 1:
+			for _, uid := range found {
+				out[name] = userResult{uid: uid}
+			}
+		default:
+			out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
+		}
+	}
+	return out
 }
 
 type userResult struct {
@@ -33,14 +191,51 @@ type userResult struct {
 	err error
 }
 
-// resolve looks a user name up once per Load.
+// errPending is resolve's answer for a name only getent can tell, before
+// the loader asked it (see loader.pending).
+var errPending = errors.New("looked up with the others")
+
+// resolve looks a user name up once per Load. With the system's name
+// service, a name /etc/passwd does not answer is pending: the loader
+// records it, and the Load runs once more after getent resolved all of
+// them together (resolvePending), unless l.direct says to ask at once.
 func (l *loader) resolve(name string) (uint32, error) {
 	r, ok := l.users[name]
-	if !ok {
+	if ok {
+		return r.uid, r.err
+	}
+	switch {
+	case l.nss == nil:
 		r.uid, r.err = l.lookup(name)
+	default:
+		uid, found := l.nss.fromFiles(name)
+		switch {
+		case found:
+			r.uid = uid
+		case !l.direct:
+			l.pending = append(l.pending, name)
+			return 0, errPending
+		default:
+			r = l.nss.lookup([]string{name})[name]
+		}
+	}
+	l.users[name] = r
+	return r.uid, r.err
+}
+
+// resolvePending asks getent for the names the last pass left pending,
+// all at once, and remembers the answers; it reports whether there were
+// any (then the pass must run again).
+func (l *loader) resolvePending() bool {
+	if len(l.pending) == 0 {
+		return false
+	}
+	names := slices.Compact(slices.Sorted(slices.Values(l.pending)))
+	l.pending = nil
+	for name, r := range l.nss.lookup(names) {
 		l.users[name] = r
 	}
-	return r.uid, r.err
+	return true
 }
 
 // lookupMessage is the problem for a user name that did not resolve.

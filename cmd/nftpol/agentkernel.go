@@ -165,5 +165,5 @@ func (m *monitor) Close() error                 { return m.w.Close() }
 // policySource is the agent's reader of the policy files: it reads again
 // only the files inotify named (policies.Cache).
 func (a *app) policySource() agent.Policies {
-	return policies.NewCache(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+	return policies.NewCache(a.configFile(), a.policyOptions()...)
 }

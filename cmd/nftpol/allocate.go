@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nftpol/nftpol/allocation"
-	"github.com/nftpol/nftpol/policies"
 )
 
 func (a *app) allocateCommand() *cobra.Command {
@@ -47,7 +46,7 @@ the include directory), so they never hand out the same ports. Run
 		}
 		res, err := allocation.Allocate(cmd.Context(), a.configFile(), allocation.Request{
 			Name: *name, UID: *uid, User: *user, Size: *size, Write: *write,
-		}, policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+		}, a.policyOptions()...)
 		if err != nil {
 			return err
 		}

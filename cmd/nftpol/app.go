@@ -15,6 +15,7 @@ import (
 
 	"github.com/nftpol/nftpol/agent"
 	"github.com/nftpol/nftpol/compiler"
+	"github.com/nftpol/nftpol/internal/getent"
 	"github.com/nftpol/nftpol/policies"
 	"github.com/nftpol/nftpol/reconcile"
 	"github.com/nftpol/nftpol/rules"
@@ -108,6 +109,16 @@ func (a *app) engine() *reconcile.Engine {
 	return a.eng
 }
 
+// policyOptions are how every command reads the policy: permissions
+// checked unless --insecure-permissions, and user names that /etc/passwd
+// does not hold asked of getent (nftpol has no cgo, so no NSS of its own).
+func (a *app) policyOptions() []policies.Option {
+	return []policies.Option{
+		policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")),
+		policies.WithGetent(getent.Passwd),
+	}
+}
+
 // longLived is set in the agent: it collects garbage as Go does by
 // default, not as the short-lived commands do (see watch).
 var longLived bool
@@ -180,7 +191,7 @@ func (a *app) loadWith(loaded func(*policies.Policy)) (*policies.Policy, *rules.
 	if a.host != nil {
 		p, err = a.host.Load()
 	} else {
-		p, err = policies.Load(a.configFile(), policies.WithPermissionCheck(!a.v.GetBool("insecure-permissions")))
+		p, err = policies.Load(a.configFile(), a.policyOptions()...)
 	}
 	if errors.Is(err, policies.ErrInsecurePermissions) {
 		err = fmt.Errorf("%w\nnftpol: the policy decides the firewall; fix the permissions as shown, or pass --insecure-permissions to read it anyway", err)
