@@ -131,6 +131,7 @@ func (n *nss) lookup(names []string) map[string]userResult {
 		return out
 	}
 	var retry []string
+	asked := map[string]bool{}
 	for len(names) > 0 {
 		k, size := 0, 0
 		for k < len(names) && (k == 0 || size+len(names[k])+1 <= getentArgs) {
@@ -139,6 +140,10 @@ func (n *nss) lookup(names []string) map[string]userResult {
 		}
 		batch := names[:k]
 		names = names[k:]
+		clear(asked)
+		for _, name := range batch {
+			asked[name] = true
+		}
 		found, err := n.directory(batch)
 		if err != nil {
 			for _, name := range batch {
@@ -151,7 +156,7 @@ func (n *nss) lookup(names []string) map[string]userResult {
 		// often case-blind): which one, only a run of its own tells.
 		respelled := false
 		for name := range found {
-			if !slices.Contains(batch, name) {
+			if !asked[name] {
 				respelled = true
 				break
 			}
@@ -212,6 +217,8 @@ func (l *loader) resolve(name string) (uint32, error) {
 		switch {
 		case found:
 			r.uid = uid
+		case l.nss.directory == nil || !userName(name):
+			r.err = fmt.Errorf("%w %q", ErrUnknownUser, name)
 		case !l.direct:
 			l.pending = append(l.pending, name)
 			return 0, errPending
@@ -221,6 +228,13 @@ func (l *loader) resolve(name string) (uint32, error) {
 	}
 	l.users[name] = r
 	return r.uid, r.err
+}
+
+// userName reports whether name could be one in the passwd database:
+// no colon, line end or NUL, which no entry can hold and which would
+// spoil the other names of its getent run.
+func userName(name string) bool {
+	return !strings.ContainsAny(name, ":\n\x00")
 }
 
 // resolvePending asks getent for the names the last pass left pending,

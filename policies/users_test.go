@@ -238,13 +238,28 @@ func TestSystemPasswd(t *testing.T) {
 	if uid, err := l.resolve("root"); err != nil || uid != 0 {
 		t.Errorf(`resolve("root") = %d, %v; want 0, nil`, uid, err)
 	}
-	if _, err := l.resolve("nftpol-test-no-such-user"); !errors.Is(err, errPending) {
-		t.Errorf("resolve(unknown) error = %v, want errPending (asked after the pass)", err)
-	}
-	if !l.resolvePending() {
-		t.Fatal("resolvePending: no names pending")
-	}
+	// Nothing to ask beyond the file: unknown at once, not pending.
 	if _, err := l.resolve("nftpol-test-no-such-user"); !errors.Is(err, ErrUnknownUser) {
-		t.Errorf("resolve(unknown) after the pass = %v, want ErrUnknownUser", err)
+		t.Errorf("resolve(unknown) error = %v, want ErrUnknownUser", err)
+	}
+	if l.resolvePending() {
+		t.Error("resolvePending: a name is pending without a directory to ask")
+	}
+}
+
+// TestNSSImpossibleName: a name no passwd entry can have is unknown
+// without asking, and does not spoil the run of the others.
+func TestNSSImpossibleName(t *testing.T) {
+	f := newFakeNSS(t, "passwd: files ldap\n", testPasswd, testDirectory)
+	file := filepath.Join(writeFiles(t, map[string]string{
+		"policy.yaml": "accounts:\n  - {name: sitea, user: ldap13, ports: [40010]}\n  - {name: siteb, user: \"ldap14:x\", ports: [40020]}\n",
+	}), "policy.yaml")
+	_, err := Load(file, withNSS(f.nss))
+	var ve *ValidationError
+	if !errors.As(err, &ve) || len(ve.Problems) != 1 || ve.Problems[0].Account != "siteb" || !strings.Contains(ve.Problems[0].Message, `unknown user "ldap14:x"`) {
+		t.Fatalf("err = %v, want siteb's user unknown", err)
+	}
+	if runs := f.runs(t); !slices.Equal(runs, []string{"ldap13"}) {
+		t.Errorf("getent runs = %q, want ldap13 alone", runs)
 	}
 }
