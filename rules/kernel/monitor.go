@@ -311,7 +311,9 @@ func (w *Watcher) Close() error {
 // of the commit, which makes a 50,000-account Apply 2-20 times slower
 // (see monitor_root_test.go). What arrived before Pause is still
 // reported. Resume ends the pause. Other listeners (nft monitor) still
-// cost the same.
+// cost the same, in whatever network namespace they listen: the kernel
+// asks whether anybody listens per protocol, not per namespace, so while
+// a Watcher listens, every commit on the host pays too (DESIGN.md).
 func (w *Watcher) Pause() error {
 	if err := w.conn.LeaveGroup(unix.NFNLGRP_NFTABLES); err != nil {
 		return fmt.Errorf("leaving the nf_tables notification group: %w", err)
