@@ -130,18 +130,11 @@ func NewCache(file string, opts ...Option) *Cache {
 // Load returns, and remembers what each file said. User names are looked
 // up afresh.
 func (c *Cache) Load() (*Policy, error) {
-	l := newLoader(c.opts)
-	rec := &recorder{}
-	l.rec = rec
-	p, err := l.run(c.file)
-	if l.resolvePending() {
-		l = l.again(c.opts)
+	var rec *recorder
+	l, p, err := loadResolved(c.file, c.opts, func(l *loader) {
 		rec = &recorder{}
 		l.rec = rec
-		p, err = l.run(c.file)
-	}
-	// Later Reloads ask getent for the names they find, together.
-	l.direct = false
+	})
 	*c = Cache{file: c.file, opts: c.opts, fullReads: c.fullReads + 1, fastReloads: c.fastReloads}
 	if err == nil {
 		c.last = p
@@ -302,23 +295,28 @@ func (c *Cache) Reload(changed []string) (*Policy, error) {
 	olds, news := make([]*cachedFile, len(names)), make([]*cachedFile, len(names))
 	for i, name := range names {
 		olds[i] = c.cached(name)
-		if !c.update(name) {
-			return c.Load()
+	}
+	read := func() bool {
+		for i, name := range names {
+			if !c.update(name) {
+				return false
+			}
+			news[i] = c.cached(name)
 		}
-		news[i] = c.cached(name)
+		return true
+	}
+	if !read() {
+		return c.Load()
 	}
 	if c.l.resolvePending() {
 		// Read the files once more, now that getent told the users
 		// they name.
 		c.l.permMsgs, c.l.direct = map[string]bool{}, true
-		for i, name := range names {
-			if !c.update(name) {
-				c.l.direct = false
-				return c.Load()
-			}
-			news[i] = c.cached(name)
-		}
+		ok := read()
 		c.l.direct = false
+		if !ok {
+			return c.Load()
+		}
 	}
 	if c.shared > 0 {
 		return c.Load()

@@ -66,21 +66,33 @@ var (
 // problem: it is most likely a write cut short, and would take every port
 // it stood for away from its accounts.
 func Load(file string, opts ...Option) (*Policy, error) {
-	l := newLoader(opts)
-	p, err := l.run(file)
-	if !l.resolvePending() {
-		return p, err
-	}
-	return l.again(opts).run(file)
+	_, p, err := loadResolved(file, opts, nil)
+	return p, err
 }
 
-// again is a loader for running a Load once more, now that getent has
-// answered for the names l left pending: it knows the users l knows, and
-// asks getent itself for a name it has not seen (a file changed since).
-func (l *loader) again(opts []Option) *loader {
-	l2 := newLoader(opts)
-	l2.users, l2.nss, l2.direct = l.users, l.nss, true
-	return l2
+// loadResolved runs a Load with a loader of opts (prepared by setup, when
+// not nil) and, when the pass left user names pending, once more with a
+// new loader after getent answered for them all: it knows the users the
+// first knew, and asks getent itself for a name it has not seen (a file
+// changed between the passes). It returns the loader of the last pass,
+// ready to ask getent together again.
+func loadResolved(file string, opts []Option, setup func(*loader)) (*loader, *Policy, error) {
+	l := newLoader(opts)
+	if setup != nil {
+		setup(l)
+	}
+	p, err := l.run(file)
+	if l.resolvePending() {
+		again := newLoader(opts)
+		again.users, again.nss, again.direct = l.users, l.nss, true
+		if setup != nil {
+			setup(again)
+		}
+		l = again
+		p, err = l.run(file)
+		l.direct = false
+	}
+	return l, p, err
 }
 
 // newLoader makes the loader of one Load with opts.

@@ -32,9 +32,10 @@ type nss struct {
 	// nil: none.
 	directory func(names []string) (map[string]uint32, error)
 
-	read       bool
-	filesFirst bool
-	files      map[string]uint32
+	// files are /etc/passwd's users when NSS asks it first, read on the
+	// first lookup (read).
+	read  bool
+	files map[string]uint32
 }
 
 func newNSS() *nss {
@@ -59,8 +60,7 @@ func (n *nss) fromFiles(name string) (uid uint32, found bool) {
 	if !n.read {
 		n.read = true
 		// Without a directory, the passwd file is all there is.
-		n.filesFirst = n.directory == nil || filesFirst(n.nsswitchPath)
-		if n.filesFirst {
+		if n.directory == nil || filesFirst(n.nsswitchPath) {
 			// Unreadable: every name goes to the directory, or is
 			// unknown.
 			n.files, _ = readPasswd(n.passwdPath)
@@ -124,71 +124,61 @@ const getentArgs = 64 << 10
 // as their length allows; a name it does not know is ErrUnknownUser.
 func (n *nss) lookup(names []string) map[string]userResult {
 	out := make(map[string]userResult, len(names))
-	if n.directory == nil {
-		for _, name := range names {
-			out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
-		}
-		return out
-	}
-	var retry []string
-	asked := map[string]bool{}
 	for len(names) > 0 {
-		k, size := 0, 0
-		for k < len(names) && (k == 0 || size+len(names[k])+1 <= getentArgs) {
+		k, size := 1, len(names[0])+1
+		for k < len(names) && size+len(names[k])+1 <= getentArgs {
 			size += len(names[k]) + 1
 			k++
 		}
-		batch := names[:k]
+		n.ask(names[:k], out)
 		names = names[k:]
-		clear(asked)
-		for _, name := range batch {
-			asked[name] = true
-		}
-		found, err := n.directory(batch)
-		if err != nil {
-			for _, name := range batch {
-				out[name] = userResult{err: err}
-			}
-			continue
-		}
-		// An entry under a name not asked for is an answer to one of
-		// the names asked, spelled as its directory spells it (LDAP is
-		// often case-blind): which one, only a run of its own tells.
-		respelled := false
-		for name := range found {
-			if !asked[name] {
-				respelled = true
-				break
-			}
-		}
-		for _, name := range batch {
-			if uid, ok := found[name]; ok {
-				out[name] = userResult{uid: uid}
-			} else if respelled && len(batch) > 1 {
-				retry = append(retry, name)
-			} else if respelled {
-				for _, uid := range found {
-					out[name] = userResult{uid: uid}
-				}
-			} else {
-				out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
-			}
-		}
-	}
-	for _, name := range retry {
-		found, err := n.directory([]string{name})
-		switch {
-		case err != nil:
-			out[name] = userResult{err: err}
-		case len(found) == 1:
-			for _, uid := range found {
-				out[name] = userResult{uid: uid}
-			}
-		default:
-			out[name] = userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)}
-		}
 	}
 	return out
+}
+
+// ask runs the directory once for batch and puts its answers into out.
+func (n *nss) ask(batch []string, out map[string]userResult) {
+	unknown := func(name string) userResult { return userResult{err: fmt.Errorf("%w %q", ErrUnknownUser, name)} }
+	if n.directory == nil {
+		for _, name := range batch {
+			out[name] = unknown(name)
+		}
+		return
+	}
+	found, err := n.directory(batch)
+	switch {
+	case err != nil:
+		for _, name := range batch {
+			out[name] = userResult{err: err}
+		}
+		return
+	case len(batch) == 1 && len(found) == 1:
+		// The answer, however its directory spells the name.
+		for _, uid := range found {
+			out[batch[0]] = userResult{uid: uid}
+		}
+		return
+	}
+	matched := 0
+	for _, name := range batch {
+		if _, ok := found[name]; ok {
+			matched++
+		}
+	}
+	// An entry under a name not asked for answers one of the names asked,
+	// spelled as its directory spells it (LDAP is often case-blind):
+	// which one, only a run of its own tells.
+	respelled := len(found) > matched
+	for _, name := range batch {
+		switch uid, ok := found[name]; {
+		case ok:
+			out[name] = userResult{uid: uid}
+		case respelled && len(batch) > 1:
+			n.ask([]string{name}, out)
+		default:
+			out[name] = unknown(name)
+		}
+	}
 }
 
 type userResult struct {
