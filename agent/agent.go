@@ -747,7 +747,9 @@ func (a *Agent) heal() {
 		return
 	}
 	start := time.Now()
-	res, err := a.commit(a.desired, a.good, reconcile.ApplyOptions{Policy: a.good, AllowRemovals: true, Adopt: true})
+	// Brief: the log line below shows a few accounts, and a heal after a
+	// flush adds them all.
+	res, err := a.commit(a.desired, a.good, reconcile.ApplyOptions{Policy: a.good, AllowRemovals: true, Adopt: true, Brief: true})
 	if err != nil {
 		a.failures++
 		a.log.Error("heal failed", "cause", a.healCause, "err", err.Error())
@@ -764,7 +766,7 @@ func (a *Agent) heal() {
 	a.viewsChanged()
 	a.lastHealCause = a.healCause
 	a.log.Warn("healed a change to the table by somebody else", "cause", a.healCause, "operations", res.Plan.Operations(),
-		"drift", summary(res.Plan.DriftHead(4)), "took_ms", ms(time.Since(start)))
+		"drift", summary(res.Plan.DriftHead(reconcile.BriefAccounts)), "took_ms", ms(time.Since(start)))
 	a.cfg.Notify("STATUS=" + a.statusLine())
 }
 

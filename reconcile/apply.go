@@ -28,12 +28,20 @@ type ApplyOptions struct {
 	// Policy is the policy desired was compiled from: its bind guard is
 	// applied with the table. nil: the guard is left as it is.
 	Policy *policies.Policy
+	// Brief asks for a brief plan (rules.SyncBrief): Plan.Accounts
+	// describes at most BriefAccounts accounts. Honoured only with
+	// AllowRemovals, as the removal guard counts every account.
+	Brief bool
 	// Rebuild creates the table anew even when it could be changed in
 	// place: an agent that cannot adopt a table (its flags are fixed when
 	// it is created) makes its own. It goes through a handover table
 	// (rules.Change.Handover), which the caller makes sure is not there.
 	Rebuild bool
 }
+
+// BriefAccounts is how many accounts a brief plan describes: what an
+// agent's log line of a heal shows.
+const BriefAccounts = 4
 
 // Applied is an apply the kernel committed. The lock is still held and the
 // state not yet recorded: call Record, then Close.
@@ -84,6 +92,12 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	// asked.
 	var pending *state.Pending
 	var ch *rules.Change // the change pending records the target of
+	sync := rules.Sync
+	if opt.Brief && opt.AllowRemovals {
+		sync = func(current, compiled *rules.Ruleset) *rules.Change {
+			return rules.SyncBrief(current, compiled, BriefAccounts)
+		}
+	}
 	fail := func(err error) (*Applied, error) {
 		if pending != nil {
 			pending.Discard()
@@ -91,8 +105,14 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 		s.end()
 		return nil, err
 	}
+	// The recorded state also lends its formatted element text to every
+	// state written here, whichever change it records: a set whose
+	// elements are still the recorded slice is not formatted again
+	// (state.Pending), which is every set of a heal after a flush.
+	var recorded *state.State
 	if st, err := e.Recorded(); err == nil && !e.cfg.FullRead {
-		ch = rules.Sync(st.Ruleset(), desired)
+		recorded = st
+		ch = sync(st.Ruleset(), desired)
 		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, st)
 	}
 	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Change, error) {
@@ -100,8 +120,8 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			if pending != nil {
 				pending.Discard()
 			}
-			ch = rules.Sync(current, desired)
-			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
+			ch = sync(current, desired)
+			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, recorded)
 		}
 		planned, err := e.planTo(s.k, ch, opt.Adopt)
 		if err == nil && opt.Rebuild && planned.Current != nil {
@@ -115,7 +135,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			// what the replacement installs.
 			pending.Discard()
 			ch = planned
-			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, nil)
+			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, recorded)
 		}
 		return planned, err
 	})
@@ -171,6 +191,10 @@ func (a *Applied) Close() {
 type RestoreOptions struct {
 	// Adopt replaces a same-named table nftpol did not create.
 	Adopt bool
+	// Brief asks for a brief plan (rules.SyncBrief): Plan.Accounts
+	// describes at most BriefAccounts accounts. Honoured only with
+	// AllowRemovals, as the removal guard counts every account.
+	Brief bool
 	// Rebuild creates the table anew, as ApplyOptions.Rebuild.
 	Rebuild bool
 }

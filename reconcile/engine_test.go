@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -639,4 +640,87 @@ func TestOwnerAdoptsByHandover(t *testing.T) {
 		t.Errorf("tables after the adoption: %v", slices.Collect(maps.Keys(r.k.tables)))
 	}
 	r.planEmpty(accounts(3))
+}
+
+// TestHealAfterFlushIsBrief: an agent healing a table that was deleted
+// asks for a brief plan, which describes four accounts and counts the rest
+// (its log line shows no more), and its state reuses the element text the
+// recorded state holds instead of formatting every set again: the section
+// files of a large policy are left as they are, not written anew.
+func TestHealAfterFlushIsBrief(t *testing.T) {
+	const n = 8*2048 + 100 // every shard past the inline size: section files
+	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
+		Loopback: policies.LoopbackAllow, Action: policies.Reject}
+	for i := range n {
+		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct%d", i), UID: uint32(100000 + i),
+			Ports: []policies.PortRange{{Lo: uint16(10000 + i), Hi: uint16(10000 + i)}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+	}
+	r := newRig(t)
+	e := New(Config{StateDir: r.dir, Version: "test", LockTimeout: time.Second, Open: r.k.open, Warn: &r.warn, Keep: true})
+	defer e.Close()
+	desired := compile(t, p)
+	apply := func(opt ApplyOptions) *Result {
+		t.Helper()
+		a, err := e.Apply(context.Background(), desired, DigestInBackground(p), opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.Record(); err != nil {
+			t.Fatal(err)
+		}
+		return &a.Result
+	}
+	apply(ApplyOptions{})
+	sections := func() map[string]uint64 {
+		names, err := filepath.Glob(filepath.Join(r.dir, "elements.*"))
+		if err != nil || len(names) == 0 {
+			t.Fatalf("section files: %v, %v", names, err)
+		}
+		out := map[string]uint64{}
+		for _, name := range names {
+			fi, err := os.Stat(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[filepath.Base(name)] = fi.Sys().(*syscall.Stat_t).Ino
+		}
+		return out
+	}
+	before := sections()
+
+	if err := r.k.Delete("nftpol"); err != nil { // nft flush ruleset
+		t.Fatal(err)
+	}
+	res := apply(ApplyOptions{AllowRemovals: true, Adopt: true, Brief: true})
+	if res.Plan.TableAction != rules.TableCreate {
+		t.Fatalf("heal: table %s, want it created", res.Plan.TableAction)
+	}
+	if len(res.Plan.Accounts) != BriefAccounts || res.Plan.AccountsLeft != n-BriefAccounts {
+		t.Errorf("heal plan describes %d accounts and leaves out %d; want %d and %d", len(res.Plan.Accounts), res.Plan.AccountsLeft, BriefAccounts, n-BriefAccounts)
+	}
+	// The log line is the one a whole plan gives.
+	wantLines, wantTotal := rules.Sync(nil, desired).Plan.DriftHead(BriefAccounts)
+	if lines, total := res.Plan.DriftHead(BriefAccounts); !slices.Equal(lines, wantLines) || total != wantTotal || total < n {
+		t.Errorf("drift head: %q of %d, want %q of %d", lines, total, wantLines, wantTotal)
+	}
+	if got, want := r.table(), rules.RenderString(desired); got != want {
+		t.Error("the healed table is not the policy's")
+	}
+	if after := sections(); !maps.Equal(after, before) {
+		t.Errorf("the heal wrote the section files again: %v, were %v", after, before)
+	}
+	// What it recorded is whole: a fresh engine plans nothing from it.
+	if src := r.planEmpty(p); src != FromState {
+		t.Errorf("after the heal a plan reads from %s, want state", src)
+	}
+
+	// Without Brief, or without AllowRemovals (the removal guard counts
+	// every account), the plan describes every account.
+	if err := r.k.Delete("nftpol"); err != nil {
+		t.Fatal(err)
+	}
+	if res := apply(ApplyOptions{Brief: true}); len(res.Plan.Accounts) != n || res.Plan.AccountsLeft != 0 {
+		t.Errorf("brief without AllowRemovals: %d accounts described, %d left out; want all %d", len(res.Plan.Accounts), res.Plan.AccountsLeft, n)
+	}
 }

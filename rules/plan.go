@@ -144,6 +144,7 @@ func (p *Plan) drift(n int) ([]string, int) {
 			return fmt.Sprintf("account %s (uid %d): %s", ac.DisplayName(), ac.UID, strings.Join(parts, "; "))
 		})
 	}
+	total += p.AccountsLeft
 	for _, c := range p.Chains {
 		add(func() string { return fmt.Sprintf("chain %s: rules differ from those recorded", c.Name) })
 	}

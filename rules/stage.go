@@ -251,10 +251,7 @@ func (c *Change) stageReplace() {
 	}
 	if len(m) > 0 {
 		target := renamed(c.Target, m)
-		p := diff(nil, target)
-		p.TableAction = TableReplace
-		p.Accounts, p.Retire = c.Plan.Accounts, c.Plan.Retire
-		c.Target, c.Plan = target, p
+		c.Target, c.Plan = target, c.replacing(target)
 	}
 	c.stagedReplace = true
 }
@@ -264,7 +261,7 @@ func (c *Change) stageReplace() {
 func (c *Change) replaceTransactions() []*Plan {
 	p := c.Plan
 	sets := &Plan{Table: p.Table, TableAction: TableUpdate, Desired: p.Desired, Sets: p.Sets, Chains: []ChainChange{}, Accounts: []AccountChange{}}
-	swap := &Plan{Table: p.Table, TableAction: TableUpdate, Desired: p.Desired, Wake: c.Current.Dormant, Retire: p.Retire, Accounts: p.Accounts}
+	swap := &Plan{Table: p.Table, TableAction: TableUpdate, Desired: p.Desired, Wake: c.Current.Dormant, Retire: p.Retire, Accounts: p.Accounts, AccountsLeft: p.AccountsLeft}
 	for _, ch := range c.Current.Chains {
 		swap.Chains = append(swap.Chains, ChainChange{Name: ch.Name, Action: ActionDelete})
 	}
@@ -308,10 +305,7 @@ func HandoverTable(table string) string { return table + "_handover" }
 // transaction creates it exclusively), and after one that was interrupted
 // once the table was replaced (TakeBack).
 func (c *Change) Handover() *Change {
-	p := diff(nil, c.unstaged)
-	p.TableAction = TableReplace
-	p.Accounts, p.Retire = c.Plan.Accounts, c.Plan.Retire
-	return &Change{Current: c.Current, Target: c.unstaged, Plan: p, unstaged: c.unstaged, handover: true}
+	return &Change{Current: c.Current, Target: c.unstaged, Plan: c.replacing(c.unstaged), unstaged: c.unstaged, handover: true}
 }
 
 // handoverTransactions are Handover's five transactions.

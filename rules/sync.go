@@ -38,9 +38,10 @@ type Change struct {
 	handover bool
 }
 
-// newChange is the change from current to target, staged (see stage.go).
-func newChange(current, target *Ruleset) *Change {
-	c := &Change{Current: current, Target: target, Plan: diff(current, target), unstaged: target}
+// newChange is the change from current to target, staged (see stage.go),
+// its plan describing at most accounts accounts (all when negative).
+func newChange(current, target *Ruleset, accounts int) *Change {
+	c := &Change{Current: current, Target: target, Plan: plan(current, target, accounts), unstaged: target}
 	c.stage()
 	return c
 }
@@ -72,7 +73,17 @@ func (c *Change) stage() {
 // before it asks the kernel, start writing Target to the state, and keep the
 // whole Change when the kernel's read comes back as that same *Ruleset.
 func Sync(current, compiled *Ruleset) *Change {
-	return newChange(current, overlay(current, adoptNames(current, compiled)))
+	return SyncBrief(current, compiled, -1)
+}
+
+// SyncBrief is Sync with a brief plan: Plan.Accounts describes at most
+// accounts accounts (all when negative) and Plan.AccountsLeft counts the
+// others; the sets, chains, transactions and Target are Sync's. It is for
+// a caller that shows a line of the plan and never a whole one, and never
+// judges removals by it: an agent healing a flushed table, whose plan adds
+// every account.
+func SyncBrief(current, compiled *Ruleset, accounts int) *Change {
+	return newChange(current, overlay(current, adoptNames(current, compiled)), accounts)
 }
 
 // SyncExact is the change from current to recorded, a ruleset that is
@@ -80,7 +91,18 @@ func Sync(current, compiled *Ruleset) *Change {
 // nothing is laid over. Restore installs it; status reports the drift of
 // current from it (an empty Plan: in sync).
 func SyncExact(current, recorded *Ruleset) *Change {
-	return newChange(current, recorded)
+	return newChange(current, recorded, -1)
+}
+
+// replacing is the plan of a change that deletes the table and creates
+// target in its place: every set and chain created, and c.Plan's accounts
+// and Retire (the effect on each account is the same; they are not
+// described again, which would cost as much as the plan of a first apply).
+func (c *Change) replacing(target *Ruleset) *Plan {
+	p := plan(nil, target, 0)
+	p.TableAction = TableReplace
+	p.Accounts, p.AccountsLeft, p.Retire = c.Plan.Accounts, c.Plan.AccountsLeft, c.Plan.Retire
+	return p
 }
 
 // Replace returns the change that deletes the table and creates Target in
@@ -91,11 +113,7 @@ func SyncExact(current, recorded *Ruleset) *Change {
 // the same) and Retire. c is not changed. Whether to adopt is the caller's
 // decision.
 func (c *Change) Replace() *Change {
-	p := diff(nil, c.unstaged)
-	p.TableAction = TableReplace
-	p.Accounts = c.Plan.Accounts
-	p.Retire = c.Plan.Retire
-	r := &Change{Current: c.Current, Target: c.unstaged, Plan: p, unstaged: c.unstaged}
+	r := &Change{Current: c.Current, Target: c.unstaged, Plan: c.replacing(c.unstaged), unstaged: c.unstaged}
 	if c.Current != nil {
 		r.stageReplace()
 	}

@@ -222,6 +222,21 @@ func TestSyncMatchesSequence(t *testing.T) {
 		same("target", ch.Target, target)
 		same("plan", ch.Plan, plan)
 
+		// A brief plan: the same change, two of its accounts described
+		// and the rest counted.
+		brief := SyncBrief(cur, desired, 2).Plan
+		described := min(2, len(plan.Accounts))
+		if len(brief.Accounts) != described || brief.AccountsLeft != len(plan.Accounts)-described {
+			t.Fatalf("brief plan: %d accounts and %d left of %d", len(brief.Accounts), brief.AccountsLeft, len(plan.Accounts))
+		}
+		whole := *brief
+		whole.Accounts, whole.AccountsLeft = plan.Accounts, 0
+		same("brief plan", &whole, plan)
+		_, wantDrift := plan.DriftHead(2)
+		if _, got := brief.DriftHead(2); got != wantDrift {
+			t.Fatalf("brief plan's drift counts %d lines, the whole plan's %d", got, wantDrift)
+		}
+
 		// The commit as cmd/nftpol's does it.
 		ch.Plan.Retire, plan.Retire = retire, retire
 		var txs []*Plan
