@@ -21,7 +21,7 @@ import (
 func policyOf(uids ...uint32) *policies.Policy {
 	p := &policies.Policy{}
 	for _, u := range uids {
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("a%d", u), UID: u,
+		p.Accounts = append(p.Accounts, &policies.Account{Name: fmt.Sprintf("a%d", u), UID: u,
 			Ports: []policies.PortRange{{Lo: uint16(40000 + u), Hi: uint16(40000 + u)}}})
 	}
 	return p
@@ -279,7 +279,7 @@ func TestRemovalsJudgeUIDs(t *testing.T) {
 	installed := policyOf(uids(1, 21)...)
 	slices.Reverse(installed.Accounts) // not in UID order
 	next := policyOf(uids(1, 10)...)   // 11 of 20 gone
-	next.Accounts = append(next.Accounts, policies.Account{Name: "a15", UID: 15})
+	next.Accounts = append(next.Accounts, &policies.Account{Name: "a15", UID: 15})
 	if _, err := r.check(now, installed, next); err == nil || !strings.Contains(err.Error(), "refusing to remove 11 of the 20") ||
 		!strings.Contains(err.Error(), "a15 (uid 15)") || !strings.Contains(err.Error(), "and 1 more") {
 		t.Errorf("11 of 20 gone, one of them left without ports: %v", err)

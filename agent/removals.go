@@ -46,11 +46,11 @@ type enforcedUID struct {
 
 // byUID returns p's accounts in UID order: as Policy keeps them, or sorted
 // when p was put together some other way.
-func byUID(p *policies.Policy) []policies.Account {
+func byUID(p *policies.Policy) []*policies.Account {
 	acc := p.Accounts
 	for i := 1; i < len(acc); i++ {
 		if acc[i].UID < acc[i-1].UID {
-			return slices.SortedStableFunc(slices.Values(acc), func(a, b policies.Account) int { return cmp.Compare(a.UID, b.UID) })
+			return slices.SortedStableFunc(slices.Values(acc), func(a, b *policies.Account) int { return cmp.Compare(a.UID, b.UID) })
 		}
 	}
 	return acc
@@ -58,10 +58,9 @@ func byUID(p *policies.Policy) []policies.Account {
 
 // eachEnforced calls yield for each UID accounts (in UID order) give ports
 // to, once, in UID order.
-func eachEnforced(accounts []policies.Account, yield func(enforcedUID)) {
+func eachEnforced(accounts []*policies.Account, yield func(enforcedUID)) {
 	seen, last := false, uint32(0)
-	for i := range accounts {
-		a := &accounts[i]
+	for _, a := range accounts {
 		if len(a.Ports) > 0 && (!seen || a.UID != last) {
 			seen, last = true, a.UID
 			yield(enforcedUID{a.UID, a.Name})
@@ -78,7 +77,7 @@ func enforcedOf(p *policies.Policy) []enforcedUID {
 
 // gone calls lost for each UID of base (in UID order) that next (in UID
 // order) gives no ports to, and returns how many UIDs base holds.
-func gone(base func(yield func(enforcedUID)), next []policies.Account, lost func(enforcedUID)) int {
+func gone(base func(yield func(enforcedUID)), next []*policies.Account, lost func(enforcedUID)) int {
 	n, j := 0, 0
 	base(func(e enforcedUID) {
 		n++

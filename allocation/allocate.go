@@ -190,7 +190,7 @@ func checkNew(p *policies.Policy, req Request, opts []policies.Option) (policies
 			return policies.Account{}, fmt.Errorf("uid %d already has the account %q in %s; one UID is one account, so widen its ports there instead", acct.UID, a.Name, a.File)
 		}
 	}
-	return acct, nil
+	return *acct, nil
 }
 
 // accountFile is the include file for one account. Names and users are

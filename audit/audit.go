@@ -127,8 +127,8 @@ func New(p *policies.Policy) (*Judge, error) {
 		return nil, err
 	}
 	j := &Judge{p: p, rs: rs, byUID: map[uint32]*policies.Account{}}
-	for i := range p.Accounts {
-		j.byUID[p.Accounts[i].UID] = &p.Accounts[i]
+	for _, a := range p.Accounts {
+		j.byUID[a.UID] = a
 	}
 	return j, nil
 }
@@ -224,8 +224,7 @@ func (j *Judge) reason(s sockets.Socket) (Reason, string) {
 
 // owner returns the account that has port for proto, or nil.
 func (j *Judge) owner(proto policies.Protocol, port uint16) *policies.Account {
-	for i := range j.p.Accounts {
-		a := &j.p.Accounts[i]
+	for _, a := range j.p.Accounts {
 		if a.HasProtocol(proto) && hasPort(a, port) {
 			return a
 		}

@@ -161,7 +161,7 @@ func contractBlocks(p *policies.Policy, s sockets.Socket) bool {
 		return false
 	}
 	proto := policies.Protocol(s.Proto)
-	has := func(a policies.Account) bool {
+	has := func(a *policies.Account) bool {
 		return a.HasProtocol(proto) && slices.ContainsFunc(a.Ports, func(r policies.PortRange) bool { return r.Contains(s.Port) })
 	}
 	if p.Zone.Contains(s.Port) && !slices.ContainsFunc(p.Accounts, has) {
@@ -171,7 +171,7 @@ func contractBlocks(p *policies.Policy, s sockets.Socket) bool {
 	if !enforced {
 		return false
 	}
-	return !slices.ContainsFunc(p.Accounts, func(a policies.Account) bool { return a.UID == s.UID && has(a) })
+	return !slices.ContainsFunc(p.Accounts, func(a *policies.Account) bool { return a.UID == s.UID && has(a) })
 }
 
 // TestJudgeRefusesUnknownStatements: a statement audit does not know must

@@ -87,7 +87,7 @@ func TestAuditJSON(t *testing.T) {
 func TestReportGuard(t *testing.T) {
 	p := &policies.Policy{Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
 		BindGuard: policies.BindGuard{Enabled: true},
-		Accounts:  []policies.Account{{Name: "alpha", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
+		Accounts:  []*policies.Account{{Name: "alpha", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
 	d, err := bindguard.Compile(p)
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ func benchPolicy() *policies.Policy {
 		BindGuard: policies.BindGuard{Enabled: true, Reserved: []policies.PortRange{{Lo: 3306, Hi: 3306}, {Lo: 5432, Hi: 5432}, {Lo: 6379, Hi: 6379}}}}
 	for i := range benchAccounts {
 		port := uint16(10000 + i)
-		p.Accounts = append(p.Accounts, policies.Account{Name: "acct-" + strconv.Itoa(i), UID: uint32(100000 + i),
+		p.Accounts = append(p.Accounts, &policies.Account{Name: "acct-" + strconv.Itoa(i), UID: uint32(100000 + i),
 			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: both})
 	}
 	return p

@@ -105,8 +105,7 @@ func Compile(p *policies.Policy) (*Data, error) {
 			}
 		}
 	}
-	for i := range p.Accounts {
-		a := &p.Accounts[i]
+	for _, a := range p.Accounts {
 		for _, pp := range a.Protocols {
 			proto, ok := protoOf(pp)
 			if !ok {

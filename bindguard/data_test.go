@@ -141,7 +141,7 @@ func TestNoBPFFS(t *testing.T) {
 func TestRefuses(t *testing.T) {
 	p := &policies.Policy{Zone: policies.PortRange{Lo: 40000, Hi: 40099}, MinUID: 1000, Exempt: []uint32{1500},
 		BindGuard: policies.BindGuard{Enabled: true, Reserved: []policies.PortRange{{Lo: 3306, Hi: 3306}}},
-		Accounts:  []policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40000, Hi: 40009}}, Protocols: []policies.Protocol{policies.TCP}}}}
+		Accounts:  []*policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40000, Hi: 40009}}, Protocols: []policies.Protocol{policies.TCP}}}}
 	d, err := Compile(p)
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,7 @@ func testPolicy() *policies.Policy {
 		Zone:   policies.PortRange{Lo: 40010, Hi: 40099},
 		MinUID: 1000,
 		Exempt: []uint32{uidExempt},
-		Accounts: []policies.Account{
+		Accounts: []*policies.Account{
 			{Name: "a", UID: uidA, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: both},
 			{Name: "b", UID: uidB, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: both},
 			{Name: "c", UID: uidC, Ports: []policies.PortRange{{Lo: 40030, Hi: 40030}}, Protocols: []policies.Protocol{policies.TCP}},

@@ -32,7 +32,7 @@ func benchPolicy(n int) *policies.Policy {
 		Protocols: []policies.Protocol{policies.TCP, policies.UDP},
 	}
 	for i := range n {
-		p.Accounts = append(p.Accounts, policies.Account{
+		p.Accounts = append(p.Accounts, &policies.Account{
 			Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
 			Ports:     []policies.PortRange{{Lo: uint16(10000 + i), Hi: uint16(10000 + i)}},
 			Protocols: p.Protocols, File: "nftpol.yaml",

@@ -99,8 +99,8 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 	// hold the same elements: compiled once, and shared (nothing changes
 	// a set's elements in place: rules.Set.Elements).
 	both := true
-	for j := range p.Accounts {
-		if a := &p.Accounts[j]; !a.HasProtocol(policies.TCP) || !a.HasProtocol(policies.UDP) {
+	for _, a := range p.Accounts {
+		if !a.HasProtocol(policies.TCP) || !a.HasProtocol(policies.UDP) {
 			both = false
 			break
 		}
@@ -173,12 +173,12 @@ func Compile(p *policies.Policy) (*rules.Ruleset, error) {
 
 // compileProto fills the per-account shards and the open set of proto from
 // accounts.
-func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.Shards]*rules.Set, open *rules.Set) {
+func compileProto(accounts []*policies.Account, proto rules.Proto, ports *[rules.Shards]*rules.Set, open *rules.Set) {
 	// Per account, only appends into slices sized up front: compiling
 	// 50,000 accounts costs a few allocations, not a few per account.
 	var n [rules.Shards]int
-	for j := range accounts {
-		if a := &accounts[j]; a.HasProtocol(policies.Protocol(proto)) {
+	for _, a := range accounts {
+		if a.HasProtocol(policies.Protocol(proto)) {
 			n[rules.Shard(a.UID)] += len(a.Ports)
 		}
 	}
@@ -188,8 +188,7 @@ func compileProto(accounts []policies.Account, proto rules.Proto, ports *[rules.
 		total += n[k]
 	}
 	union := make([]policies.PortRange, 0, total)
-	for j := range accounts {
-		a := &accounts[j]
+	for _, a := range accounts {
 		if !a.HasProtocol(policies.Protocol(proto)) {
 			continue
 		}

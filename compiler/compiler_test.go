@@ -90,7 +90,7 @@ func nftCheck(t *testing.T, text string) {
 	}
 }
 
-func policy(accounts ...policies.Account) *policies.Policy {
+func policy(accounts ...*policies.Account) *policies.Policy {
 	return &policies.Policy{
 		Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
 		Loopback: policies.LoopbackAllow, Action: policies.Reject,
@@ -99,7 +99,7 @@ func policy(accounts ...policies.Account) *policies.Policy {
 }
 
 func TestCompileDeterministic(t *testing.T) {
-	accs := []policies.Account{
+	accs := []*policies.Account{
 		{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: []policies.Protocol{policies.TCP}},
 		{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40500, Hi: 40500}, {Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}},
 	}
@@ -120,11 +120,11 @@ func TestCompileDeterministic(t *testing.T) {
 // TestNoPerAccountRules: the rules are the same whatever the accounts; only
 // set elements grow with them.
 func TestNoPerAccountRules(t *testing.T) {
-	small, _ := Compile(policy(policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40010}}, Protocols: []policies.Protocol{policies.TCP}}))
-	var many []policies.Account
+	small, _ := Compile(policy(&policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40010}}, Protocols: []policies.Protocol{policies.TCP}}))
+	var many []*policies.Account
 	for i := 0; i < 500; i++ {
 		p := uint16(40010 + 2*i)
-		many = append(many, policies.Account{Name: fmt.Sprint("u", i), UID: uint32(2000 + i), Ports: []policies.PortRange{{Lo: p, Hi: p}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
+		many = append(many, &policies.Account{Name: fmt.Sprint("u", i), UID: uint32(2000 + i), Ports: []policies.PortRange{{Lo: p, Hi: p}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
 	}
 	big, _ := Compile(policy(many...))
 	for i := range small.Chains {
@@ -151,8 +151,8 @@ func TestNoPerAccountRules(t *testing.T) {
 
 func TestCompileMergesAndSplitsByProtocol(t *testing.T) {
 	rs, err := Compile(policy(
-		policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}, {Lo: 40020, Hi: 40025}, {Lo: 40015, Hi: 40016}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}},
-		policies.Account{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40026, Hi: 40030}}, Protocols: []policies.Protocol{policies.TCP}},
+		&policies.Account{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}, {Lo: 40020, Hi: 40025}, {Lo: 40015, Hi: 40016}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}},
+		&policies.Account{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40026, Hi: 40030}}, Protocols: []policies.Protocol{policies.TCP}},
 	))
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestMerge(t *testing.T) {
 // account has only TCP, they differ by it.
 func TestCompileSharesProtocols(t *testing.T) {
 	both := []policies.Protocol{policies.TCP, policies.UDP}
-	accs := []policies.Account{
+	accs := []*policies.Account{
 		{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: both},
 		{Name: "b", UID: 1002, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: both},
 	}

@@ -91,7 +91,7 @@ func sameSettings(a, b *policies.Policy) bool {
 // accountChanges walks two account lists in Policy order and returns the
 // accounts only the first has or has otherwise (removed) and those only the
 // second has or has otherwise (added); ok is false past maxRecompiled.
-func accountChanges(before, after []policies.Account) (removed, added []*policies.Account, ok bool) {
+func accountChanges(before, after []*policies.Account) (removed, added []*policies.Account, ok bool) {
 	i, j := 0, 0
 	for i < len(before) || j < len(after) {
 		if len(removed)+len(added) > maxRecompiled {
@@ -104,7 +104,7 @@ func accountChanges(before, after []policies.Account) (removed, added []*policie
 		case j == len(after):
 			c = -1
 		default:
-			a, b := &before[i], &after[j]
+			a, b := before[i], after[j]
 			c = cmp.Compare(a.UID, b.UID)
 			if c == 0 {
 				c = cmp.Compare(a.Name, b.Name)
@@ -112,13 +112,15 @@ func accountChanges(before, after []policies.Account) (removed, added []*policie
 		}
 		switch {
 		case c < 0:
-			removed = append(removed, &before[i])
+			removed = append(removed, before[i])
 			i++
 		case c > 0:
-			added = append(added, &after[j])
+			added = append(added, after[j])
 			j++
 		default:
-			if a, b := &before[i], &after[j]; !same(a.Ports, b.Ports) || !same(a.Protocols, b.Protocols) {
+			// The policies of a policies.Cache share the accounts no
+			// file change touched: most are the same account.
+			if a, b := before[i], after[j]; a != b && (!same(a.Ports, b.Ports) || !same(a.Protocols, b.Protocols)) {
 				removed, added = append(removed, a), append(added, b)
 			}
 			i++

@@ -53,8 +53,11 @@ func (g *recompilePolicy) account(slot int, uid uint32) policies.Account {
 func (g *recompilePolicy) policy(accounts []policies.Account) *policies.Policy {
 	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 40000, Hi: 49999}, MinUID: 1000,
 		Action: policies.Reject, Protocols: both, Exempt: []uint32{1500}}
-	p.Accounts = slices.Clone(accounts)
-	slices.SortFunc(p.Accounts, func(a, b policies.Account) int {
+	for i := range accounts {
+		a := accounts[i]
+		p.Accounts = append(p.Accounts, &a)
+	}
+	slices.SortFunc(p.Accounts, func(a, b *policies.Account) int {
 		return cmp.Or(cmp.Compare(a.UID, b.UID), cmp.Compare(a.Name, b.Name))
 	})
 	return p
@@ -172,8 +175,9 @@ func BenchmarkRecompile50k(b *testing.B) {
 	p := benchPolicy(50000)
 	next := *p
 	next.Accounts = slices.Clone(p.Accounts)
-	a := &next.Accounts[25000]
+	a := *next.Accounts[25000] // accounts in a policy are never changed
 	a.Ports = []policies.PortRange{{Lo: 64000, Hi: 64010}}
+	next.Accounts[25000] = &a
 	prev, err := Compile(p)
 	if err != nil {
 		b.Fatal(err)

@@ -136,7 +136,7 @@ func TestGenerationGuard(t *testing.T) {
 	defer k.Close()
 	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
 		Loopback: policies.LoopbackAllow, Action: policies.Reject,
-		Accounts: []policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
+		Accounts: []*policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
 	desired, err := compiler.Compile(p)
 	if err != nil {
 		t.Fatal(err)

@@ -493,7 +493,7 @@ func accountOf(p *policies.Policy, uid uint32) string {
 	if p == nil {
 		return ""
 	}
-	i, ok := slices.BinarySearchFunc(p.Accounts, uid, func(a policies.Account, uid uint32) int { return cmp.Compare(a.UID, uid) })
+	i, ok := slices.BinarySearchFunc(p.Accounts, uid, func(a *policies.Account, uid uint32) int { return cmp.Compare(a.UID, uid) })
 	if !ok {
 		return ""
 	}

@@ -124,7 +124,7 @@ func start(t *testing.T, term policies.Terminate) *setup {
 	done := make(chan struct{})
 	go func() { s.w.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	p := &policies.Policy{Table: "nftpol", Accounts: []policies.Account{{Name: "alpha", UID: 1001}, {Name: "beta", UID: 1002}}, Terminate: term}
+	p := &policies.Policy{Table: "nftpol", Accounts: []*policies.Account{{Name: "alpha", UID: 1001}, {Name: "beta", UID: 1002}}, Terminate: term}
 	s.w.SetPolicy(p)
 	return s
 }

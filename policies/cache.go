@@ -431,20 +431,26 @@ func (c *Cache) assemble() (*Policy, error) {
 		return nil, &ValidationError{Problems: problems}
 	}
 	p := c.base
-	p.Accounts = accounts
-	if len(accounts) == 0 {
-		p.Accounts = nil
-	}
+	p.Accounts = pointersTo(accounts)
 	sortAccounts(p.Accounts)
 	c.last = &p
 	return &p, nil
 }
 
 // sortAccounts sorts accounts as Policy.Accounts are.
-func sortAccounts(accounts []Account) {
-	slices.SortFunc(accounts, func(a, b Account) int {
-		return cmp.Or(cmp.Compare(a.UID, b.UID), strings.Compare(a.Name, b.Name))
-	})
+func sortAccounts(accounts []*Account) { slices.SortFunc(accounts, compareAccounts) }
+
+// pointersTo returns pointers to the accounts, in their order; nil for none
+// (as when none was ever added: JSON null).
+func pointersTo(accounts []Account) []*Account {
+	if len(accounts) == 0 {
+		return nil
+	}
+	out := make([]*Account, len(accounts))
+	for i := range accounts {
+		out[i] = &accounts[i]
+	}
+	return out
 }
 
 // recorder notes, while a Cache loads, where each file's problems and

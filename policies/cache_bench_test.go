@@ -12,7 +12,7 @@ import (
 
 // writeIncludePolicy writes a main file and n include files of one account
 // each, as BenchmarkLoad50kIncludeFiles does, and returns the main file.
-func writeIncludePolicy(b *testing.B, n int) (file, inc string) {
+func writeIncludePolicy(b testing.TB, n int) (file, inc string) {
 	dir := b.TempDir()
 	file = filepath.Join(dir, "nftpol.yaml")
 	if err := os.WriteFile(file, []byte("zone: \"10000-65000\"\nmin_uid: 1000\ninclude: policies.d\n"), 0o644); err != nil {
@@ -98,6 +98,39 @@ func BenchmarkCacheReload(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestCacheReloadSharesAccounts: a policy the Cache reads after one file
+// changed holds the very accounts of the policy before for every other file
+// (a one-file change copies pointers, not accounts), and a new one for the
+// changed file; the policy before is left as it was.
+func TestCacheReloadSharesAccounts(t *testing.T) {
+	const n = 200
+	file, inc := writeIncludePolicy(t, n)
+	c := policies.NewCache(file)
+	before, err := c.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(inc, fmt.Sprintf("acct-%06d.yaml", n/2))
+	if err := os.WriteFile(target, includeText(n/2, 64000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	after, err := c.Reload([]string{target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Accounts) != n || len(before.Accounts) != n {
+		t.Fatalf("%d accounts after, %d before; want %d", len(after.Accounts), len(before.Accounts), n)
+	}
+	for i, a := range after.Accounts {
+		switch {
+		case i == n/2 && (a == before.Accounts[i] || a.Ports[0].Lo != 64000 || before.Accounts[i].Ports[0].Lo != uint16(10000+i)):
+			t.Errorf("the changed account: %+v, before %+v", *a, *before.Accounts[i])
+		case i != n/2 && a != before.Accounts[i]:
+			t.Errorf("account %d (%s) is a copy, not the one before", i, a.Name)
 		}
 	}
 }

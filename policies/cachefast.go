@@ -34,10 +34,9 @@ type portSpan struct {
 	uid    uint32
 }
 
-func newAccountIndex(accounts []Account) *accountIndex {
+func newAccountIndex(accounts []*Account) *accountIndex {
 	x := &accountIndex{names: make([]string, 0, len(accounts)), spans: map[Protocol][]portSpan{}}
-	for i := range accounts {
-		a := &accounts[i]
+	for _, a := range accounts {
 		x.names = append(x.names, a.Name)
 		for _, proto := range a.Protocols {
 			for _, r := range a.Ports {
@@ -152,7 +151,7 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 	// order.
 	gone := make([]int, 0, len(removed))
 	for _, a := range removed {
-		i, found := slices.BinarySearchFunc(last, a, func(e Account, a *Account) int { return compareAccounts(&e, a) })
+		i, found := slices.BinarySearchFunc(last, a, compareAccounts)
 		if !found {
 			return nil, false
 		}
@@ -186,9 +185,9 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 	// its neighbours for a UID already taken.
 	at := make([]int, len(added)) // where added[k] goes in last
 	for k, a := range added {
-		at[k], _ = slices.BinarySearchFunc(last, a, func(e Account, a *Account) int { return compareAccounts(&e, a) })
+		at[k], _ = slices.BinarySearchFunc(last, a, compareAccounts)
 	}
-	accounts := make([]Account, 0, len(last)-len(gone)+len(added))
+	accounts := make([]*Account, 0, len(last)-len(gone)+len(added))
 	put := make([]int, 0, len(added)) // where added ones went in accounts
 	i, g, k := 0, 0, 0
 	for {
@@ -204,7 +203,7 @@ func (c *Cache) reloadFast(olds, news []*cachedFile) (p *Policy, ok bool) {
 		switch {
 		case k < len(added) && at[k] == i: // before last[i], gone or not
 			put = append(put, len(accounts))
-			accounts = append(accounts, *added[k])
+			accounts = append(accounts, added[k])
 			k++
 			continue
 		case g < len(gone) && gone[g] == i:

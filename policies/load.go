@@ -1,7 +1,6 @@
 package policies
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -275,17 +274,10 @@ func (l *loader) load(file string, d *document.Document) bool {
 	l.checkAccounts()
 	l.checkReserved(file)
 
-	l.p.Accounts = l.accounts
-	if l.rec != nil {
-		// The Cache keeps the accounts in the order they were read.
-		l.p.Accounts = slices.Clone(l.accounts)
-	}
-	if len(l.accounts) == 0 {
-		l.p.Accounts = nil // as when none was ever added (JSON null)
-	}
-	slices.SortFunc(l.p.Accounts, func(a, b Account) int {
-		return cmp.Or(cmp.Compare(a.UID, b.UID), strings.Compare(a.Name, b.Name))
-	})
+	// Pointers into the accounts as read, which the Cache keeps in the
+	// order they were read.
+	l.p.Accounts = pointersTo(l.accounts)
+	sortAccounts(l.p.Accounts)
 	return true
 }
 

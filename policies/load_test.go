@@ -69,7 +69,7 @@ func TestLoadDefaults(t *testing.T) {
 		Loopback:  LoopbackAllow,
 		Action:    Reject,
 		Protocols: []Protocol{TCP, UDP},
-		Accounts: []Account{{
+		Accounts: []*Account{{
 			Name: "site12", UID: 1012, Ports: []PortRange{{40010, 40010}},
 			Protocols: []Protocol{TCP, UDP}, File: file,
 		}},
@@ -196,7 +196,7 @@ ports = [20020]
 				Loopback:  LoopbackEnforce,
 				Action:    Drop,
 				Protocols: []Protocol{TCP, UDP},
-				Accounts: []Account{
+				Accounts: []*Account{
 					{Name: "site12", UID: 1012, Ports: []PortRange{{20020, 20020}}, Protocols: []Protocol{TCP, UDP}, File: file},
 					{Name: "site13", UID: 1013, User: "admin13", Ports: []PortRange{{20010, 20019}, {20500, 20500}}, Protocols: []Protocol{TCP}, File: file},
 				},

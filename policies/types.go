@@ -99,8 +99,12 @@ type Policy struct {
 	Protocols []Protocol
 	// Include is the include directory, "" when none is configured.
 	Include string
-	// Accounts, sorted by UID then name.
-	Accounts []Account
+	// Accounts, sorted by UID then name. An Account is never changed
+	// once it is in a Policy: policies the Cache reads share the accounts
+	// of files that did not change, so that a one-file change copies
+	// 50,000 pointers, not 50,000 accounts (5 MB, most of it fresh memory
+	// the kernel had to fault in: 7 ms of a one-file change, measured).
+	Accounts []*Account
 	// BindGuard is the bind_guard section: the cgroup BPF programs that
 	// refuse binds to ports that are not the account's own (off unless
 	// enabled).

@@ -33,7 +33,7 @@ func accounts(n int, widen ...int) *policies.Policy {
 				r = policies.PortRange{Lo: uint16(45000 + 10*i), Hi: uint16(45009 + 10*i)}
 			}
 		}
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct%d", i), UID: uint32(2000 + i),
+		p.Accounts = append(p.Accounts, &policies.Account{Name: fmt.Sprintf("acct%d", i), UID: uint32(2000 + i),
 			Ports: []policies.PortRange{r}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
 	}
 	return p
@@ -652,7 +652,7 @@ func TestHealAfterFlushIsBrief(t *testing.T) {
 	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 10000, Hi: 65000}, MinUID: 1000,
 		Loopback: policies.LoopbackAllow, Action: policies.Reject}
 	for i := range n {
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct%d", i), UID: uint32(100000 + i),
+		p.Accounts = append(p.Accounts, &policies.Account{Name: fmt.Sprintf("acct%d", i), UID: uint32(100000 + i),
 			Ports: []policies.PortRange{{Lo: uint16(10000 + i), Hi: uint16(10000 + i)}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
 	}
 	r := newRig(t)

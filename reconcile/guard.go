@@ -73,7 +73,7 @@ func guardPolicy(g *state.Guard, rs *rules.Ruleset) *policies.Policy {
 	for _, uid := range order {
 		a := byUID[uid]
 		a.Ports = policies.MergeInPlace(a.Ports)
-		p.Accounts = append(p.Accounts, *a)
+		p.Accounts = append(p.Accounts, a)
 	}
 	return p
 }

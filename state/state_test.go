@@ -21,7 +21,7 @@ func testRuleset(t *testing.T) (*policies.Policy, *rules.Ruleset) {
 	t.Helper()
 	p := &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
 		Loopback: policies.LoopbackAllow, Action: policies.Reject,
-		Accounts: []policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
+		Accounts: []*policies.Account{{Name: "a", UID: 1001, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}}, Protocols: []policies.Protocol{policies.TCP}}}}
 	rs, err := compiler.Compile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func manyAccounts(n int) *policies.Policy {
 		Loopback: policies.LoopbackAllow, Action: policies.Reject}
 	for i := 0; i < n; i++ {
 		port := uint16(10000 + i)
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
+		p.Accounts = append(p.Accounts, &policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
 			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: []policies.Protocol{policies.TCP, policies.UDP}})
 	}
 	return p

@@ -18,7 +18,7 @@ func manyAccounts(n int) *policies.Policy {
 		Loopback: policies.LoopbackAllow, Action: policies.Reject, Protocols: both}
 	for i := 0; i < n; i++ {
 		port := uint16(10000 + i)
-		p.Accounts = append(p.Accounts, policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
+		p.Accounts = append(p.Accounts, &policies.Account{Name: fmt.Sprintf("acct-%06d", i), UID: uint32(100000 + i),
 			Ports: []policies.PortRange{{Lo: port, Hi: port}}, Protocols: both})
 	}
 	return p
@@ -83,7 +83,7 @@ func BenchmarkPublishOne50k(b *testing.B) {
 	realOwners(b)
 	p := manyAccounts(50000)
 	rs := compile(b, p)
-	last := &p.Accounts[len(p.Accounts)-1]
+	last := p.Accounts[len(p.Accounts)-1]
 	narrow := last.Ports
 	wide := []policies.PortRange{{Lo: narrow[0].Lo, Hi: narrow[0].Hi + 10}}
 	// The two rulesets an apply alternates between, each laid over the

@@ -230,11 +230,11 @@ func (h Host) Policy(v *View) *policies.Policy {
 	tcp, udp := v.Ports[rules.TCP], v.Ports[rules.UDP]
 	switch {
 	case len(tcp) > 0 && slices.Equal(tcp, udp):
-		p.Accounts = []policies.Account{{Name: v.Account, UID: v.UID, Ports: tcp, Protocols: []policies.Protocol{policies.TCP, policies.UDP}}}
+		p.Accounts = []*policies.Account{{Name: v.Account, UID: v.UID, Ports: tcp, Protocols: []policies.Protocol{policies.TCP, policies.UDP}}}
 	default:
 		for _, proto := range protos {
 			if rs := v.Ports[proto]; len(rs) > 0 {
-				p.Accounts = append(p.Accounts, policies.Account{Name: v.Account, UID: v.UID, Ports: rs, Protocols: []policies.Protocol{policies.Protocol(proto)}})
+				p.Accounts = append(p.Accounts, &policies.Account{Name: v.Account, UID: v.UID, Ports: rs, Protocols: []policies.Protocol{policies.Protocol(proto)}})
 			}
 		}
 	}

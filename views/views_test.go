@@ -25,7 +25,7 @@ var both = []policies.Protocol{policies.TCP, policies.UDP}
 func testPolicy() *policies.Policy {
 	return &policies.Policy{Table: "nftpol", Zone: policies.PortRange{Lo: 40010, Hi: 49999}, MinUID: 1000,
 		Exempt: []uint32{1500}, Loopback: policies.LoopbackEnforce, Action: policies.Reject, Protocols: both,
-		Accounts: []policies.Account{
+		Accounts: []*policies.Account{
 			{Name: "site12", UID: 1012, Ports: []policies.PortRange{{Lo: 40010, Hi: 40019}, {Lo: 40500, Hi: 40500}}, Protocols: both},
 			{Name: "site13", UID: 1013, Ports: []policies.PortRange{{Lo: 40020, Hi: 40029}}, Protocols: []policies.Protocol{policies.TCP}},
 		}}
