@@ -2,11 +2,13 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -308,20 +310,32 @@ func TestRemovalsJudgeUIDs(t *testing.T) {
 }
 
 // BenchmarkRemovals50k: what the guard costs on each change at 50,000
-// accounts (one moved).
+// accounts (one moved): between policies that share the accounts no file
+// change touched, as the Cache's do, and between policies that share none
+// (a full read).
 func BenchmarkRemovals50k(b *testing.B) {
 	installed := policyOf(uids(1000, 51000)...)
-	next := policyOf(uids(1000, 51000)...)
-	next.Accounts[25000].Ports = []policies.PortRange{{Lo: 60000, Hi: 60010}}
-	var r removals
-	now := time.Unix(1e9, 0)
-	b.ReportAllocs()
-	for b.Loop() {
-		removes, err := r.check(now, installed, next)
-		if err != nil {
-			b.Fatal(err)
-		}
-		r.applied(now, installed, removes)
+	apart := policyOf(uids(1000, 51000)...)
+	apart.Accounts[25000].Ports = []policies.PortRange{{Lo: 60000, Hi: 60010}}
+	shared := *installed
+	shared.Accounts = slices.Clone(installed.Accounts)
+	shared.Accounts[25000] = apart.Accounts[25000]
+	for _, c := range []struct {
+		name string
+		next *policies.Policy
+	}{{"shared", &shared}, {"apart", apart}} {
+		b.Run(c.name, func(b *testing.B) {
+			var r removals
+			now := time.Unix(1e9, 0)
+			b.ReportAllocs()
+			for b.Loop() {
+				removes, err := r.check(now, installed, c.next)
+				if err != nil || removes {
+					b.Fatal(removes, err)
+				}
+				r.applied(now, installed, removes)
+			}
+		})
 	}
 }
 
@@ -352,5 +366,64 @@ func TestSamePolicy(t *testing.T) {
 	}
 	if d3 := ag.digest(policyOf(1)); d3() == a.Digest() {
 		t.Error("another policy's digest is the old one")
+	}
+}
+
+// TestNoneLost: the removal guard's shortcut never says no UID is lost when
+// one is (random changes to random policies, some of their accounts shared,
+// against the walk of every account), and it does say so for policies that
+// share all but the changed accounts, as the Cache's do.
+func TestNoneLost(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	lostOf := func(installed, next *policies.Policy) bool {
+		lost := false
+		gone(func(yield func(enforcedUID)) { eachEnforced(byUID(installed), yield) }, byUID(next), func(enforcedUID) { lost = true })
+		return lost
+	}
+	said := 0
+	for range 2000 {
+		installed := policyOf(uids(1000, 1000+uint32(r.IntN(40)))...)
+		for _, a := range installed.Accounts {
+			if r.IntN(6) == 0 {
+				a.Ports = nil
+			}
+		}
+		next := &policies.Policy{}
+		for _, a := range installed.Accounts {
+			switch r.IntN(12) {
+			case 0: // removed
+			case 1: // its ports taken away
+				next.Accounts = append(next.Accounts, &policies.Account{Name: a.Name, UID: a.UID})
+			case 2: // changed
+				next.Accounts = append(next.Accounts, &policies.Account{Name: a.Name, UID: a.UID, Ports: []policies.PortRange{{Lo: 50000, Hi: 50000}}})
+			case 3: // another account in front of it
+				next.Accounts = append(next.Accounts, &policies.Account{Name: "new", UID: a.UID - 1, Ports: a.Ports}, a)
+			default:
+				next.Accounts = append(next.Accounts, a)
+			}
+		}
+		slices.SortFunc(next.Accounts, func(a, b *policies.Account) int { return cmp.Compare(a.UID, b.UID) })
+		next.Accounts = slices.CompactFunc(next.Accounts, func(a, b *policies.Account) bool { return a.UID == b.UID })
+		if noneLost(installed.Accounts, next.Accounts) {
+			said++
+			if lostOf(installed, next) {
+				t.Fatalf("noneLost says no UID is lost from %v to %v", enforcedOf(installed), enforcedOf(next))
+			}
+		}
+	}
+	if said == 0 {
+		t.Error("noneLost never answered at once")
+	}
+
+	installed := policyOf(uids(1000, 51000)...)
+	next := *installed
+	next.Accounts = slices.Clone(installed.Accounts)
+	next.Accounts[25000] = &policies.Account{Name: "moved", UID: next.Accounts[25000].UID, Ports: []policies.PortRange{{Lo: 60000, Hi: 60010}}}
+	if !noneLost(installed.Accounts, next.Accounts) {
+		t.Error("a one-account change between policies that share the rest: noneLost cannot tell")
+	}
+	next.Accounts = slices.Delete(next.Accounts, 25000, 25001)
+	if noneLost(installed.Accounts, next.Accounts) {
+		t.Error("an account removed: noneLost says none is lost")
 	}
 }
