@@ -192,7 +192,7 @@ func (a *app) watch(ctx context.Context, own string, follow bool, metricsAddr st
 		startOff(ctx)
 		return nil
 	}
-	cfg.HealTook = func(d time.Duration) { m.heal.Observe(d.Seconds()) }
+	cfg.HealTook = m.healTook
 	cfg.Settle = debug.FreeOSMemory
 	ag := agent.New(cfg)
 	m.agent, m.off = ag, off
