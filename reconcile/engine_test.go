@@ -105,6 +105,21 @@ func (r *rig) stateBytes() []byte {
 	return b
 }
 
+// applyRecorded applies desired (compiled from p) with e and records the
+// state, as an agent's kept engine does.
+func applyRecorded(t *testing.T, e *Engine, desired *rules.Ruleset, p *policies.Policy, opt ApplyOptions) *Result {
+	t.Helper()
+	a, err := e.Apply(context.Background(), desired, DigestInBackground(p), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Record(); err != nil {
+		t.Fatal(err)
+	}
+	return &a.Result
+}
+
 // planEmpty checks that a plan of p finds nothing to do, and says where it
 // read the kernel from.
 func (r *rig) planEmpty(p *policies.Policy) Source {
@@ -499,15 +514,7 @@ func TestKeptEnginePlansFromWhatItRecorded(t *testing.T) {
 	defer e.Close()
 	apply := func(p *policies.Policy, opt ApplyOptions) *Result {
 		t.Helper()
-		a, err := e.Apply(context.Background(), compile(t, p), DigestInBackground(p), opt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		if err := a.Record(); err != nil {
-			t.Fatal(err)
-		}
-		return &a.Result
+		return applyRecorded(t, e, compile(t, p), p, opt)
 	}
 	apply(accounts(3), ApplyOptions{})
 	// The state file goes: the kept engine does not need it.
@@ -661,15 +668,7 @@ func TestHealAfterFlushIsBrief(t *testing.T) {
 	desired := compile(t, p)
 	apply := func(opt ApplyOptions) *Result {
 		t.Helper()
-		a, err := e.Apply(context.Background(), desired, DigestInBackground(p), opt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		if err := a.Record(); err != nil {
-			t.Fatal(err)
-		}
-		return &a.Result
+		return applyRecorded(t, e, desired, p, opt)
 	}
 	apply(ApplyOptions{})
 	sections := func() map[string]uint64 {
