@@ -92,9 +92,9 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	// asked.
 	var pending *state.Pending
 	var ch *rules.Change // the change pending records the target of
-	sync := rules.Sync
+	syncTo := rules.Sync
 	if opt.Brief && opt.AllowRemovals {
-		sync = func(current, compiled *rules.Ruleset) *rules.Change {
+		syncTo = func(current, compiled *rules.Ruleset) *rules.Change {
 			return rules.SyncBrief(current, compiled, BriefAccounts)
 		}
 	}
@@ -112,7 +112,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 	var recorded *state.State
 	if st, err := e.Recorded(); err == nil && !e.cfg.FullRead {
 		recorded = st
-		ch = sync(st.Ruleset(), desired)
+		ch = syncTo(st.Ruleset(), desired)
 		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, st)
 	}
 	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Change, error) {
@@ -120,7 +120,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			if pending != nil {
 				pending.Discard()
 			}
-			ch = sync(current, desired)
+			ch = syncTo(current, desired)
 			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, recorded)
 		}
 		planned, err := e.planTo(s.k, ch, opt.Adopt)
@@ -191,10 +191,6 @@ func (a *Applied) Close() {
 type RestoreOptions struct {
 	// Adopt replaces a same-named table nftpol did not create.
 	Adopt bool
-	// Brief asks for a brief plan (rules.SyncBrief): Plan.Accounts
-	// describes at most BriefAccounts accounts. Honoured only with
-	// AllowRemovals, as the removal guard counts every account.
-	Brief bool
 	// Rebuild creates the table anew, as ApplyOptions.Rebuild.
 	Rebuild bool
 }
