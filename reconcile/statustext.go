@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nftpol/nftpol/compiler"
+	"github.com/nftpol/nftpol/internal/promtext"
 )
 
 // WriteText prints the report for people.
@@ -155,7 +156,7 @@ func (r *Report) WritePrometheus(w io.Writer) error {
 		}
 		return 0
 	}
-	t := promLabel(r.Table)
+	t := promtext.Label(r.Table)
 	gauge("nftpol_table_installed", "Whether nftpol's table is installed and created by nftpol.")
 	fmt.Fprintf(&b, "nftpol_table_installed{table=%s} %d\n", t, bit(r.Installed && r.Owned && !r.Dormant))
 	if r.InSync != nil {
@@ -166,7 +167,7 @@ func (r *Report) WritePrometheus(w io.Writer) error {
 	fmt.Fprintf(&b, "nftpol_accounts{table=%s} %d\n", t, r.Accounts)
 	gauge("nftpol_set_elements", "Elements per set of nftpol's table.")
 	for _, name := range slices.Sorted(maps.Keys(r.Elements)) {
-		fmt.Fprintf(&b, "nftpol_set_elements{table=%s,set=%s} %d\n", t, promLabel(name), r.Elements[name])
+		fmt.Fprintf(&b, "nftpol_set_elements{table=%s,set=%s} %d\n", t, promtext.Label(name), r.Elements[name])
 	}
 	if r.LastApply != nil {
 		gauge("nftpol_last_apply_timestamp_seconds", "When the last successful apply happened.")
@@ -175,7 +176,7 @@ func (r *Report) WritePrometheus(w io.Writer) error {
 	gauge("nftpol_violation_packets", "Packets of blocked serving per uid, protocol and port, over the recording window.")
 	for _, v := range r.Top {
 		fmt.Fprintf(&b, "nftpol_violation_packets{table=%s,uid=\"%d\",account=%s,proto=%s,port=\"%d\"} %d\n",
-			t, v.UID, promLabel(v.Account), promLabel(v.Proto), v.Port, v.Packets)
+			t, v.UID, promtext.Label(v.Account), promtext.Label(v.Proto), v.Port, v.Packets)
 	}
 	if g := r.BindGuard; g != nil && g.Error == "" {
 		gauge("nftpol_bind_guard_installed", "Whether the bind guard is installed and attached to its cgroup.")
@@ -185,17 +186,11 @@ func (r *Report) WritePrometheus(w io.Writer) error {
 		gauge("nftpol_bind_guard_events", "Binds the bind guard refused (kind bind) and packets it dropped (kind ingress), per uid, protocol and port.")
 		for _, e := range g.Events {
 			fmt.Fprintf(&b, "nftpol_bind_guard_events{table=%s,kind=%s,uid=\"%d\",proto=%s,port=\"%d\"} %d\n",
-				t, promLabel(e.Kind), e.UID, promLabel(e.Proto), e.Port, e.Count)
+				t, promtext.Label(e.Kind), e.UID, promtext.Label(e.Proto), e.Port, e.Count)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// promLabel quotes a label value as the Prometheus text format wants.
-func promLabel(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	return `"` + r.Replace(s) + `"`
 }
 
 func orDash(s string) string {

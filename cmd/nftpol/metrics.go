@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpol/nftpol/agent"
+	"github.com/nftpol/nftpol/internal/promtext"
 	"github.com/nftpol/nftpol/offenders"
 )
 
@@ -306,7 +307,7 @@ func (f *family) sample(suffix string, v float64, labels ...string) {
 			}
 			b.WriteString(p[0])
 			b.WriteByte('=')
-			b.WriteString(promLabelValue(p[1]))
+			b.WriteString(promtext.Label(p[1]))
 		}
 		b.WriteByte('}')
 	}
@@ -329,7 +330,7 @@ func (x *exposition) sort() {
 func (x *exposition) bytes() []byte {
 	var b bytes.Buffer
 	for _, f := range x.families {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", f.name, escapeHelp(f.help), f.name, f.typ)
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", f.name, promtext.Help(f.help), f.name, f.typ)
 		for _, l := range f.lines {
 			b.WriteString(l)
 			b.WriteByte('\n')
@@ -349,14 +350,6 @@ func formatValue(v float64) string {
 		return "NaN"
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64)
-}
-
-func escapeHelp(s string) string {
-	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
-}
-
-func promLabelValue(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s) + `"`
 }
 
 // serveMetrics serves /metrics on addr ("HOST:PORT", or "unix:PATH") until

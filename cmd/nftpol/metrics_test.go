@@ -79,10 +79,3 @@ func TestMetricsExposition(t *testing.T) {
 		t.Errorf("threads %d, cpu %v s", st.threads, st.cpu)
 	}
 }
-
-// TestLabelValueQuoting: label values are escaped as the format wants.
-func TestLabelValueQuoting(t *testing.T) {
-	if got, want := promLabelValue("a\"b\\c\nd"), `"a\"b\\c\nd"`; got != want {
-		t.Errorf("quoted %s, want %s", got, want)
-	}
-}
