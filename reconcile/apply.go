@@ -115,6 +115,7 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 		ch = syncTo(st.Ruleset(), desired)
 		pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, st)
 	}
+	guard := guardRecord(opt.Policy)
 	res, after, err := e.converge(s.k, desired.Table, true, func(current *rules.Ruleset) (*rules.Change, error) {
 		if ch == nil || current != ch.Current {
 			if pending != nil {
@@ -138,11 +139,11 @@ func (e *Engine) Apply(ctx context.Context, desired *rules.Ruleset, policyDigest
 			pending = state.Prepare(e.cfg.StateDir, e.cfg.Version, policyDigest, ch.Target, recorded)
 		}
 		return planned, err
-	})
+	}, func(after kernel.Identity) { pending.Seal(after, guard) })
 	if err != nil {
 		return fail(err)
 	}
-	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guardRecord(opt.Policy), e: e}
+	a := &Applied{Result: *res, s: s, pending: pending, after: after, dir: e.cfg.StateDir, guard: guard, e: e}
 	// The table's transaction ends here: its own phase, so that the
 	// timings keep the kernel's share apart from the guard's.
 	s.phase("committed")
@@ -222,7 +223,7 @@ func (e *Engine) Restore(ctx context.Context, opt RestoreOptions) (*Result, *sta
 			ch = ch.Handover()
 		}
 		return ch, err
-	})
+	}, nil)
 	if err != nil {
 		return nil, nil, err
 	}

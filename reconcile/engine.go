@@ -339,9 +339,11 @@ func (e *Engine) previousTable() string {
 // who commits between our read and our write: the kernel then refuses the
 // batch whole, and converge reads (fully) and plans again. It returns what
 // was planned and sent, and the kernel's identity right after the commit
-// (one generation later per transaction sent).
+// (one generation later per transaction sent). sealed, when not nil, is
+// told that identity just before the commit, so that the state can be
+// finished while the kernel works.
 func (e *Engine) converge(k Kernel, table string, allowState bool,
-	sync func(current *rules.Ruleset) (*rules.Change, error)) (*Result, kernel.Identity, error) {
+	sync func(current *rules.Ruleset) (*rules.Change, error), sealed func(after kernel.Identity)) (*Result, kernel.Identity, error) {
 	for attempt := 1; ; attempt++ {
 		snap, err := e.read(k, table, allowState && attempt == 1)
 		if err != nil {
@@ -353,7 +355,11 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 			return nil, kernel.Identity{}, err
 		}
 		e.cfg.Phase("planned")
-		sent, txs, after, err := commit(k, snap.id, ch)
+		txs := ch.Transactions()
+		if sealed != nil {
+			sealed(afterCommit(snap.id, txs))
+		}
+		sent, n, after, err := commit(k, snap.id, ch, txs)
 		if errors.Is(err, kernel.ErrGenerationChanged) && attempt < maxAttempts {
 			fmt.Fprintf(e.cfg.Warn, "nftpol: the ruleset changed while planning (attempt %d); planning again\n", attempt)
 			continue
@@ -361,21 +367,32 @@ func (e *Engine) converge(k Kernel, table string, allowState bool,
 		if err != nil {
 			return nil, kernel.Identity{}, err
 		}
-		return &Result{Plan: ch.Plan, Sent: sent, Source: snap.source, Transactions: txs}, after, nil
+		return &Result{Plan: ch.Plan, Sent: sent, Source: snap.source, Transactions: n}, after, nil
 	}
 }
 
-// commit sends ch's transactions to the kernel whose identity was id, each
+// afterCommit is the kernel's identity after txs, committed in turn from
+// id, all accepted: one generation later per transaction that is not
+// empty (the kernel is not asked for an empty one), as commit counts.
+func afterCommit(id kernel.Identity, txs []*rules.Plan) kernel.Identity {
+	for _, tx := range txs {
+		if !tx.Empty() {
+			id.Generation = kernel.NextGeneration(id.Generation)
+		}
+	}
+	return id
+}
+
+// commit sends ch's transactions (txs, ch.Transactions()) to the kernel whose identity was id, each
 // at the generation the one before made. A change that moves accounts goes
 // in two: first the moved accounts' new elements, which change no verdict
 // yet (rules.Change.Transactions says why), then the rest. If a later one
 // is refused, the ones before are taken back, so the kernel is as it was. It
 // returns what was sent and the kernel's identity after it.
-func commit(k Kernel, id kernel.Identity, ch *rules.Change) (kernel.Stats, int, kernel.Identity, error) {
+func commit(k Kernel, id kernel.Identity, ch *rules.Change, txs []*rules.Plan) (kernel.Stats, int, kernel.Identity, error) {
 	after := id
 	var sent kernel.Stats
 	n := 0
-	txs := ch.Transactions()
 	for i, tx := range txs {
 		st, err := k.Apply(tx, after.Generation)
 		if err != nil && i > 0 && !errors.Is(err, kernel.ErrGenerationChanged) {

@@ -201,6 +201,55 @@ func TestMoveCommitsInTwoTransactions(t *testing.T) {
 	r.planEmpty(accounts(5, 2))
 }
 
+// TestStateIsSealedBeforeTheCommit: an apply finishes its state (header
+// and sync) before the kernel commits, with the identity the commit leaves,
+// so recording it after the commit only renames it into place: the state's
+// time precedes the last batch, and its identity is the kernel's after it,
+// for a table created (two transactions), a one-account change (one), a
+// move (two) and a plan made again after somebody else committed.
+func TestStateIsSealedBeforeTheCommit(t *testing.T) {
+	r := newRig(t)
+	var last time.Time
+	var meddle func(f *fakeKernel)
+	r.k.beforeApply = func(f *fakeKernel) {
+		if meddle != nil {
+			meddle(f)
+		}
+		last = time.Now()
+	}
+	for _, c := range []struct {
+		name   string
+		p      *policies.Policy
+		meddle func(f *fakeKernel)
+	}{
+		{"create", accounts(5), nil},
+		{"one account", accounts(6), nil},
+		{"move", accounts(6, 2), nil},
+		{"planned again", accounts(7), func(f *fakeKernel) {
+			f.commitBy()
+			meddle = nil
+		}},
+	} {
+		meddle = c.meddle
+		from := len(r.k.commits)
+		res := r.mustApply(c.p)
+		st, err := state.Load(r.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := r.k.Identity()
+		if st.Kernel == nil || *st.Kernel != id || res.Transactions != len(r.k.commits)-from {
+			t.Errorf("%s: recorded identity %+v, the kernel's is %+v (%d transactions)", c.name, st.Kernel, id, res.Transactions)
+		}
+		if !st.AppliedAt.Before(last) {
+			t.Errorf("%s: the state was finished at %v, after the last batch began (%v)", c.name, st.AppliedAt, last)
+		}
+	}
+	if r.planEmpty(accounts(7)) != FromState {
+		t.Error("the sealed state does not vouch for the kernel")
+	}
+}
+
 // refusedApply installs accounts(5), then applies next with the fake
 // refusing the Apply calls refuse picks, and checks that the apply fails and
 // leaves the kernel and the state as they were. It returns the error.

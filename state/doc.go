@@ -6,8 +6,9 @@
 // a sha256 that catches a truncated or edited file.
 //
 // It holds the file format (Load, and the ruleset's JSON), its writing while
-// the kernel commits (Prepare, Pending.Commit: temporary file, sync,
-// rename, directory sync), the large sets kept in section files of their
+// the kernel commits (Prepare, Pending.Seal and Commit: temporary file, the
+// header with the identity the commit will leave, sync, then after the
+// commit rename and directory sync), the large sets kept in section files of their
 // own, the read ahead of the lock (StartPrefetch), the directory's lock
 // (Acquire) and Purge. It knows nothing of the kernel but the identity it
 // records; the reconcile engine decides when to read and write it.

@@ -110,9 +110,10 @@ func digest(b []byte) string {
 // torn one.
 // Pending is the state of a ruleset being written while the kernel
 // commits it: everything that depends on the ruleset alone (the elements,
-// most of the digest) is written and synced in the background, and commit
-// adds what only the outcome decides (the time, the kernel's identity) and
-// renames the file into place. At 50,000 accounts that takes the state's
+// most of the digest) is written in the background; Seal adds, before the
+// commit, the header with the identity the commit will leave, and syncs
+// the file while the kernel works; Commit renames it into place (writing
+// the header again only when the outcome differs from what was sealed). At 50,000 accounts that takes the state's
 // tens of milliseconds off the end of every apply: they run while the
 // process waits for the kernel.
 // Prepare starts writing the state of rs, applied by nftpol version for
@@ -508,7 +509,8 @@ func (st *State) VerifyRendered() error {
 }
 
 // writeTemp writes a temporary file in dir for name through write and
-// leaves it open: finishTemp syncs it and puts it into place.
+// leaves it open: finishTemp (a section file) or Pending.finish (the state)
+// syncs it.
 // yielding lets other goroutines run after each write. The state is written
 // in the background while apply plans and commits; without it the two
 // writing goroutines could hold both CPUs and keep the commit waiting for

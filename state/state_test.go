@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -503,5 +504,76 @@ func TestRecordedKeepsInlineText(t *testing.T) {
 	cut := func(b []byte) string { s, _, _ := strings.Cut(string(b), "{\"format\""); return s }
 	if cut(before) != cut(after) {
 		t.Error("the elements written from the kept lines differ from the ones formatted")
+	}
+}
+
+// TestSealFinishesTheStateBeforeCommit: Seal writes the header with the
+// identity the commit will leave and syncs the file before Commit is
+// called, and Commit with that identity puts the very file into place; a
+// Commit whose identity or guard differs from what was sealed records its
+// own, not the sealed ones.
+func TestSealFinishesTheStateBeforeCommit(t *testing.T) {
+	for _, n := range []int{3, (sectionElements + 52) * rules.Shards} {
+		dir, p, rs, _ := savedState(t, n)
+		id := kernel.Identity{BootID: "b", NetnsCookie: 9, Generation: 41}
+		guard := &Guard{ZoneLo: 40010, ZoneHi: 49999, MinUID: 1000}
+
+		ps := Prepare(dir, "test", p.Digest, rs, nil)
+		before := time.Now()
+		ps.Seal(id, guard)
+		<-ps.sealed
+		if ps.sealErr != nil {
+			t.Fatal(ps.sealErr)
+		}
+		// Before Commit, the temporary file is a whole state already.
+		sealed, err := os.ReadFile(ps.body.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := decodeState(dir, sealed)
+		if err != nil {
+			t.Fatalf("n=%d: the sealed file is not a state: %v", n, err)
+		}
+		if st.Kernel == nil || *st.Kernel != id || st.BindGuard == nil || st.BindGuard.ZoneHi != guard.ZoneHi || st.AppliedAt.Before(before) {
+			t.Fatalf("n=%d: sealed %+v, want identity %+v and guard %+v", n, st, id, guard)
+		}
+		ps.SetGuard(guard)
+		if err := ps.Commit(&id); err != nil {
+			t.Fatal(err)
+		}
+		onDisk, err := os.ReadFile(filepath.Join(dir, stateName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(onDisk, sealed) {
+			t.Errorf("n=%d: Commit with the sealed identity wrote the state again", n)
+		}
+		if got, err := Load(dir); err != nil || got.Digest() != ps.Recorded().Digest() {
+			t.Fatalf("n=%d: read back %v, %v; recorded %s", n, got, err, ps.Recorded().Digest())
+		}
+
+		// The commit left another identity than the one sealed (another
+		// guard): what the state says is what Commit was told.
+		other := id
+		other.Generation++
+		otherGuard := &Guard{ZoneLo: 40010, ZoneHi: 40999, MinUID: 1000}
+		for _, c := range []struct {
+			id    kernel.Identity
+			guard *Guard
+		}{{other, guard}, {id, otherGuard}} {
+			ps := Prepare(dir, "test", p.Digest, rs, nil)
+			ps.Seal(id, guard)
+			ps.SetGuard(c.guard)
+			if err := ps.Commit(&c.id); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *got.Kernel != c.id || got.BindGuard.ZoneHi != c.guard.ZoneHi || got.Digest() != ps.Recorded().Digest() {
+				t.Errorf("n=%d: committed with %+v and guard %+v, read back %+v and %+v", n, c.id, c.guard, *got.Kernel, *got.BindGuard)
+			}
+		}
 	}
 }

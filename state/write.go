@@ -5,6 +5,7 @@ package state
 import (
 	"bufio"
 	"crypto/sha256"
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,19 @@ type Pending struct {
 	// what the next state written from Recorded reuses.
 	sectionText map[string]section
 	committed   *State
+	// bodyLen is the length of the body (the file up to its header) and
+	// bodyHash the hash's state there: where a header is written.
+	bodyLen  int64
+	bodyHash []byte
+	// sealed is closed once a header Seal asked for is written and synced
+	// (sealErr says whether it was); sealID and sealGuard are what it
+	// records, sealHead the state it wrote and sealSum its digest.
+	sealed    chan struct{}
+	sealErr   error
+	sealID    kernel.Identity
+	sealGuard *Guard
+	sealHead  *State
+	sealSum   []byte
 }
 
 func Prepare(dir, version string, digest func() string, rs *rules.Ruleset, from *State) *Pending {
@@ -135,7 +149,78 @@ func (ps *Pending) write() error {
 		// refers to them is renamed into place.
 		err = durable.SyncDir(ps.dir)
 	}
+	if err == nil {
+		ps.bodyLen, err = ps.body.Seek(0, io.SeekCurrent)
+	}
+	if err == nil {
+		ps.bodyHash, err = ps.hash.(encoding.BinaryMarshaler).MarshalBinary()
+	}
 	return err
+}
+
+// Seal writes the header while the kernel commits: id is the kernel's
+// identity the commit will leave (the generation its transactions advance
+// to), guard the bind guard to record. The header is added after the body
+// and the file synced in the background, so that Commit with the same
+// identity and guard only renames it into place: the sync no longer stands
+// between the kernel's commit and the end of the apply (at 1,000 accounts
+// it and the header were 0.9 of Commit's 1.3 ms). The time recorded is Seal's, just
+// before the commit. A second Seal does nothing; Commit writes the header
+// again when what it is given differs from what was sealed.
+func (ps *Pending) Seal(id kernel.Identity, guard *Guard) {
+	if ps.sealed != nil {
+		return
+	}
+	ps.sealed = make(chan struct{})
+	ps.sealID, ps.sealGuard = id, guard
+	at := time.Now()
+	go func() {
+		defer close(ps.sealed)
+		<-ps.done
+		if ps.err == nil {
+			ps.sealHead, ps.sealSum, ps.sealErr = ps.finish(&id, guard, at)
+		}
+	}()
+}
+
+// finish writes the header (the state with id, guard and the time at) and
+// the trailer after the body, and syncs the file. It can be called again:
+// it writes over what an earlier call wrote.
+func (ps *Pending) finish(id *kernel.Identity, guard *Guard, at time.Time) (*State, []byte, error) {
+	if id != nil {
+		// A copy: the caller's identity lives in its own result (an
+		// apply's), which a State that lives on must not keep alive, and
+		// with it every state before (the agent's memory grew with each
+		// apply, the first one's whole plan included).
+		c := *id
+		id = &c
+	}
+	st := &State{
+		Format: stateFormat, Version: ps.version, AppliedAt: at.UTC(), Table: ps.rs.Table,
+		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id, BindGuard: guard,
+	}
+	head, err := json.Marshal(st)
+	if err != nil {
+		return nil, nil, err
+	}
+	head = append(head, '\n')
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(ps.bodyHash); err != nil {
+		return nil, nil, err
+	}
+	h.Write(head)
+	sum := h.Sum(nil)
+	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, sum)
+	if _, err := ps.body.WriteAt(tail, ps.bodyLen); err != nil {
+		return nil, nil, fmt.Errorf("writing %s: %w", ps.body.Name(), err)
+	}
+	if err := ps.body.Truncate(ps.bodyLen + int64(len(tail))); err != nil {
+		return nil, nil, fmt.Errorf("writing %s: %w", ps.body.Name(), err)
+	}
+	if err := ps.body.Sync(); err != nil {
+		return nil, nil, fmt.Errorf("syncing %s: %w", ps.body.Name(), err)
+	}
+	return st, sum, nil
 }
 
 const sectionElements = 2048
@@ -197,35 +282,25 @@ func removeStaleSections(dir string, keep []string) error {
 
 func (ps *Pending) Commit(id *kernel.Identity) error {
 	<-ps.done
+	if ps.sealed != nil {
+		<-ps.sealed
+	}
 	defer ps.Discard()
 	if ps.err != nil {
 		return ps.err
 	}
-	if id != nil {
-		// A copy: the caller's identity lives in its own result (an
-		// apply's), which a State that lives on must not keep alive, and
-		// with it every state before (the agent's memory grew with each
-		// apply, the first one's whole plan included).
-		c := *id
-		id = &c
+	st, sum, err := ps.sealHead, ps.sealSum, ps.sealErr
+	if ps.sealed == nil || err != nil || id == nil || *id != ps.sealID || ps.guard != ps.sealGuard {
+		if st, sum, err = ps.finish(id, ps.guard, time.Now()); err != nil {
+			return err
+		}
 	}
-	st := &State{
-		Format: stateFormat, Version: ps.version, AppliedAt: time.Now().UTC(), Table: ps.rs.Table,
-		PolicyDigest: ps.policy, RulesetJSON: ps.def, Kernel: id, BindGuard: ps.guard,
-	}
-	head, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	head = append(head, '\n')
-	ps.hash.Write(head)
-	sum := ps.hash.Sum(nil)
-	tail := fmt.Appendf(head, "%s%x\n", stateTrailer, sum)
-	if _, err := ps.body.Write(tail); err != nil {
+	if err := ps.body.Close(); err != nil {
 		return fmt.Errorf("writing %s: %w", ps.body.Name(), err)
 	}
-	if err := finishTemp(ps.body, filepath.Join(ps.dir, stateName)); err != nil {
-		return err
+	path := filepath.Join(ps.dir, stateName)
+	if err := os.Rename(ps.body.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	// What nftpol before state format 2 wrote is superseded: state.json
 	// would be read should this file ever go missing, and ruleset.nft
@@ -243,7 +318,7 @@ func (ps *Pending) Commit(id *kernel.Identity) error {
 	if err := removeStaleSections(ps.dir, ps.sections); err != nil {
 		return err
 	}
-	st.ruleset, st.path, st.sha, st.text = ps.rs, filepath.Join(ps.dir, stateName), fmt.Sprintf("%x", sum), ps.sectionText
+	st.ruleset, st.path, st.sha, st.text = ps.rs, path, fmt.Sprintf("%x", sum), ps.sectionText
 	ps.committed = st
 	return nil
 }
@@ -255,6 +330,9 @@ func (ps *Pending) Recorded() *State { return ps.committed }
 
 func (ps *Pending) Discard() {
 	<-ps.done
+	if ps.sealed != nil {
+		<-ps.sealed
+	}
 	if ps.stopped {
 		return
 	}
@@ -294,8 +372,8 @@ func writeTemp(dir, name string, write func(io.Writer) error) (*os.File, error) 
 	if err := bw.Flush(); err != nil {
 		return fail(err)
 	}
-	// Not synced here: finishTemp syncs once, data and the header with it
-	// (two syncs cost two journal commits, measured ~2 ms more).
+	// Not synced here: the file is synced once, data and the header with
+	// it (two syncs cost two journal commits, measured ~2 ms more).
 	return f, nil
 }
 
