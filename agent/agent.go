@@ -214,6 +214,9 @@ type Agent struct {
 	healCause string
 
 	requests chan served
+	// afterServe is what a served command told the agent (Host), taken in
+	// once the client has its answer.
+	afterServe []func()
 	// policyErrors counts the distinct policy errors seen.
 	policyErrors uint64
 	stats        atomic.Pointer[Stats]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/nftpol/nftpol/policies"
+	"github.com/nftpol/nftpol/reconcile"
+	"github.com/nftpol/nftpol/rules"
 )
 
 func policyOf(uids ...uint32) *policies.Policy {
@@ -425,5 +428,83 @@ func TestNoneLost(t *testing.T) {
 	next.Accounts = slices.Delete(next.Accounts, 25000, 25001)
 	if noneLost(installed.Accounts, next.Accounts) {
 		t.Error("an account removed: noneLost says none is lost")
+	}
+}
+
+// waitingOffenders is an Offenders whose SetPolicy waits until released.
+type waitingOffenders struct {
+	release chan struct{}
+	late    chan bool // true: SetPolicy gave up waiting
+}
+
+func (w *waitingOffenders) SetPolicy(*policies.Policy) {
+	select {
+	case <-w.release:
+		w.late <- false
+	case <-time.After(3 * time.Second):
+		w.late <- true
+	}
+}
+
+func (w *waitingOffenders) Report() ([]reconcile.Episode, []reconcile.TerminationRecord, string) {
+	return nil, nil, ""
+}
+
+// TestNewsAfterTheAnswer: what a served apply tells the agent (Host.Applied:
+// the burst, the offenders' policy, the views) is taken in after the client
+// has its exit code, not before: the client does not wait for it. And it
+// is taken in before serve returns, so the next event sees it.
+func TestNewsAfterTheAnswer(t *testing.T) {
+	dir := t.TempDir()
+	off := &waitingOffenders{release: make(chan struct{}), late: make(chan bool, 1)}
+	p := policyOf(1001, 1002)
+	a := New(Config{StateDir: dir, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Offenders: off,
+		Engine: reconcile.New(reconcile.Config{StateDir: dir}),
+		Serve: func(_ context.Context, h *Host, _ Request, stdout, _ io.Writer) int {
+			fmt.Fprintln(stdout, "applied")
+			h.Applied(p, &rules.Ruleset{Table: "nftpol"}, false)
+			return 0
+		}})
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.serve(context.Background(), served{req: Request{Args: []string{"apply"}}, conn: conn})
+	}()
+	// The client reads frames up to the exit code while the agent has not
+	// taken the news in (SetPolicy waits for the release).
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		var head [5]byte
+		if _, err := io.ReadFull(client, head[:]); err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		if head[0] == frameExit {
+			break
+		}
+		if _, err := io.CopyN(io.Discard, client, int64(binary.BigEndian.Uint32(head[1:]))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(off.release)
+	if <-off.late {
+		t.Fatal("the agent took the news in before it answered: the client waited for it")
+	}
+	<-done
+	if a.good != p || a.applies != 1 {
+		t.Errorf("after serve: good policy %p (want %p), %d applies", a.good, p, a.applies)
 	}
 }

@@ -95,6 +95,10 @@ func (a *Agent) serve(ctx context.Context, s served) {
 	if err := f.frame(frameExit, uint32(code), nil); err != nil && !errors.Is(err, syscall.EPIPE) {
 		a.log.Warn("answering a client", "err", err.Error())
 	}
+	for _, news := range a.afterServe {
+		news()
+	}
+	a.afterServe = nil
 }
 
 // checkSettings refuses a command whose global settings are not the
@@ -156,17 +160,23 @@ func (h *Host) Compile(p *policies.Policy) (*rules.Ruleset, error) { return h.a.
 // Applied tells the agent that the command applied p (compiled to
 // desired): it is the last good policy now, and removals it confirmed end
 // the burst.
+// The agent takes the news in once the client has its answer (serve), before
+// it does anything else: what it updates (the removal guard's burst, the
+// offenders' policy, the account views) is nothing the client waits for.
 func (h *Host) Applied(p *policies.Policy, desired *rules.Ruleset, allowRemovals bool) {
-	if allowRemovals {
-		h.a.burst.reset()
-	} else {
-		removes := !samePolicy(h.a.good, p) && h.a.burst.removes(h.a.good, p)
-		h.a.burst.applied(time.Now(), h.a.good, removes)
-	}
-	h.a.applies++
-	h.a.lastApply = time.Now()
-	h.a.accepted(p, desired)
-	h.a.log.Info("applied", "why", "nftpol apply", "accounts", len(p.Accounts))
+	now := time.Now()
+	h.a.afterServe = append(h.a.afterServe, func() {
+		if allowRemovals {
+			h.a.burst.reset()
+		} else {
+			removes := !samePolicy(h.a.good, p) && h.a.burst.removes(h.a.good, p)
+			h.a.burst.applied(now, h.a.good, removes)
+		}
+		h.a.applies++
+		h.a.lastApply = now
+		h.a.accepted(p, desired)
+		h.a.log.Info("applied", "why", "nftpol apply", "accounts", len(p.Accounts))
+	})
 }
 
 // Removed tells the agent that the command removed the table: it enforces
