@@ -22,7 +22,7 @@ import (
 // it under CI, which runs as root); as root it fails, never skips, when nft
 // or ip is missing. It returns a fresh network namespace, deleted when the
 // test ends.
-func requireRootNetns(t *testing.T) string {
+func requireRootNetns(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
